@@ -1,0 +1,253 @@
+//! Events and their stored format.
+//!
+//! The event store keeps each event as compact JSON with keys in the order
+//! `event_id`, `user_id`, `action`, `occurred_at`, `amount_cents`,
+//! `attributes` (sorted), absent fields omitted. Events already stored must
+//! load and write back byte for byte, so this module is the one definition of
+//! that format: field order is declaration order, optional fields are
+//! skipped when absent, and every part keeps its written spelling (actions
+//! the code does not know, timestamp precision, attribute text).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::text::{Charset, check};
+use crate::{Cents, DomainError, EventId, Timestamp, UserId};
+
+/// One thing a user did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Producer-chosen id, used for de-duplication; old events have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// Who did it.
+    pub user_id: UserId,
+    /// What they did.
+    pub action: Action,
+    /// When, as the producer wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<Timestamp>,
+    /// Money involved, if any (refunds may be negative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<Cents>,
+    /// Free-form context, written sorted by key.
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+}
+
+impl Event {
+    /// An event with only the required fields.
+    pub fn new(user_id: UserId, action: Action) -> Self {
+        Self {
+            event_id: None,
+            user_id,
+            action,
+            occurred_at: None,
+            amount_cents: None,
+            attributes: Attributes::default(),
+        }
+    }
+
+    /// Parses one stored or imported JSON line. Unknown fields are an error
+    /// (silently dropping them would lose data); so are duplicate keys.
+    pub fn from_json(line: &str) -> Result<Self, DomainError> {
+        serde_json::from_str(line).map_err(|e| DomainError::MalformedEvent(e.to_string()))
+    }
+
+    /// Writes the canonical stored form to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DomainError> {
+        serde_json::to_writer(out, self).map_err(|e| DomainError::MalformedEvent(e.to_string()))
+    }
+
+    /// The canonical stored form.
+    pub fn to_json(&self) -> Result<String, DomainError> {
+        serde_json::to_string(self).map_err(|e| DomainError::MalformedEvent(e.to_string()))
+    }
+}
+
+/// What an event records. Known actions get their own variant; any other
+/// action is carried as written (newer producers emit actions this code has
+/// never seen, and the store must keep them unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `login`
+    Login,
+    /// `logout`
+    Logout,
+    /// `purchase`
+    Purchase,
+    /// `refund`
+    Refund,
+    /// Anything else, kept verbatim.
+    Other(UnknownAction),
+}
+
+/// An action string that is not one of the known [`Action`]s. Only
+/// [`Action::parse`] builds one, so `Other("login")` cannot exist and every
+/// action has exactly one representation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnknownAction(Box<str>);
+
+impl UnknownAction {
+    /// The action as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Action {
+    /// Longest accepted action, in characters.
+    pub const MAX_CHARS: usize = 64;
+
+    /// Parses an action: a known name or any other 1..=64 printable
+    /// characters, carried unchanged.
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        Ok(match value {
+            "login" => Self::Login,
+            "logout" => Self::Logout,
+            "purchase" => Self::Purchase,
+            "refund" => Self::Refund,
+            other => {
+                check("action", other, Self::MAX_CHARS, Charset::Printable)?;
+                Self::Other(UnknownAction(other.into()))
+            }
+        })
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Login => "login",
+            Self::Logout => "logout",
+            Self::Purchase => "purchase",
+            Self::Refund => "refund",
+            Self::Other(other) => other.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ActionVisitor;
+        impl Visitor<'_> for ActionVisitor {
+            type Value = Action;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an action string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Action, E> {
+                Action::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(ActionVisitor)
+    }
+}
+
+/// An event's attributes, kept sorted by key. Keys and values are shared
+/// strings, so the pipeline can add a configured attribute to every event by
+/// bumping a reference count instead of allocating.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Attributes(BTreeMap<Arc<str>, Arc<str>>);
+
+impl Attributes {
+    /// No attributes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The value for `key`.
+    pub fn get(&self, key: &str) -> Option<&Arc<str>> {
+        self.0.get(key)
+    }
+
+    /// Sets `key` to `value`, returning the previous value.
+    pub fn insert(
+        &mut self,
+        key: impl Into<Arc<str>>,
+        value: impl Into<Arc<str>>,
+    ) -> Option<Arc<str>> {
+        self.0.insert(key.into(), value.into())
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Arc<str>> {
+        self.0.remove(key)
+    }
+
+    /// The attributes in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.0.iter()
+    }
+}
+
+impl<K: Into<Arc<str>>, V: Into<Arc<str>>> FromIterator<(K, V)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (&**k, &**v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    /// A repeated key is an error: keeping either value would silently lose
+    /// the other.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AttributesVisitor;
+        impl<'de> Visitor<'de> for AttributesVisitor {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string attributes")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
+                let mut attributes = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    if attributes.contains_key(key.as_str()) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "attributes has the key {key:?} twice"
+                        )));
+                    }
+                    attributes.insert(Arc::from(key), Arc::from(value));
+                }
+                Ok(Attributes(attributes))
+            }
+        }
+        deserializer.deserialize_map(AttributesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Architecture invariants, stated as absences (ARCHITECTURE.md) and checked on
+# the real dependency graph (normal and build edges; dev-dependencies are
+# test seams and may reach further).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+failed=0
+forbid() { # forbid CRATE DEP...
+    local krate=$1
+    shift
+    [ -d "crates/$krate" ] || return 0
+    local deps
+    deps=$(cargo tree --quiet -p "$krate" -e normal,build --prefix none --format '{p}' | cut -d' ' -f1 | sort -u)
+    for dep in "$@"; do
+        if grep -qx "$dep" <<<"$deps"; then
+            echo "architecture: $krate must know nothing of $dep, but depends on it:"
+            cargo tree --quiet -p "$krate" -e normal,build -i "$dep" | sed 's/^/    /'
+            failed=1
+        fi
+    done
+}
+
+forbid domain diesel diesel-async tonic prost tokio
+forbid transform-engine diesel diesel-async tonic prost
+forbid storage tonic prost
+[ "$failed" -eq 0 ] && echo "architecture: all dependency rules hold"
+exit "$failed"
