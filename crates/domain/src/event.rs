@@ -70,6 +70,16 @@ impl Event {
     }
 }
 
+/// An event the system could not process, and why. Stored for an operator to
+/// inspect and replay; nothing is silently lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The event as it was when it failed.
+    pub event: Event,
+    /// Why it failed, naming the step or policy.
+    pub reason: String,
+}
+
 /// What an event records. Known actions get their own variant; any other
 /// action is carried as written (newer producers emit actions this code has
 /// never seen, and the store must keep them unchanged).

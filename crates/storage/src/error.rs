@@ -1,0 +1,112 @@
+//! The storage crate's one error type.
+//!
+//! Policy: callers act on four things (the thing is missing, someone else
+//! changed it, the input broke a database rule, the database cannot be
+//! reached), so those are the variants they match on; the rest is internal.
+//! Every diesel and pool error is classified here, in [`From`] impls, and
+//! nowhere else. Messages are lower case and name the entity or constraint.
+//! `Unavailable` is the one retryable class: connection refused, pool
+//! exhausted, an operation over its time budget.
+
+use domain::DomainError;
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The entity does not exist.
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// What kind of thing (`order`, `product`).
+        entity: &'static str,
+        /// Its id as the caller gave it.
+        id: String,
+    },
+    /// Someone else got there first: a stale version, or a duplicate key.
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    /// The write broke a database rule (CHECK, foreign key, NOT NULL).
+    #[error("rejected by the database: {0}")]
+    Invalid(String),
+    /// A domain rule rejected the operation (an illegal status transition) or
+    /// stored data broke an invariant that this operation needs.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The database cannot be reached or did not answer in time. Retryable.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or corrupt data. Not retryable.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// The two ways a write can lose a race.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Optimistic concurrency: the caller's version is not the stored one.
+    #[error("order {id} is at version {actual}, not the expected {expected}")]
+    StaleVersion {
+        /// The order.
+        id: String,
+        /// The version the caller based its change on.
+        expected: u64,
+        /// The version stored now.
+        actual: u64,
+    },
+    /// A unique key already exists (a SKU owned by another product).
+    #[error("duplicate {0}")]
+    Duplicate(String),
+}
+
+impl From<diesel::result::Error> for StorageError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        match error {
+            Error::DatabaseError(kind, info) => {
+                let what = info
+                    .constraint_name()
+                    .map_or_else(|| info.message().to_owned(), str::to_owned);
+                match kind {
+                    Kind::UniqueViolation => Conflict::Duplicate(what).into(),
+                    Kind::ForeignKeyViolation | Kind::CheckViolation | Kind::NotNullViolation => {
+                        Self::Invalid(what)
+                    }
+                    Kind::ClosedConnection => Self::Unavailable(info.message().to_owned()),
+                    // SQLite reports a held write lock past busy_timeout as a
+                    // plain error; it is load, not a bug.
+                    _ if is_sqlite_busy(info.message()) => {
+                        Self::Unavailable(info.message().to_owned())
+                    }
+                    _ => Self::Internal(info.message().to_owned()),
+                }
+            }
+            Error::NotFound => {
+                Self::Internal("a row the operation relies on is missing".to_owned())
+            }
+            Error::BrokenTransactionManager => {
+                Self::Unavailable("connection left in a broken transaction".to_owned())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_sqlite_busy(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database is busy")
+}
+
+impl From<diesel::ConnectionError> for StorageError {
+    fn from(error: diesel::ConnectionError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for StorageError {
+    fn from(error: bb8::RunError<diesel_async::pooled_connection::PoolError>) -> Self {
+        match error {
+            bb8::RunError::TimedOut => {
+                Self::Unavailable("timed out waiting for a database connection".to_owned())
+            }
+            bb8::RunError::User(e) => Self::Unavailable(e.to_string()),
+        }
+    }
+}

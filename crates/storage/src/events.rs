@@ -1,0 +1,242 @@
+//! The event store and the dead-letter store.
+//!
+//! Events are kept as their canonical JSON text (see `domain::Event`), in
+//! the order stored; reading returns that text untouched, so an export is
+//! byte for byte what was imported.
+
+use std::future::Future;
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use domain::{DeadLetter, Event};
+
+use crate::StorageError;
+use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
+use crate::schema::{dead_letters, events};
+
+/// Rows per INSERT statement: SQLite binds at most 32,766 parameters.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the store; increases in storage order.
+    pub position: i64,
+    /// The canonical JSON, exactly as stored.
+    pub json: String,
+    /// When it was stored.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    /// Position in the store.
+    pub position: i64,
+    /// The event's canonical JSON.
+    pub json: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where processed events go.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` in one transaction: all are stored, in order, or none.
+    fn append_events(
+        &self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Up to `limit` events stored after `after` (a position; `None` from the
+    /// start), in storage order.
+    fn read_events(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, StorageError>> + Send;
+}
+
+/// Where events that could not be processed go.
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// Stores `letters` in one transaction.
+    fn dead_letter(
+        &self,
+        letters: &[DeadLetter],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Up to `limit` dead letters after `after`, oldest first.
+    fn read_dead_letters(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StorageError>> + Send;
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = events)]
+struct NewEventRow {
+    event_id: Option<String>,
+    body: String,
+    received_at: NaiveDateTime,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = events)]
+struct EventRow {
+    id: i64,
+    body: String,
+    received_at: NaiveDateTime,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = dead_letters)]
+struct NewDeadLetterRow {
+    body: String,
+    reason: String,
+    created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = dead_letters)]
+struct DeadLetterRow {
+    id: i64,
+    body: String,
+    reason: String,
+    created_at: NaiveDateTime,
+}
+
+insert_rows!(NewEventRow => events::table);
+insert_rows!(NewDeadLetterRow => dead_letters::table);
+
+/// `rows` in owned chunks of at most [`ROWS_PER_INSERT`].
+fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
+    while rows.len() > ROWS_PER_INSERT {
+        let rest = rows.split_off(ROWS_PER_INSERT);
+        chunks.push(std::mem::replace(&mut rows, rest));
+    }
+    chunks.push(rows);
+    chunks
+}
+
+fn json_of(event: &Event) -> Result<String, StorageError> {
+    event
+        .to_json()
+        .map_err(|e| StorageError::Internal(e.to_string()))
+}
+
+impl EventStore for Database {
+    async fn append_events(&self, batch: &[Event]) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let received_at = Utc::now().trunc_subsecs(6).naive_utc();
+        let rows = batch
+            .iter()
+            .map(|event| {
+                Ok(NewEventRow {
+                    event_id: event.event_id.as_ref().map(ToString::to_string),
+                    body: json_of(event)?,
+                    received_at,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                for chunk in chunked(rows) {
+                    c.insert_rows(chunk).await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let rows: Vec<EventRow> = with_conn!(&mut conn, |c| {
+                events::table
+                    .filter(events::id.gt(after.unwrap_or(0)))
+                    .order(events::id)
+                    .limit(i64::from(limit))
+                    .select(EventRow::as_select())
+                    .load(c)
+                    .await
+            })?;
+            Ok(rows
+                .into_iter()
+                .map(|row| StoredEvent {
+                    position: row.id,
+                    json: row.body,
+                    received_at: row.received_at.and_utc(),
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+impl DeadLetterStore for Database {
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), StorageError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let created_at = Utc::now().trunc_subsecs(6).naive_utc();
+        let rows = letters
+            .iter()
+            .map(|letter| {
+                Ok(NewDeadLetterRow {
+                    body: json_of(&letter.event)?,
+                    reason: letter.reason.clone(),
+                    created_at,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                for chunk in chunked(rows) {
+                    c.insert_rows(chunk).await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+        })
+        .await
+    }
+
+    async fn read_dead_letters(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredDeadLetter>, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let rows: Vec<DeadLetterRow> = with_conn!(&mut conn, |c| {
+                dead_letters::table
+                    .filter(dead_letters::id.gt(after.unwrap_or(0)))
+                    .order(dead_letters::id)
+                    .limit(i64::from(limit))
+                    .select(DeadLetterRow::as_select())
+                    .load(c)
+                    .await
+            })?;
+            Ok(rows
+                .into_iter()
+                .map(|row| StoredDeadLetter {
+                    position: row.id,
+                    json: row.body,
+                    reason: row.reason,
+                    created_at: row.created_at.and_utc(),
+                })
+                .collect())
+        })
+        .await
+    }
+}

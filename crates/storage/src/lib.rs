@@ -1,0 +1,21 @@
+//! orderflow's database layer: the schema and its migrations, async
+//! repositories over PostgreSQL or embedded SQLite, and (with the cache
+//! issue) the order cache.
+//!
+//! Callers depend on the traits ([`OrderRepository`], [`CatalogRepository`],
+//! [`EventStore`], [`DeadLetterStore`]); [`Database`] implements all of them
+//! for both backends. This crate knows nothing of gRPC.
+
+mod catalog;
+mod db;
+mod error;
+mod events;
+pub mod migrate;
+mod orders;
+mod schema;
+
+pub use catalog::CatalogRepository;
+pub use db::{Backend, Database, StoreConfig};
+pub use error::{Conflict, StorageError};
+pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
+pub use orders::{Created, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OrderPage, OrderRepository};

@@ -1,0 +1,84 @@
+//! Schema migrations, embedded in the binary and run at start-up (and by
+//! `orderflow migrate`). Re-running is a no-op: diesel records applied
+//! versions in `__diesel_schema_migrations`.
+//!
+//! diesel's migration harness is synchronous, so it runs on tokio's blocking
+//! pool (never on a worker, and on any runtime flavour: no `block_in_place`).
+//! On PostgreSQL the whole run holds a session advisory lock, so instances
+//! starting together migrate one after another and none serves a
+//! half-migrated schema.
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::StorageError;
+use crate::db::{Backend, StoreConfig};
+
+const POSTGRES: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+const SQLITE: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// Advisory-lock key that serialises migrations ("orderflw" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6f72_6465_7266_6c77;
+
+/// Applies every pending migration; returns how many were applied.
+pub async fn run(config: &StoreConfig) -> Result<usize, StorageError> {
+    let backend = config.backend();
+    let url = match backend {
+        Backend::Postgres => config.url.clone(),
+        Backend::Sqlite => config
+            .url
+            .strip_prefix("sqlite://")
+            .unwrap_or(&config.url)
+            .to_owned(),
+    };
+    let work = tokio::task::spawn_blocking(move || match backend {
+        Backend::Postgres => migrate_postgres(&url),
+        Backend::Sqlite => migrate_sqlite(&url),
+    });
+    let applied = tokio::time::timeout(
+        config
+            .operation_timeout
+            .max(std::time::Duration::from_secs(60)),
+        work,
+    )
+    .await
+    .map_err(|_| StorageError::Unavailable("migrations did not finish in time".to_owned()))?
+    .map_err(|e| StorageError::Internal(format!("migration task failed: {e}")))??;
+    if applied > 0 {
+        tracing::info!(applied, ?backend, "applied database migrations");
+    }
+    Ok(applied)
+}
+
+fn migrate_postgres(url: &str) -> Result<usize, StorageError> {
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)?;
+    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+    let result = apply(&mut conn, POSTGRES);
+    // Closing the session releases the lock too; unlocking explicitly just
+    // lets a waiting instance go on a little sooner.
+    if let Err(e) = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")) {
+        tracing::warn!(error = %e, "could not release the migration lock; closing the session releases it");
+    }
+    result
+}
+
+fn migrate_sqlite(path: &str) -> Result<usize, StorageError> {
+    let mut conn = SqliteConnection::establish(path)?;
+    // WAL is a property of the file; set it before any table exists.
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+    )?;
+    apply(&mut conn, SQLITE)
+}
+
+fn apply<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<usize, StorageError>
+where
+    C: MigrationHarness<C::Backend> + Connection,
+{
+    conn.run_pending_migrations(migrations)
+        .map(|applied| applied.len())
+        .map_err(|e| StorageError::Internal(format!("migration failed: {e}")))
+}

@@ -1,0 +1,408 @@
+//! Orders: the [`OrderRepository`] trait the gRPC layer and the cache use, and
+//! its diesel implementation on [`Database`].
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use domain::{
+    Cents, Currency, IdempotencyKey, NewOrder, Order, OrderId, OrderLine, OrderStatus, ProductId,
+    Quantity, RestoredOrder, UserId,
+};
+
+use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
+use crate::schema::{order_idempotency_keys, order_lines, orders};
+use crate::{Conflict, StorageError};
+
+/// Most orders one page may hold; larger requests are clamped to it.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Page size when the caller asks for 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// The outcome of [`OrderRepository::create_order`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The order: new, or the original one for a repeated idempotency key.
+    pub order: Order,
+    /// `false` when an earlier call with the same key made it.
+    pub created: bool,
+}
+
+/// One page of a user's orders, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPage {
+    /// The orders on this page.
+    pub orders: Vec<Order>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<OrderId>,
+}
+
+/// Orders as the rest of the system sees them.
+pub trait OrderRepository: Send + Sync + 'static {
+    /// The order with `id`.
+    fn find_order(&self, id: OrderId) -> impl Future<Output = Result<Order, StorageError>> + Send;
+
+    /// Stores a new PENDING order. With an idempotency key already used by
+    /// this user, returns the order that key made and creates nothing.
+    fn create_order(
+        &self,
+        new: NewOrder,
+    ) -> impl Future<Output = Result<Created, StorageError>> + Send;
+
+    /// Moves an order to `status` if it is still at `expected_version`
+    /// (`Conflict::StaleVersion` otherwise) and the move is legal
+    /// (`DomainError::IllegalTransition` otherwise).
+    fn update_status(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Order, StorageError>> + Send;
+
+    /// A user's orders, newest first, `page_size` at most (0 means the
+    /// default), starting after `after` (keyset pagination: stable while
+    /// new orders arrive).
+    fn list_orders(
+        &self,
+        user_id: &UserId,
+        page_size: u32,
+        after: Option<OrderId>,
+    ) -> impl Future<Output = Result<OrderPage, StorageError>> + Send;
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+struct OrderRow {
+    order_id: String,
+    user_id: String,
+    status: String,
+    total_cents: i64,
+    currency: String,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    version: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_lines)]
+struct LineRow {
+    order_id: String,
+    line_no: i32,
+    product_id: String,
+    quantity: i64,
+    unit_price_cents: i64,
+}
+
+insert_rows!(LineRow => order_lines::table);
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = order_idempotency_keys)]
+struct KeyRow<'a> {
+    user_id: &'a str,
+    idempotency_key: &'a str,
+    order_id: &'a str,
+    created_at: NaiveDateTime,
+}
+
+/// Now, truncated to what both backends store (microseconds), so an order
+/// reads back equal to what was written.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn corrupt(id: &str, what: impl std::fmt::Display) -> StorageError {
+    StorageError::Internal(format!("stored order {id} is unreadable: {what}"))
+}
+
+fn order_rows(order: &Order) -> Result<(OrderRow, Vec<LineRow>), StorageError> {
+    let id = order.id().to_string();
+    let version = i64::try_from(order.version()).map_err(|e| corrupt(&id, e))?;
+    let lines = order
+        .lines()
+        .iter()
+        .enumerate()
+        .map(|(n, line)| {
+            Ok(LineRow {
+                order_id: id.clone(),
+                line_no: i32::try_from(n).map_err(|e| corrupt(&id, e))?,
+                product_id: line.product_id().to_string(),
+                quantity: i64::from(line.quantity().get()),
+                unit_price_cents: line.unit_price().get(),
+            })
+        })
+        .collect::<Result<_, StorageError>>()?;
+    let row = OrderRow {
+        order_id: id,
+        user_id: order.user_id().to_string(),
+        status: order.status().as_str().to_owned(),
+        total_cents: order.total().get(),
+        currency: order.currency().to_string(),
+        created_at: order.created_at().naive_utc(),
+        updated_at: order.updated_at().naive_utc(),
+        version,
+    };
+    Ok((row, lines))
+}
+
+fn restore(row: OrderRow, lines: Vec<LineRow>) -> Result<Order, StorageError> {
+    let id = row.order_id.clone();
+    let bad = |e: domain::DomainError| corrupt(&id, e);
+    let lines = lines
+        .into_iter()
+        .map(|line| {
+            let field = format!("lines[{}]", line.line_no);
+            let quantity = u32::try_from(line.quantity).map_err(|e| corrupt(&id, e))?;
+            OrderLine::new(
+                &field,
+                ProductId::parse(line.product_id).map_err(bad)?,
+                Quantity::parse_field(&field, quantity).map_err(bad)?,
+                Cents::new(line.unit_price_cents),
+            )
+            .map_err(bad)
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    Order::restore(RestoredOrder {
+        id: OrderId::parse(&row.order_id).map_err(bad)?,
+        user_id: UserId::parse(row.user_id).map_err(bad)?,
+        status: row.status.parse().map_err(bad)?,
+        lines,
+        total: Cents::new(row.total_cents),
+        currency: Currency::parse(&row.currency).map_err(bad)?,
+        created_at: row.created_at.and_utc(),
+        updated_at: row.updated_at.and_utc(),
+        version: u64::try_from(row.version).map_err(|e| corrupt(&id, e))?,
+    })
+    .map_err(bad)
+}
+
+/// Loads the orders `rows` describe with their lines, in `rows`' order.
+macro_rules! load_with_lines {
+    ($c:ident, $rows:expr) => {{
+        let rows: Vec<OrderRow> = $rows;
+        let ids: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
+        let lines: Vec<LineRow> = order_lines::table
+            .filter(order_lines::order_id.eq_any(&ids))
+            .order((order_lines::order_id, order_lines::line_no))
+            .select(LineRow::as_select())
+            .load($c)
+            .await?;
+        let mut by_order: HashMap<String, Vec<LineRow>> = HashMap::with_capacity(rows.len());
+        for line in lines {
+            by_order
+                .entry(line.order_id.clone())
+                .or_default()
+                .push(line);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let lines = by_order.remove(&row.order_id).unwrap_or_default();
+                restore(row, lines)
+            })
+            .collect::<Result<Vec<Order>, StorageError>>()
+    }};
+}
+
+/// Finds the order a user's idempotency key made, inside a transaction.
+macro_rules! find_by_key {
+    ($c:ident, $user:expr, $key:expr) => {{
+        let found: Option<OrderRow> = order_idempotency_keys::table
+            .inner_join(orders::table)
+            .filter(order_idempotency_keys::user_id.eq($user))
+            .filter(order_idempotency_keys::idempotency_key.eq($key))
+            .select(OrderRow::as_select())
+            .first($c)
+            .await
+            .optional()?;
+        match found {
+            Some(row) => load_with_lines!($c, vec![row])?.into_iter().next(),
+            None => None,
+        }
+    }};
+}
+
+impl Database {
+    async fn order_by_key(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Order>, StorageError> {
+        let mut conn = self.acquire().await?;
+        let order = with_conn!(&mut conn, |c| find_by_key!(c, user.as_str(), key.as_str()));
+        Ok(order)
+    }
+}
+
+impl OrderRepository for Database {
+    async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let key = id.to_string();
+            let orders = with_conn!(&mut conn, |c| {
+                let rows: Vec<OrderRow> = orders::table
+                    .find(&key)
+                    .select(OrderRow::as_select())
+                    .load(c)
+                    .await?;
+                load_with_lines!(c, rows)
+            })?;
+            orders.into_iter().next().ok_or(StorageError::NotFound {
+                entity: "order",
+                id: key,
+            })
+        })
+        .await
+    }
+
+    async fn create_order(&self, new: NewOrder) -> Result<Created, StorageError> {
+        let key = new.idempotency_key().cloned();
+        let retry = key.clone().map(|key| (new.user_id().clone(), key));
+        let order = Order::place(OrderId::generate(), new, now());
+        let (row, lines) = order_rows(&order)?;
+        let result = self
+            .write(move |mut conn| async move {
+                write_transaction!(&mut conn, |c| {
+                    if let Some(key) = &key
+                        && let Some(original) = find_by_key!(c, row.user_id.as_str(), key.as_str())
+                    {
+                        return Ok(Created {
+                            order: original,
+                            created: false,
+                        });
+                    }
+                    diesel::insert_into(orders::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?;
+                    c.insert_rows(lines).await?;
+                    if let Some(key) = &key {
+                        let key_row = KeyRow {
+                            user_id: &row.user_id,
+                            idempotency_key: key.as_str(),
+                            order_id: &row.order_id,
+                            created_at: row.created_at,
+                        };
+                        diesel::insert_into(order_idempotency_keys::table)
+                            .values(&key_row)
+                            .execute(c)
+                            .await?;
+                    }
+                    Ok::<_, StorageError>(Created {
+                        order,
+                        created: true,
+                    })
+                })
+            })
+            .await;
+        match (result, retry) {
+            // Two concurrent first attempts with one key (PostgreSQL): the
+            // loser hits the key's primary key and rolls back; the winner's
+            // order is the answer.
+            (Err(StorageError::Conflict(Conflict::Duplicate(what))), Some((user, key))) => {
+                match self.timed(self.order_by_key(&user, &key)).await? {
+                    Some(original) => Ok(Created {
+                        order: original,
+                        created: false,
+                    }),
+                    None => Err(Conflict::Duplicate(what).into()),
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn update_status(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        expected_version: u64,
+    ) -> Result<Order, StorageError> {
+        let key = id.to_string();
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                let rows: Vec<OrderRow> = orders::table
+                    .find(&key)
+                    .select(OrderRow::as_select())
+                    .load(c)
+                    .await?;
+                let Some(current) = load_with_lines!(c, rows)?.into_iter().next() else {
+                    return Err(StorageError::NotFound {
+                        entity: "order",
+                        id: key,
+                    });
+                };
+                if current.version() != expected_version {
+                    return Err(Conflict::StaleVersion {
+                        id: key,
+                        expected: expected_version,
+                        actual: current.version(),
+                    }
+                    .into());
+                }
+                let updated = current.with_status(status, now())?;
+                let (row, _) = order_rows(&updated)?;
+                let changed = diesel::update(orders::table.find(&key))
+                    .filter(orders::version.eq(row.version - 1))
+                    .set((
+                        orders::status.eq(&row.status),
+                        orders::updated_at.eq(row.updated_at),
+                        orders::version.eq(row.version),
+                    ))
+                    .execute(c)
+                    .await?;
+                if changed != 1 {
+                    // A concurrent writer committed between our read and write
+                    // (PostgreSQL read committed); its version is newer.
+                    return Err(Conflict::StaleVersion {
+                        id: key,
+                        expected: expected_version,
+                        actual: expected_version + 1,
+                    }
+                    .into());
+                }
+                Ok(updated)
+            })
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        user_id: &UserId,
+        page_size: u32,
+        after: Option<OrderId>,
+    ) -> Result<OrderPage, StorageError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let after = after.map(|id| id.to_string());
+            let mut orders = with_conn!(&mut conn, |c| {
+                let mut query = orders::table
+                    .filter(orders::user_id.eq(user_id.as_str()))
+                    .order(orders::order_id.desc())
+                    .limit(i64::from(size) + 1)
+                    .select(OrderRow::as_select())
+                    .into_boxed();
+                if let Some(after) = &after {
+                    query = query.filter(orders::order_id.lt(after));
+                }
+                let rows: Vec<OrderRow> = query.load(c).await?;
+                load_with_lines!(c, rows)
+            })?;
+            // One row past the page tells whether another page exists.
+            let more = orders.len() > size as usize;
+            orders.truncate(size as usize);
+            let next = if more {
+                orders.last().map(Order::id)
+            } else {
+                None
+            };
+            Ok(OrderPage { orders, next })
+        })
+        .await
+    }
+}

@@ -1,0 +1,87 @@
+//! The diesel schema, shared by both backends. The migrations under
+//! `migrations/postgres` and `migrations/sqlite` create column-compatible
+//! tables, so these definitions (as `diesel print-schema` would write them)
+//! describe both and every query is written once.
+
+diesel::table! {
+    orders (order_id) {
+        order_id -> Text,
+        user_id -> Text,
+        status -> Text,
+        total_cents -> BigInt,
+        currency -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    order_lines (order_id, line_no) {
+        order_id -> Text,
+        line_no -> Integer,
+        product_id -> Text,
+        quantity -> BigInt,
+        unit_price_cents -> BigInt,
+    }
+}
+
+diesel::table! {
+    order_idempotency_keys (user_id, idempotency_key) {
+        user_id -> Text,
+        idempotency_key -> Text,
+        order_id -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    products (product_id) {
+        product_id -> Text,
+        sku -> Text,
+        name -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    warehouses (product_id, warehouse_id) {
+        product_id -> Text,
+        warehouse_id -> Text,
+        position -> Integer,
+        name -> Text,
+        is_primary -> Bool,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> BigInt,
+        event_id -> Nullable<Text>,
+        body -> Text,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    dead_letters (id) {
+        id -> BigInt,
+        body -> Text,
+        reason -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(order_lines -> orders (order_id));
+diesel::joinable!(order_idempotency_keys -> orders (order_id));
+diesel::joinable!(warehouses -> products (product_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    orders,
+    order_lines,
+    order_idempotency_keys,
+    products,
+    warehouses,
+    events,
+    dead_letters,
+);

@@ -1,0 +1,121 @@
+//! PostgreSQL-specific behaviour: concurrent start-up migrations, an
+//! unreachable server, and a direct look for dangling transactions.
+
+use std::time::{Duration, Instant};
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use domain::OrderId;
+use storage::{Database, OrderRepository, StorageError, StoreConfig};
+
+use crate::support::{postgres_url, schema_url};
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// No session of this test (named after its schema) is idle inside a
+/// transaction: a cancelled write left nothing open.
+pub async fn assert_no_idle_transactions(schema: &str) {
+    let url = postgres_url().unwrap();
+    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
+    // Give connections the pool is just discarding a moment to close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+    )
+    .bind::<Text, _>(schema)
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(count.n, 0, "sessions idle in a transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_together_migrate_once() {
+    let Some(base) = postgres_url() else { return };
+    let schema = format!("orderflow_test_mig_{}", rand::random::<u64>());
+    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let config = StoreConfig::new(schema_url(&base, &schema));
+    let starts: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(Database::connect(config.clone())))
+        .collect();
+    let mut ready = Vec::new();
+    for start in starts {
+        ready.push(start.await.unwrap().expect("every instance comes up"));
+    }
+    for db in &ready {
+        db.ping().await.unwrap();
+    }
+    let applied: Count = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM {schema}.__diesel_schema_migrations"
+    ))
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(applied.n, 1, "the one migration is recorded once");
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// Migrations run from a current-thread runtime too (no `block_in_place`).
+#[test]
+fn postgres_migrations_run_on_a_current_thread_runtime() {
+    let Some(base) = postgres_url() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let schema = format!("orderflow_test_ct_{}", rand::random::<u64>());
+        let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let result = Database::connect(StoreConfig::new(schema_url(&base, &schema))).await;
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        result.unwrap().ping().await.unwrap();
+    });
+}
+
+#[tokio::test]
+async fn postgres_unreachable_fails_fast_as_unavailable() {
+    // Port 9 (discard) has no PostgreSQL: connection refused.
+    let mut config = StoreConfig::new("postgres://postgres@127.0.0.1:9/test");
+    config.acquire_timeout = Duration::from_millis(300);
+    config.operation_timeout = Duration::from_millis(800);
+    let budget = config.operation_timeout;
+
+    let started = Instant::now();
+    let err = Database::connect(config.clone()).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < budget * 2,
+        "start-up failed in {:?}",
+        started.elapsed()
+    );
+
+    let db = Database::open(config);
+    let started = Instant::now();
+    let err = db.find_order(OrderId::generate()).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() <= budget + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(db.ping().await, Err(StorageError::Unavailable(_))));
+}

@@ -1,0 +1,548 @@
+//! The behaviour every backend must have. Each function runs against SQLite
+//! and PostgreSQL (see `backend_tests!` in main.rs).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use domain::{
+    Cents, Currency, DeadLetter, DomainError, Event, IdempotencyKey, NewOrder, OrderId, OrderLine,
+    OrderStatus, Product, ProductId, ProductName, Quantity, Sku, UserId, Warehouse, WarehouseId,
+    WarehouseName,
+};
+use storage::{
+    CatalogRepository, Conflict, Database, DeadLetterStore, EventStore, OrderRepository,
+    StorageError, migrate,
+};
+
+use crate::support::TestDb;
+
+const LEGACY: &str = include_str!("../../../domain/tests/data/legacy-events.jsonl");
+
+pub fn new_order(user: &str, key: Option<&str>, prices: &[i64]) -> NewOrder {
+    let lines = prices
+        .iter()
+        .enumerate()
+        .map(|(n, price)| {
+            OrderLine::new(
+                "lines",
+                ProductId::parse(format!("p-{n}")).unwrap(),
+                Quantity::parse_field("q", u32::try_from(n).unwrap() + 1).unwrap(),
+                Cents::new(*price),
+            )
+            .unwrap()
+        })
+        .collect();
+    NewOrder::new(
+        UserId::parse(user).unwrap(),
+        lines,
+        Currency::parse("EUR").unwrap(),
+        key.map(|k| IdempotencyKey::parse(k).unwrap()),
+    )
+    .unwrap()
+}
+
+fn product(id: &str, sku: &str, warehouses: &[(&str, bool)]) -> Product {
+    Product::new(
+        ProductId::parse(id).unwrap(),
+        Sku::parse(sku).unwrap(),
+        ProductName::parse(format!("Product {id}")).unwrap(),
+        warehouses
+            .iter()
+            .map(|(w, primary)| Warehouse {
+                id: WarehouseId::parse(*w).unwrap(),
+                name: WarehouseName::parse(format!("Warehouse {w}")).unwrap(),
+                is_primary: *primary,
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+pub async fn created_order_reads_back_equal(db: &TestDb) {
+    let created = db
+        .create_order(new_order("u-1", None, &[250, 1_000, 0]))
+        .await
+        .unwrap();
+    assert!(created.created);
+    let order = created.order;
+    assert_eq!(order.status(), OrderStatus::Pending);
+    assert_eq!(order.version(), 1);
+    assert_eq!(order.total(), Cents::new(250 + 2 * 1_000));
+    assert_eq!(db.find_order(order.id()).await.unwrap(), order);
+}
+
+pub async fn missing_order_is_not_found(db: &TestDb) {
+    let id = OrderId::generate();
+    let err = db.find_order(id).await.unwrap_err();
+    assert_eq!(
+        err,
+        StorageError::NotFound {
+            entity: "order",
+            id: id.to_string()
+        }
+    );
+    assert_eq!(err.to_string(), format!("order {id} not found"));
+}
+
+pub async fn idempotency_key_returns_the_original_order(db: &TestDb) {
+    let first = db
+        .create_order(new_order("u-1", Some("k-1"), &[100]))
+        .await
+        .unwrap();
+    let again = db
+        .create_order(new_order("u-1", Some("k-1"), &[999]))
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(
+        again.order, first.order,
+        "the retry answers with the original order"
+    );
+    // Keys are per user; no key means always new.
+    let other_user = db
+        .create_order(new_order("u-2", Some("k-1"), &[100]))
+        .await
+        .unwrap();
+    assert!(other_user.created);
+    let keyless = db
+        .create_order(new_order("u-1", None, &[100]))
+        .await
+        .unwrap();
+    assert!(keyless.created);
+    let page = db
+        .list_orders(&UserId::parse("u-1").unwrap(), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.orders.len(),
+        2,
+        "u-1 has the keyed order once plus the keyless one"
+    );
+}
+
+pub async fn status_update_checks_version_and_transition(db: &TestDb) {
+    let order = db
+        .create_order(new_order("u-1", None, &[100]))
+        .await
+        .unwrap()
+        .order;
+    let paid = db
+        .update_status(order.id(), OrderStatus::Paid, 1)
+        .await
+        .unwrap();
+    assert_eq!((paid.status(), paid.version()), (OrderStatus::Paid, 2));
+    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
+
+    let stale = db
+        .update_status(order.id(), OrderStatus::Shipped, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        stale,
+        StorageError::Conflict(Conflict::StaleVersion {
+            id: order.id().to_string(),
+            expected: 1,
+            actual: 2
+        })
+    );
+    let illegal = db
+        .update_status(order.id(), OrderStatus::Pending, 2)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        illegal,
+        StorageError::Domain(DomainError::IllegalTransition {
+            from: OrderStatus::Paid,
+            to: OrderStatus::Pending
+        })
+    );
+    let missing = db
+        .update_status(OrderId::generate(), OrderStatus::Paid, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StorageError::NotFound { .. }),
+        "{missing:?}"
+    );
+    // Failed updates changed nothing.
+    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
+}
+
+pub async fn list_orders_pages_newest_first(db: &TestDb) {
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        ids.push(
+            db.create_order(new_order("u-list", None, &[n]))
+                .await
+                .unwrap()
+                .order
+                .id(),
+        );
+    }
+    db.create_order(new_order("someone-else", None, &[1]))
+        .await
+        .unwrap();
+    ids.reverse(); // newest first
+
+    let user = UserId::parse("u-list").unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = db.list_orders(&user, 3, after).await.unwrap();
+        pages += 1;
+        assert!(page.orders.len() <= 3);
+        seen.extend(page.orders.iter().map(|o| o.id()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids);
+    // A page exactly filling the rest has no next page.
+    let all = db.list_orders(&user, 7, None).await.unwrap();
+    assert_eq!((all.orders.len(), all.next), (7, None));
+}
+
+pub async fn product_upsert_replaces_warehouses_atomically(db: &TestDb) {
+    let v1 = product("p-1", "SKU-1", &[("w1", true), ("w2", false)]);
+    db.upsert_product(v1.clone()).await.unwrap();
+    assert_eq!(db.get_product(v1.id()).await.unwrap(), v1);
+
+    let v2 = product("p-1", "SKU-1b", &[("w3", false), ("w2", true)]);
+    db.upsert_product(v2.clone()).await.unwrap();
+    let stored = db.get_product(v2.id()).await.unwrap();
+    assert_eq!(stored, v2, "warehouses replaced wholesale, order kept");
+    assert_eq!(stored.primary_warehouse().unwrap().id.as_str(), "w2");
+
+    let missing = db
+        .get_product(&ProductId::parse("nope").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        missing,
+        StorageError::NotFound {
+            entity: "product",
+            ..
+        }
+    ));
+}
+
+pub async fn product_without_primary_loads_but_reports_the_gap(db: &TestDb) {
+    for (id, sku, warehouses) in [
+        ("bare", "SKU-B", &[][..]),
+        ("unmarked", "SKU-U", &[("w1", false)][..]),
+    ] {
+        let p = product(id, sku, warehouses);
+        db.upsert_product(p.clone()).await.unwrap();
+        let stored = db.get_product(p.id()).await.unwrap();
+        assert_eq!(stored, p);
+        assert_eq!(
+            stored.primary_warehouse().unwrap_err(),
+            DomainError::NoPrimaryWarehouse(p.id().clone())
+        );
+    }
+}
+
+pub async fn database_enforces_one_primary_and_unique_sku(db: &TestDb) {
+    db.upsert_product(product("p-a", "SKU-A", &[("w1", true)]))
+        .await
+        .unwrap();
+    // The domain rejects two primaries before they reach the database; the
+    // database refuses them too, for writers that bypass the domain.
+    let err = db
+        .execute_raw("INSERT INTO warehouses (product_id, warehouse_id, position, name, is_primary) VALUES ('p-a', 'w2', 1, 'W2', TRUE)")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Conflict(Conflict::Duplicate(_))),
+        "second primary must violate the partial unique index: {err:?}"
+    );
+    let err = db.execute_raw("UPDATE orders SET total_cents = -1").await;
+    assert!(err.is_ok(), "no orders yet, nothing to violate");
+    db.create_order(new_order("u", None, &[5])).await.unwrap();
+    let err = db
+        .execute_raw("UPDATE orders SET total_cents = -1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Invalid(_)),
+        "CHECK violation is Invalid: {err:?}"
+    );
+
+    let err = db
+        .upsert_product(product("p-b", "SKU-A", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Conflict(Conflict::Duplicate(_))),
+        "{err:?}"
+    );
+    assert!(matches!(
+        db.get_product(&ProductId::parse("p-b").unwrap())
+            .await
+            .unwrap_err(),
+        StorageError::NotFound { .. }
+    ));
+}
+
+pub async fn events_round_trip_byte_for_byte_in_order(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let (first, second) = events.split_at(200);
+    db.append_events(first).await.unwrap();
+    db.append_events(second).await.unwrap();
+    let mut out = String::new();
+    let mut after = None;
+    loop {
+        let page = db.read_events(after, 128).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        for stored in &page {
+            out.push_str(&stored.json);
+            out.push('\n');
+        }
+    }
+    assert_eq!(out, LEGACY, "export equals the fixture byte for byte");
+}
+
+pub async fn large_event_batches_are_one_transaction(db: &TestDb) {
+    let event = Event::from_json(r#"{"user_id":"u","action":"login"}"#).unwrap();
+    let batch = vec![event.clone(); 2_500]; // several INSERT chunks
+    db.append_events(&batch).await.unwrap();
+    assert_eq!(db.read_events(None, 10_000).await.unwrap().len(), 2_500);
+    // A batch whose last chunk fails stores nothing: a row with a body that
+    // violates the CHECK cannot be made from an Event, so break the table.
+    db.execute_raw("DROP TABLE dead_letters").await.unwrap();
+    let letters = vec![
+        DeadLetter {
+            event,
+            reason: "x".into()
+        };
+        1_500
+    ];
+    assert!(db.dead_letter(&letters).await.is_err());
+}
+
+pub async fn dead_letters_are_stored_with_their_reason(db: &TestDb) {
+    let event = Event::from_json(LEGACY.lines().nth(4).unwrap()).unwrap();
+    let letters = vec![
+        DeadLetter {
+            event: event.clone(),
+            reason: "step enrich: missing key".into(),
+        },
+        DeadLetter {
+            event,
+            reason: "queue full".into(),
+        },
+    ];
+    db.dead_letter(&letters).await.unwrap();
+    let stored = db.read_dead_letters(None, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].json, LEGACY.lines().nth(4).unwrap());
+    assert_eq!(stored[1].reason, "queue full");
+    assert!(stored[0].position < stored[1].position);
+    assert!(
+        db.read_dead_letters(Some(stored[1].position), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn acknowledged_write_survives_a_new_pool(db: &TestDb) {
+    let order = db
+        .create_order(new_order("u-durable", None, &[42]))
+        .await
+        .unwrap()
+        .order;
+    let event = Event::from_json(LEGACY.lines().next().unwrap()).unwrap();
+    db.append_events(std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    // A new pool: nothing cached in a connection, only what was committed.
+    let reopened = Database::connect(db.config()).await.unwrap();
+    assert_eq!(reopened.find_order(order.id()).await.unwrap(), order);
+    assert_eq!(
+        reopened.read_events(None, 10).await.unwrap()[0].json,
+        event.to_json().unwrap()
+    );
+}
+
+pub async fn migrations_rerun_as_a_no_op(db: &TestDb) {
+    assert_eq!(migrate::run(&db.config()).await.unwrap(), 0);
+    db.ping().await.unwrap();
+}
+
+/// Callers give up at every point of a write (a client deadline); the pool
+/// must never hand out a connection with a transaction still open, and each
+/// write is all-or-nothing.
+pub async fn cancelled_writes_never_leave_an_open_transaction(db: &TestDb) {
+    let mut config = db.config();
+    config.max_connections = 1; // every call reuses the one connection
+    let single = Database::open(config);
+    let order = single
+        .create_order(new_order("u-cancel", None, &[1]))
+        .await
+        .unwrap()
+        .order;
+
+    // Cut calls after 0, 1, 2, … polls: a cancelled future is dropped at
+    // one of its await points, so this reaches every point of a write, from
+    // before BEGIN to around COMMIT, without depending on timer resolution.
+    let mut cut_short = 0;
+    for attempt in 0..60u32 {
+        let cut = attempt % 15;
+        let key = format!("k-{attempt}");
+        let create = single.create_order(new_order("u-cancel", Some(&key), &[1, 2]));
+        cut_short += u32::from(cancel_after_polls(create, cut).await.is_none());
+        let update = single.update_status(order.id(), OrderStatus::Cancelled, 99);
+        let _ = cancel_after_polls(update, cut).await;
+    }
+    assert!(
+        cut_short > 0 && cut_short < 60,
+        "both outcomes must occur: {cut_short} of 60 cut short"
+    );
+    // The one connection still works, outside any transaction: a fresh write
+    // through it commits and is visible from an independent pool.
+    let last = single
+        .create_order(new_order("u-cancel", Some("after"), &[3]))
+        .await
+        .unwrap()
+        .order;
+    let independent = Database::open(db.config());
+    assert_eq!(independent.find_order(last.id()).await.unwrap(), last);
+    // A second writer is not blocked by a dangling transaction's locks.
+    let paid = independent
+        .update_status(order.id(), OrderStatus::Paid, 1)
+        .await
+        .unwrap();
+    assert_eq!(paid.version(), 2);
+    // Every write was all-or-nothing: each two-line order is exactly one
+    // whose idempotency key was stored with it, so retrying every key finds
+    // exactly those orders (and creates the ones that never committed).
+    let user = UserId::parse("u-cancel").unwrap();
+    let before = independent
+        .list_orders(&user, 500, None)
+        .await
+        .unwrap()
+        .orders;
+    let two_line: HashSet<OrderId> = before
+        .iter()
+        .filter(|o| o.lines().len() == 2)
+        .map(|o| o.id())
+        .collect();
+    let mut found_by_key = HashSet::new();
+    for attempt in 0..60u32 {
+        let retry = independent
+            .create_order(new_order(
+                "u-cancel",
+                Some(&format!("k-{attempt}")),
+                &[1, 2],
+            ))
+            .await
+            .unwrap();
+        if !retry.created {
+            found_by_key.insert(retry.order.id());
+        }
+    }
+    assert_eq!(two_line, found_by_key);
+    if let Some(schema) = db.postgres_schema() {
+        crate::postgres_only::assert_no_idle_transactions(schema).await;
+    }
+}
+
+/// Drives `fut` for at most `polls` pending polls, then drops it: a
+/// cancellation at an exact await point.
+async fn cancel_after_polls<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut pending = 0;
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending if pending >= polls => std::task::Poll::Ready(None),
+        std::task::Poll::Pending => {
+            pending += 1;
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+pub async fn concurrent_tasks_create_read_and_update_consistently(db: &TestDb) {
+    let db = Arc::new(Database::open(db.config()));
+    let mut tasks = Vec::new();
+    for n in 0..32 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            let key = format!("key-{n}");
+            let user = format!("user-{}", n % 4);
+            let first = db
+                .create_order(new_order(&user, Some(&key), &[n]))
+                .await
+                .unwrap();
+            let retry = db
+                .create_order(new_order(&user, Some(&key), &[n]))
+                .await
+                .unwrap();
+            assert_eq!(retry.order.id(), first.order.id());
+            assert!(first.created && !retry.created);
+            let read = db.find_order(first.order.id()).await.unwrap();
+            assert_eq!(read, first.order);
+            let paid = db
+                .update_status(read.id(), OrderStatus::Paid, read.version())
+                .await
+                .unwrap();
+            assert_eq!(paid.version(), 2);
+            paid.id()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 32);
+    let mut stored = 0;
+    for u in 0..4 {
+        let page = db
+            .list_orders(&UserId::parse(format!("user-{u}")).unwrap(), 500, None)
+            .await
+            .unwrap();
+        assert!(
+            page.orders
+                .iter()
+                .all(|o| o.status() == OrderStatus::Paid && o.version() == 2)
+        );
+        stored += page.orders.len();
+    }
+    assert_eq!(stored, 32, "idempotent retries created nothing twice");
+
+    // Racing updates on one order: exactly one wins per version.
+    let id = db
+        .create_order(new_order("racer", None, &[1]))
+        .await
+        .unwrap()
+        .order
+        .id();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move { db.update_status(id, OrderStatus::Paid, 1).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(o) => {
+                wins += 1;
+                assert_eq!(o.version(), 2);
+            }
+            Err(StorageError::Conflict(Conflict::StaleVersion { .. })) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
