@@ -239,18 +239,28 @@ impl OrderRepository for Database {
         self.timed(async {
             let mut conn = self.acquire().await?;
             let key = id.to_string();
-            let orders = with_conn!(&mut conn, |c| {
-                let rows: Vec<OrderRow> = orders::table
-                    .find(&key)
-                    .select(OrderRow::as_select())
+            // One round trip: the order row joined to its lines (every
+            // order has at least one), the hot path behind cache misses.
+            let rows: Vec<(OrderRow, LineRow)> = with_conn!(&mut conn, |c| {
+                orders::table
+                    .inner_join(order_lines::table)
+                    .filter(orders::order_id.eq(&key))
+                    .order(order_lines::line_no)
+                    .select((OrderRow::as_select(), LineRow::as_select()))
                     .load(c)
-                    .await?;
-                load_with_lines!(c, rows)
+                    .await
             })?;
-            orders.into_iter().next().ok_or(StorageError::NotFound {
-                entity: "order",
-                id: key,
-            })
+            let mut rows = rows.into_iter();
+            let Some((order, first)) = rows.next() else {
+                return Err(StorageError::NotFound {
+                    entity: "order",
+                    id: key,
+                });
+            };
+            let lines = std::iter::once(first)
+                .chain(rows.map(|(_, line)| line))
+                .collect();
+            restore(order, lines)
         })
         .await
     }
