@@ -1,11 +1,12 @@
 //! orderflow's database layer: the schema and its migrations, async
-//! repositories over PostgreSQL or embedded SQLite, and (with the cache
-//! issue) the order cache.
+//! repositories over PostgreSQL or embedded SQLite, and the lock-free order
+//! cache in front of them.
 //!
 //! Callers depend on the traits ([`OrderRepository`], [`CatalogRepository`],
 //! [`EventStore`], [`DeadLetterStore`]); [`Database`] implements all of them
 //! for both backends. This crate knows nothing of gRPC.
 
+pub mod cache;
 mod catalog;
 mod db;
 mod error;
@@ -13,9 +14,12 @@ mod events;
 pub mod migrate;
 mod orders;
 mod schema;
+mod shared;
 
+pub use cache::{CacheConfig, CacheStats, CachedOrders, OrderCache};
 pub use catalog::CatalogRepository;
 pub use db::{Backend, Database, StoreConfig};
 pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
 pub use orders::{Created, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OrderPage, OrderRepository};
+pub use shared::SharedOrder;

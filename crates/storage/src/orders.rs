@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
@@ -14,7 +15,7 @@ use domain::{
 
 use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
 use crate::schema::{order_idempotency_keys, order_lines, orders};
-use crate::{Conflict, StorageError};
+use crate::{Conflict, SharedOrder, StorageError};
 
 /// Most orders one page may hold; larger requests are clamped to it.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -41,8 +42,12 @@ pub struct OrderPage {
 
 /// Orders as the rest of the system sees them.
 pub trait OrderRepository: Send + Sync + 'static {
-    /// The order with `id`.
-    fn find_order(&self, id: OrderId) -> impl Future<Output = Result<Order, StorageError>> + Send;
+    /// The order with `id`, shared: a cache hands out the same snapshot to
+    /// every reader without copying it.
+    fn find_order(
+        &self,
+        id: OrderId,
+    ) -> impl Future<Output = Result<SharedOrder, StorageError>> + Send;
 
     /// Stores a new PENDING order. With an idempotency key already used by
     /// this user, returns the order that key made and creates nothing.
@@ -70,6 +75,42 @@ pub trait OrderRepository: Send + Sync + 'static {
         page_size: u32,
         after: Option<OrderId>,
     ) -> impl Future<Output = Result<OrderPage, StorageError>> + Send;
+}
+
+/// A shared repository is a repository (the server hands one `Arc` to the
+/// cache and the health check).
+impl<R: OrderRepository> OrderRepository for Arc<R> {
+    fn find_order(
+        &self,
+        id: OrderId,
+    ) -> impl Future<Output = Result<SharedOrder, StorageError>> + Send {
+        (**self).find_order(id)
+    }
+
+    fn create_order(
+        &self,
+        new: NewOrder,
+    ) -> impl Future<Output = Result<Created, StorageError>> + Send {
+        (**self).create_order(new)
+    }
+
+    fn update_status(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<Order, StorageError>> + Send {
+        (**self).update_status(id, status, expected_version)
+    }
+
+    fn list_orders(
+        &self,
+        user_id: &UserId,
+        page_size: u32,
+        after: Option<OrderId>,
+    ) -> impl Future<Output = Result<OrderPage, StorageError>> + Send {
+        (**self).list_orders(user_id, page_size, after)
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -235,7 +276,7 @@ impl Database {
 }
 
 impl OrderRepository for Database {
-    async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
+    async fn find_order(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
         self.timed(async {
             let mut conn = self.acquire().await?;
             let key = id.to_string();
@@ -260,7 +301,7 @@ impl OrderRepository for Database {
             let lines = std::iter::once(first)
                 .chain(rows.map(|(_, line)| line))
                 .collect();
-            restore(order, lines)
+            restore(order, lines).map(SharedOrder::new)
         })
         .await
     }

@@ -10,6 +10,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod cache;
 mod postgres_only;
 mod suite;
 mod support;

@@ -68,7 +68,7 @@ pub async fn created_order_reads_back_equal(db: &TestDb) {
     assert_eq!(order.status(), OrderStatus::Pending);
     assert_eq!(order.version(), 1);
     assert_eq!(order.total(), Cents::new(250 + 2 * 1_000));
-    assert_eq!(db.find_order(order.id()).await.unwrap(), order);
+    assert_eq!(*db.find_order(order.id()).await.unwrap(), order);
 }
 
 pub async fn missing_order_is_not_found(db: &TestDb) {
@@ -132,7 +132,7 @@ pub async fn status_update_checks_version_and_transition(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!((paid.status(), paid.version()), (OrderStatus::Paid, 2));
-    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
+    assert_eq!(*db.find_order(order.id()).await.unwrap(), paid);
 
     let stale = db
         .update_status(order.id(), OrderStatus::Shipped, 1)
@@ -166,7 +166,7 @@ pub async fn status_update_checks_version_and_transition(db: &TestDb) {
         "{missing:?}"
     );
     // Failed updates changed nothing.
-    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
+    assert_eq!(*db.find_order(order.id()).await.unwrap(), paid);
 }
 
 pub async fn list_orders_pages_newest_first(db: &TestDb) {
@@ -366,7 +366,7 @@ pub async fn acknowledged_write_survives_a_new_pool(db: &TestDb) {
         .unwrap();
     // A new pool: nothing cached in a connection, only what was committed.
     let reopened = Database::connect(db.config()).await.unwrap();
-    assert_eq!(reopened.find_order(order.id()).await.unwrap(), order);
+    assert_eq!(*reopened.find_order(order.id()).await.unwrap(), order);
     assert_eq!(
         reopened.read_events(None, 10).await.unwrap()[0].json,
         event.to_json().unwrap()
@@ -415,7 +415,7 @@ pub async fn cancelled_writes_never_leave_an_open_transaction(db: &TestDb) {
         .unwrap()
         .order;
     let independent = Database::open(db.config());
-    assert_eq!(independent.find_order(last.id()).await.unwrap(), last);
+    assert_eq!(*independent.find_order(last.id()).await.unwrap(), last);
     // A second writer is not blocked by a dangling transaction's locks.
     let paid = independent
         .update_status(order.id(), OrderStatus::Paid, 1)
@@ -491,7 +491,7 @@ pub async fn concurrent_tasks_create_read_and_update_consistently(db: &TestDb) {
             assert_eq!(retry.order.id(), first.order.id());
             assert!(first.created && !retry.created);
             let read = db.find_order(first.order.id()).await.unwrap();
-            assert_eq!(read, first.order);
+            assert_eq!(*read, first.order);
             let paid = db
                 .update_status(read.id(), OrderStatus::Paid, read.version())
                 .await

@@ -1,0 +1,76 @@
+//! [`SharedOrder`]: how repositories hand out orders.
+//!
+//! An order is an immutable snapshot once read, so readers share one copy by
+//! reference count. The allocation also carries the cache's per-entry
+//! bookkeeping (expiry, CLOCK reference bit), so a cache hit touches one
+//! allocation: the one the caller is about to read anyway. Keeping that
+//! bookkeeping beside the pointer in the index instead doubled the index's
+//! entry size and cost hits about a third of their throughput
+//! (docs/benchmarks.md).
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+
+use domain::Order;
+
+/// A reference-counted, read-only order. Dereferences to [`Order`].
+#[derive(Clone)]
+pub struct SharedOrder(Arc<Slot>);
+
+/// `repr(C)` with the bookkeeping first: it then shares the first cache
+/// line with the `Arc`'s reference counts, which a hit touches anyway. (Left
+/// to rustc, the fields landed 120 bytes in, past a large `Order`, and every
+/// hit paid a second cache miss.)
+#[repr(C)]
+pub(crate) struct Slot {
+    /// Cache expiry, milliseconds on the cache's wrapping clock.
+    pub(crate) expires_at: AtomicU32,
+    /// CLOCK's reference bit: set by hits, cleared by the eviction sweep.
+    pub(crate) referenced: AtomicBool,
+    pub(crate) order: Order,
+}
+
+impl SharedOrder {
+    /// Shares `order`.
+    pub fn new(order: Order) -> Self {
+        Self(Arc::new(Slot {
+            order,
+            expires_at: AtomicU32::new(0),
+            referenced: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.0
+    }
+}
+
+impl From<Order> for SharedOrder {
+    fn from(order: Order) -> Self {
+        Self::new(order)
+    }
+}
+
+impl Deref for SharedOrder {
+    type Target = Order;
+
+    fn deref(&self) -> &Order {
+        &self.0.order
+    }
+}
+
+impl fmt::Debug for SharedOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.order, f)
+    }
+}
+
+impl PartialEq for SharedOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.order == other.0.order
+    }
+}
+
+impl Eq for SharedOrder {}
