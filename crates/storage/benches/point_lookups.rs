@@ -28,11 +28,26 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
-    let url = std::env::var("BENCH_DATABASE_URL").expect("set BENCH_DATABASE_URL");
-    let clients = env_or("BENCH_CLIENTS", 8);
-    let seconds = env_or("BENCH_SECONDS", 10);
-    let seeded = env_or("BENCH_ORDERS", 10_000);
+    // `cargo bench` passes `--bench`. Without it (`cargo test --all-targets`)
+    // this is a smoke test: a few orders on a temp SQLite file for a moment.
+    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    let scratch = tempfile::tempdir().unwrap();
+    let (url, clients, seconds, seeded) = if smoke {
+        (
+            scratch.path().join("smoke.db").display().to_string(),
+            2,
+            0,
+            20,
+        )
+    } else {
+        let url = std::env::var("BENCH_DATABASE_URL").expect("set BENCH_DATABASE_URL");
+        (
+            url,
+            env_or("BENCH_CLIENTS", 8),
+            env_or("BENCH_SECONDS", 10),
+            env_or("BENCH_ORDERS", 10_000),
+        )
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,13 +92,14 @@ fn main() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        tokio::time::sleep(Duration::from_secs(seconds).max(Duration::from_millis(200))).await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await.unwrap();
         }
         let elapsed = started.elapsed().as_secs_f64();
         let lookups = done.load(Ordering::Relaxed);
+        assert!(lookups > 0, "no lookup completed");
         println!(
             "{{\"backend\":\"{:?}\",\"clients\":{clients},\"seconds\":{elapsed:.2},\"lookups\":{lookups},\"per_second\":{:.0}}}",
             db.backend(),
