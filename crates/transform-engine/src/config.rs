@@ -1,0 +1,470 @@
+//! Pipeline configuration: a TOML file of `[[steps]]`, validated at load
+//! into a [`PipelineSpec`], from which each worker builds its own
+//! [`Pipeline`] (with its own de-duplication window and aggregate tables).
+//!
+//! ```toml
+//! [[steps]]
+//! kind = "deduplicate"
+//! window = 100000
+//!
+//! [[steps]]
+//! kind = "filter"
+//! keep = { actions = ["purchase", "refund"] }   # or drop = { … }
+//!
+//! [[steps]]
+//! kind = "enrich"
+//! attribute = "category"
+//! from = "action"                                # action | user_id | attribute:NAME
+//! table = { purchase = "revenue", refund = "revenue" }
+//! default = "other"                              # or required = true
+//!
+//! [[steps]]
+//! kind = "rename"
+//! from = "ip"
+//! to = "client_ip"
+//!
+//! [[steps]]
+//! kind = "aggregate"
+//! name = "per_action"
+//! by = "action"
+//! ```
+//!
+//! Every error names the step (`steps[2] (enrich)`) and the field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use domain::Action;
+use foldhash::fast::FixedState;
+use serde::Deserialize;
+
+use crate::Pipeline;
+use crate::steps::{
+    Aggregate, AggregateTable, Condition, Deduplicate, Enrich, EnrichValue, Filter, KeySource,
+    Rename, TransformStep,
+};
+
+/// Why a pipeline file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read pipeline file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped fields.
+    #[error("invalid pipeline file: {0}")]
+    Parse(String),
+    /// A step's values break a rule.
+    #[error("steps[{index}] ({kind}): {field}: {reason}")]
+    Step {
+        /// Position in `[[steps]]`.
+        index: usize,
+        /// The step's kind.
+        kind: &'static str,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A validated pipeline description. Cheap to clone; [`Self::build`] makes
+/// a runnable pipeline with fresh state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSpec {
+    steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum StepSpec {
+    Enrich {
+        attribute: Arc<str>,
+        value: EnrichSpec,
+    },
+    Filter {
+        condition: Condition,
+        keep_matching: bool,
+    },
+    Rename {
+        from: Arc<str>,
+        to: Arc<str>,
+        required: bool,
+    },
+    Aggregate {
+        name: Arc<str>,
+        by: KeySource,
+        max_keys: usize,
+    },
+    Deduplicate {
+        window: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum EnrichSpec {
+    Constant(Arc<str>),
+    Lookup {
+        from: KeySource,
+        table: BTreeMap<String, Arc<str>>,
+        default: Option<Arc<str>>,
+        required: bool,
+    },
+}
+
+/// Default de-duplication window: 100,000 ids is a few minutes of traffic at
+/// a few hundred events per second, in about 2.5 MB of hashes per worker.
+pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+/// Default bound on aggregation keys per worker.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+impl Default for PipelineSpec {
+    /// The built-in pipeline: drop repeated event ids, count and sum per
+    /// action. It never changes an event, so stored events are exactly what
+    /// producers sent.
+    fn default() -> Self {
+        Self {
+            steps: vec![
+                StepSpec::Deduplicate {
+                    window: DEFAULT_DEDUP_WINDOW,
+                },
+                StepSpec::Aggregate {
+                    name: Arc::from("per_action"),
+                    by: KeySource::Action,
+                    max_keys: DEFAULT_MAX_KEYS,
+                },
+            ],
+        }
+    }
+}
+
+impl PipelineSpec {
+    /// Reads and validates a pipeline file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates pipeline TOML.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let steps = file
+            .steps
+            .into_iter()
+            .enumerate()
+            .map(|(index, step)| step.validate(index))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { steps })
+    }
+
+    /// How many steps.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether there are none (every event passes unchanged).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// A runnable pipeline with fresh state.
+    pub fn build(&self) -> Pipeline {
+        Pipeline::new(self.steps.iter().map(StepSpec::build).collect())
+    }
+}
+
+impl StepSpec {
+    fn build(&self) -> TransformStep {
+        match self {
+            Self::Enrich { attribute, value } => TransformStep::Enrich(Enrich {
+                attribute: Arc::clone(attribute),
+                value: match value {
+                    EnrichSpec::Constant(v) => EnrichValue::Constant(Arc::clone(v)),
+                    EnrichSpec::Lookup {
+                        from,
+                        table,
+                        default,
+                        required,
+                    } => {
+                        let mut map =
+                            HashMap::with_capacity_and_hasher(table.len(), FixedState::default());
+                        map.extend(
+                            table
+                                .iter()
+                                .map(|(k, v)| (Box::from(k.as_str()), Arc::clone(v))),
+                        );
+                        EnrichValue::Lookup {
+                            from: from.clone(),
+                            table: map,
+                            default: default.clone(),
+                            required: *required,
+                        }
+                    }
+                },
+            }),
+            Self::Filter {
+                condition,
+                keep_matching,
+            } => TransformStep::Filter(Filter {
+                condition: condition.clone(),
+                keep_matching: *keep_matching,
+            }),
+            Self::Rename { from, to, required } => TransformStep::Rename(Rename {
+                from: Arc::clone(from),
+                to: Arc::clone(to),
+                required: *required,
+            }),
+            Self::Aggregate { name, by, max_keys } => TransformStep::Aggregate(Aggregate {
+                name: Arc::clone(name),
+                by: by.clone(),
+                max_keys: *max_keys,
+                table: Arc::new(Mutex::new(AggregateTable::default())),
+            }),
+            Self::Deduplicate { window } => TransformStep::Deduplicate(Deduplicate::new(*window)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    steps: Vec<StepConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum StepConfig {
+    Enrich {
+        attribute: String,
+        value: Option<String>,
+        from: Option<String>,
+        table: Option<BTreeMap<String, String>>,
+        default: Option<String>,
+        #[serde(default)]
+        required: bool,
+    },
+    Filter {
+        keep: Option<ConditionConfig>,
+        drop: Option<ConditionConfig>,
+    },
+    Rename {
+        from: String,
+        to: String,
+        #[serde(default)]
+        required: bool,
+    },
+    Aggregate {
+        name: String,
+        by: String,
+        max_keys: Option<usize>,
+    },
+    Deduplicate {
+        window: Option<usize>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionConfig {
+    actions: Option<Vec<String>>,
+    amount_at_least: Option<i64>,
+    amount_below: Option<i64>,
+    has_attribute: Option<String>,
+    attribute: Option<String>,
+    equals: Option<String>,
+}
+
+impl StepConfig {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Enrich { .. } => "enrich",
+            Self::Filter { .. } => "filter",
+            Self::Rename { .. } => "rename",
+            Self::Aggregate { .. } => "aggregate",
+            Self::Deduplicate { .. } => "deduplicate",
+        }
+    }
+
+    fn validate(self, index: usize) -> Result<StepSpec, ConfigError> {
+        let kind = self.kind();
+        let bad = |field: &'static str, reason: String| ConfigError::Step {
+            index,
+            kind,
+            field,
+            reason,
+        };
+        let name = |field: &'static str, value: String| -> Result<Arc<str>, ConfigError> {
+            if value.trim().is_empty() {
+                Err(bad(field, "must not be empty".to_owned()))
+            } else {
+                Ok(Arc::from(value))
+            }
+        };
+        Ok(match self {
+            Self::Enrich {
+                attribute,
+                value,
+                from,
+                table,
+                default,
+                required,
+            } => {
+                let attribute = name("attribute", attribute)?;
+                let value = match (value, from, table) {
+                    (Some(value), None, None) => {
+                        if default.is_some() || required {
+                            return Err(bad(
+                                "default",
+                                "only applies to a lookup (`from` + `table`)".to_owned(),
+                            ));
+                        }
+                        EnrichSpec::Constant(Arc::from(value))
+                    }
+                    (None, Some(from), Some(table)) => {
+                        if required && default.is_some() {
+                            return Err(bad(
+                                "required",
+                                "a lookup with a `default` never fails; drop one".to_owned(),
+                            ));
+                        }
+                        EnrichSpec::Lookup {
+                            from: key_source(&from).map_err(|reason| bad("from", reason))?,
+                            table: table.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
+                            default: default.map(Arc::from),
+                            required,
+                        }
+                    }
+                    (None, Some(_), None) => {
+                        return Err(bad("table", "a lookup needs a `table`".to_owned()));
+                    }
+                    (None, None, Some(_)) => {
+                        return Err(bad("from", "a lookup needs `from`".to_owned()));
+                    }
+                    (None, None, None) => {
+                        return Err(bad(
+                            "value",
+                            "set `value`, or `from` and `table`".to_owned(),
+                        ));
+                    }
+                    (Some(_), _, _) => {
+                        return Err(bad(
+                            "value",
+                            "set `value` or `from` + `table`, not both".to_owned(),
+                        ));
+                    }
+                };
+                StepSpec::Enrich { attribute, value }
+            }
+            Self::Filter { keep, drop } => match (keep, drop) {
+                (Some(c), None) => StepSpec::Filter {
+                    condition: condition(c).map_err(|r| bad("keep", r))?,
+                    keep_matching: true,
+                },
+                (None, Some(c)) => StepSpec::Filter {
+                    condition: condition(c).map_err(|r| bad("drop", r))?,
+                    keep_matching: false,
+                },
+                (Some(_), Some(_)) => {
+                    return Err(bad("keep", "set `keep` or `drop`, not both".to_owned()));
+                }
+                (None, None) => return Err(bad("keep", "set `keep` or `drop`".to_owned())),
+            },
+            Self::Rename { from, to, required } => {
+                let (from, to) = (name("from", from)?, name("to", to)?);
+                if from == to {
+                    return Err(bad("to", format!("renames {from:?} to itself")));
+                }
+                StepSpec::Rename { from, to, required }
+            }
+            Self::Aggregate {
+                name: agg,
+                by,
+                max_keys,
+            } => {
+                let max_keys = max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+                if max_keys == 0 {
+                    return Err(bad("max_keys", "must be at least 1".to_owned()));
+                }
+                StepSpec::Aggregate {
+                    name: name("name", agg)?,
+                    by: key_source(&by).map_err(|r| bad("by", r))?,
+                    max_keys,
+                }
+            }
+            Self::Deduplicate { window } => {
+                let window = window.unwrap_or(DEFAULT_DEDUP_WINDOW);
+                if window == 0 || window > 10_000_000 {
+                    return Err(bad("window", format!("is {window}, must be 1..=10000000")));
+                }
+                StepSpec::Deduplicate { window }
+            }
+        })
+    }
+}
+
+fn key_source(text: &str) -> Result<KeySource, String> {
+    match text {
+        "action" => Ok(KeySource::Action),
+        "user_id" => Ok(KeySource::UserId),
+        other => match other.strip_prefix("attribute:") {
+            Some(name) if !name.is_empty() => Ok(KeySource::Attribute(Arc::from(name))),
+            _ => Err(format!(
+                "{other:?} is not `action`, `user_id` or `attribute:NAME`"
+            )),
+        },
+    }
+}
+
+fn condition(config: ConditionConfig) -> Result<Condition, String> {
+    let ConditionConfig {
+        actions,
+        amount_at_least,
+        amount_below,
+        has_attribute,
+        attribute,
+        equals,
+    } = config;
+    let mut set = Vec::new();
+    if let Some(actions) = actions {
+        if actions.is_empty() {
+            return Err("`actions` must list at least one action".to_owned());
+        }
+        let parsed = actions
+            .iter()
+            .map(|a| Action::parse(a).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        set.push(Condition::ActionIn(parsed));
+    }
+    if let Some(min) = amount_at_least {
+        set.push(Condition::AmountAtLeast(min));
+    }
+    if let Some(max) = amount_below {
+        set.push(Condition::AmountBelow(max));
+    }
+    if let Some(name) = has_attribute {
+        set.push(Condition::HasAttribute(Arc::from(name)));
+    }
+    match (attribute, equals) {
+        (Some(name), Some(value)) => set.push(Condition::AttributeEquals(
+            Arc::from(name),
+            Arc::from(value),
+        )),
+        (None, None) => {}
+        _ => return Err("`attribute` and `equals` go together".to_owned()),
+    }
+    let mut set = set.into_iter();
+    match (set.next(), set.next()) {
+        (Some(only), None) => Ok(only),
+        (None, _) => Err("give one condition: actions, amount_at_least, amount_below, has_attribute, or attribute + equals".to_owned()),
+        (Some(_), Some(_)) => Err("give exactly one condition per filter; chain filters for more".to_owned()),
+    }
+}

@@ -1,0 +1,292 @@
+//! The engine: N workers draining the ingest queues through their own
+//! pipelines into the sinks, and the shutdown that drains them.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use domain::{DeadLetter, Event};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::PipelineSpec;
+use crate::ingest::{Ingest, OverflowPolicy};
+use crate::pipeline::BatchOutcome;
+use crate::sink::{DeadLetterSink, EventSink, SinkError};
+use crate::stats::{Counters, PipelineStats, Settled};
+use crate::steps::{AggregateTable, Totals};
+
+/// How the engine is sized and what it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Worker tasks, each with its own queue and pipeline. Default 2: one
+    /// per core of the machine this was sized on; the sink's I/O, not the
+    /// steps, is what they mostly wait on.
+    pub workers: usize,
+    /// Events the queues hold in total. Default 512: four batches of slack
+    /// per worker keeps workers busy across a store round trip, while a full
+    /// queue holds only ~256 KB of 500-byte events. (A 100,000-slot queue
+    /// held 52 MB in the seed's overload; see docs/benchmarks.md.)
+    pub queue_capacity: usize,
+    /// Most events a worker takes per batch (and per store transaction).
+    pub batch_size: usize,
+    /// What ingest does when a queue is full.
+    pub policy: OverflowPolicy,
+    /// The steps.
+    pub pipeline: PipelineSpec,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            queue_capacity: 512,
+            batch_size: 64,
+            policy: OverflowPolicy::default(),
+            pipeline: PipelineSpec::default(),
+        }
+    }
+}
+
+/// Sink writes that fail as retryable are tried this many times in all.
+const SINK_ATTEMPTS: u32 = 3;
+/// First retry delay; doubles per attempt.
+const SINK_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A running engine.
+pub struct Engine<D> {
+    ingest: Ingest<D>,
+    counters: Arc<Counters>,
+    workers: Vec<JoinHandle<()>>,
+    /// Tells workers to stop taking new events and drain what is queued.
+    shutdown: watch::Sender<bool>,
+    aggregates: Vec<(Arc<str>, Arc<Mutex<AggregateTable>>)>,
+}
+
+/// One aggregation key's totals, summed over workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateRow {
+    /// The aggregate step's name.
+    pub aggregate: Arc<str>,
+    /// The key; `None` for the catch-all.
+    pub key: Option<Arc<str>>,
+    /// The totals.
+    pub totals: Totals,
+}
+
+impl<D: DeadLetterSink> Engine<D> {
+    /// Starts the workers on the current tokio runtime.
+    pub fn start<S: EventSink>(config: EngineConfig, sink: Arc<S>, dead: Arc<D>) -> Self {
+        let workers = config.workers.max(1);
+        let batch_size = config.batch_size.max(1);
+        let per_queue = (config.queue_capacity / workers).max(1);
+        let counters = Arc::new(Counters::default());
+        let (shutdown, stop) = watch::channel(false);
+        let mut queues = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        let mut aggregates = Vec::new();
+        for id in 0..workers {
+            let (tx, rx) = mpsc::channel(per_queue);
+            queues.push(tx);
+            let pipeline = config.pipeline.build();
+            aggregates.extend(pipeline.aggregates());
+            let worker = Worker {
+                id,
+                rx,
+                pipeline,
+                sink: Arc::clone(&sink),
+                dead: Arc::clone(&dead),
+                counters: Arc::clone(&counters),
+                batch_size,
+            };
+            handles.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        let ingest = Ingest::new(queues, config.policy, Arc::clone(&counters), dead);
+        Self {
+            ingest,
+            counters,
+            workers: handles,
+            shutdown,
+            aggregates,
+        }
+    }
+
+    /// The producer handle.
+    pub fn ingest(&self) -> Ingest<D> {
+        self.ingest.clone()
+    }
+
+    /// Counters and queue state now; the accounting identity holds.
+    pub fn stats(&self) -> PipelineStats {
+        // Depth first: an event counted in flight may have just left the
+        // queue, never the other way round.
+        let (queue_depth, queue_capacity) = self.ingest.depth();
+        PipelineStats {
+            queue_depth,
+            queue_capacity,
+            ..self.counters.snapshot()
+        }
+    }
+
+    /// Whether every worker is still running (health checks ask this).
+    pub fn is_alive(&self) -> bool {
+        !self.workers.is_empty() && self.workers.iter().all(|w| !w.is_finished())
+    }
+
+    /// Aggregate totals so far, summed over workers, sorted by name and key.
+    pub fn aggregates(&self) -> Vec<AggregateRow> {
+        let mut rows: std::collections::BTreeMap<(Arc<str>, Option<Arc<str>>), Totals> =
+            Default::default();
+        for (name, table) in &self.aggregates {
+            let (keys, other) = table
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .snapshot();
+            let mut add = |key: Option<Arc<str>>, t: Totals| {
+                let row = rows.entry((Arc::clone(name), key)).or_default();
+                row.count += t.count;
+                row.sum_cents = row.sum_cents.saturating_add(t.sum_cents);
+            };
+            for (key, totals) in keys {
+                add(Some(key), totals);
+            }
+            if other.count > 0 {
+                add(None, other);
+            }
+        }
+        rows.into_iter()
+            .map(|((aggregate, key), totals)| AggregateRow {
+                aggregate,
+                key,
+                totals,
+            })
+            .collect()
+    }
+
+    /// Stops taking events, lets the workers drain every accepted event
+    /// (processed or dead-lettered), and returns the final counts. Callers
+    /// bound how long they wait (the server's grace period).
+    pub async fn shutdown(self) -> PipelineStats {
+        self.ingest.close();
+        let _ = self.shutdown.send(true);
+        for worker in self.workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "a pipeline worker ended abnormally");
+            }
+        }
+        PipelineStats {
+            queue_depth: 0,
+            queue_capacity: self.ingest.depth().1,
+            ..self.counters.snapshot()
+        }
+    }
+}
+
+struct Worker<S, D> {
+    id: usize,
+    rx: mpsc::Receiver<Event>,
+    pipeline: crate::Pipeline,
+    sink: Arc<S>,
+    dead: Arc<D>,
+    counters: Arc<Counters>,
+    batch_size: usize,
+}
+
+impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut out = BatchOutcome::default();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                received = self.rx.recv_many(&mut batch, self.batch_size) => {
+                    if received == 0 {
+                        break; // closed and empty: drained
+                    }
+                }
+                changed = stop.changed(), if !draining => {
+                    // Refuse new sends; keep receiving what is queued.
+                    let _ = changed;
+                    self.rx.close();
+                    draining = true;
+                    continue;
+                }
+            }
+            let events = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
+            let settled = self.handle(events, &mut out).await;
+            self.counters.settle(settled);
+            out.clear();
+        }
+        tracing::debug!(worker = self.id, "pipeline worker drained");
+    }
+
+    /// Runs one batch through the pipeline and the sinks; every event of it
+    /// ends in exactly one outcome.
+    async fn handle(&mut self, events: Vec<Event>, out: &mut BatchOutcome) -> Settled {
+        let taken = events.len() as u64;
+        let pipeline = &mut self.pipeline;
+        // Steps do not panic by construction (lints, checked arithmetic);
+        // if one ever does, the batch's unaccounted events are counted as
+        // dropped and the worker lives on.
+        let run =
+            std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.process_batch(events, out)));
+        let mut settled = Settled {
+            filtered: out.filtered,
+            deduplicated: out.deduplicated,
+            ..Settled::default()
+        };
+        if run.is_err() {
+            let lost = taken.saturating_sub(out.total());
+            tracing::error!(
+                worker = self.id,
+                lost,
+                "a pipeline step panicked; the batch's unsettled events are lost"
+            );
+            settled.dropped += lost;
+        }
+        if !out.kept.is_empty() {
+            match with_retries(|| self.sink.append(&out.kept)).await {
+                Ok(()) => settled.processed += out.kept.len() as u64,
+                Err(error) => {
+                    let reason = format!("event store unavailable: {error}");
+                    out.dead.extend(out.kept.drain(..).map(|event| DeadLetter {
+                        event,
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+        if !out.dead.is_empty() {
+            let count = out.dead.len() as u64;
+            match with_retries(|| self.dead.dead_letter(&out.dead)).await {
+                Ok(()) => settled.dead_lettered += count,
+                Err(error) => {
+                    tracing::error!(%error, count, "neither store took these events; they are lost");
+                    settled.dropped += count;
+                }
+            }
+        }
+        settled
+    }
+}
+
+async fn with_retries<F, Fut>(mut write: F) -> Result<(), SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SinkError>>,
+{
+    let mut delay = SINK_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.retryable && attempt < SINK_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "sink write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! orderflow's data plane: events enter through small bounded queues with
+//! an explicit overflow policy, pass through a configured chain of
+//! transforms, and land in the event store; failures go to the dead-letter
+//! store. Every event is accounted for at every moment.
+//!
+//! This crate knows nothing of gRPC or databases: it depends on `domain`
+//! and writes through the [`EventSink`] and [`DeadLetterSink`] traits, which
+//! `storage` implements and the server wires.
+//!
+//! Hot-path dispatch is an enum ([`TransformStep`]) with one `match`; trait
+//! objects appear only at the configuration seam.
+
+mod config;
+mod engine;
+mod ingest;
+mod pipeline;
+mod sink;
+mod stats;
+mod steps;
+
+pub use config::{ConfigError, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_KEYS, PipelineSpec};
+pub use engine::{AggregateRow, Engine, EngineConfig};
+pub use ingest::{Admission, Ingest, IngestError, OverflowPolicy};
+pub use pipeline::{BatchOutcome, Pipeline};
+pub use sink::{DeadLetterSink, EventSink, MemorySink, SinkError};
+pub use stats::PipelineStats;
+pub use steps::{
+    Aggregate, AggregateTable, Condition, Deduplicate, Enrich, Filter, KeySource, Rename, Totals,
+    TransformStep, Verdict,
+};

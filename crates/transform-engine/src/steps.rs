@@ -1,0 +1,378 @@
+//! The transform steps: one struct per kind, and [`TransformStep`], the enum
+//! the hot path dispatches on with a single `match`.
+//!
+//! Steps are built from validated configuration (see `config`) and are
+//! designed not to allocate per event: attribute keys and values are shared
+//! `Arc<str>`s (adding one bumps a reference count), de-duplication keeps
+//! 64-bit hashes of ids, and aggregation allocates only the first time it
+//! sees a key. A step never panics on bad data: it answers
+//! [`Verdict::Failed`] and the event is dead-lettered with the reason.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use domain::{Action, Event};
+use foldhash::fast::FixedState;
+
+/// What a step decided about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on.
+    Keep,
+    /// A filter dropped it (counted as `filtered`).
+    Filtered,
+    /// Its id was seen within the window (counted as `deduplicated`).
+    Duplicate,
+    /// The step could not process it; it goes to the dead-letter store with
+    /// this reason.
+    Failed(String),
+}
+
+/// Where a step reads a key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The event's action (`login`, …).
+    Action,
+    /// The event's user id.
+    UserId,
+    /// The value of an attribute.
+    Attribute(Arc<str>),
+}
+
+impl KeySource {
+    /// The key for `event`, if it has one.
+    #[inline]
+    pub fn key<'e>(&self, event: &'e Event) -> Option<&'e str> {
+        match self {
+            Self::Action => Some(event.action.as_str()),
+            Self::UserId => Some(event.user_id.as_str()),
+            Self::Attribute(name) => event.attributes.get(name).map(|v| &**v),
+        }
+    }
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Action => f.write_str("action"),
+            Self::UserId => f.write_str("user_id"),
+            Self::Attribute(name) => write!(f, "attribute {name:?}"),
+        }
+    }
+}
+
+/// One step of a pipeline. Hot paths call [`TransformStep::apply`] (or
+/// match once per batch, see `Pipeline`); trait objects stay at the
+/// configuration seam.
+#[derive(Debug)]
+pub enum TransformStep {
+    /// Add or overwrite an attribute.
+    Enrich(Enrich),
+    /// Keep or drop events by a condition.
+    Filter(Filter),
+    /// Rename an attribute key.
+    Rename(Rename),
+    /// Count events and sum amounts per key.
+    Aggregate(Aggregate),
+    /// Drop repeated event ids within a bounded window.
+    Deduplicate(Deduplicate),
+}
+
+impl TransformStep {
+    /// Applies this step to one event: the single delegating `match`.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        match self {
+            Self::Enrich(step) => step.apply(event),
+            Self::Filter(step) => step.apply(event),
+            Self::Rename(step) => step.apply(event),
+            Self::Aggregate(step) => step.apply(event),
+            Self::Deduplicate(step) => step.apply(event),
+        }
+    }
+
+    /// The kind, as configuration spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Enrich(_) => "enrich",
+            Self::Filter(_) => "filter",
+            Self::Rename(_) => "rename",
+            Self::Aggregate(_) => "aggregate",
+            Self::Deduplicate(_) => "deduplicate",
+        }
+    }
+}
+
+/// Sets `attribute` to a constant or to a value looked up in a static table.
+#[derive(Debug)]
+pub struct Enrich {
+    pub(crate) attribute: Arc<str>,
+    pub(crate) value: EnrichValue,
+}
+
+#[derive(Debug)]
+pub(crate) enum EnrichValue {
+    Constant(Arc<str>),
+    Lookup {
+        from: KeySource,
+        table: HashMap<Box<str>, Arc<str>, FixedState>,
+        /// Used when the key is absent from the table (or the event has no
+        /// key); `None` with `required` fails the event instead.
+        default: Option<Arc<str>>,
+        required: bool,
+    },
+}
+
+impl Enrich {
+    /// Applies the step.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        let value = match &self.value {
+            EnrichValue::Constant(value) => Arc::clone(value),
+            EnrichValue::Lookup {
+                from,
+                table,
+                default,
+                required,
+            } => {
+                let found = from.key(event).and_then(|key| table.get(key));
+                match (found, default) {
+                    (Some(value), _) | (None, Some(value)) => Arc::clone(value),
+                    (None, None) if *required => {
+                        return Verdict::Failed(format!(
+                            "no {} entry for {from} {:?}",
+                            self.attribute,
+                            from.key(event).unwrap_or("(absent)")
+                        ));
+                    }
+                    (None, None) => return Verdict::Keep,
+                }
+            }
+        };
+        event.attributes.insert(Arc::clone(&self.attribute), value);
+        Verdict::Keep
+    }
+}
+
+/// A condition on one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The action is one of these.
+    ActionIn(Vec<Action>),
+    /// `amount_cents` is present and at least this.
+    AmountAtLeast(i64),
+    /// `amount_cents` is present and below this.
+    AmountBelow(i64),
+    /// The attribute is present.
+    HasAttribute(Arc<str>),
+    /// The attribute has exactly this value.
+    AttributeEquals(Arc<str>, Arc<str>),
+}
+
+impl Condition {
+    /// Whether `event` meets the condition.
+    #[inline]
+    pub fn matches(&self, event: &Event) -> bool {
+        match self {
+            Self::ActionIn(actions) => actions.contains(&event.action),
+            Self::AmountAtLeast(min) => event.amount_cents.is_some_and(|a| a.get() >= *min),
+            Self::AmountBelow(max) => event.amount_cents.is_some_and(|a| a.get() < *max),
+            Self::HasAttribute(name) => event.attributes.get(name).is_some(),
+            Self::AttributeEquals(name, value) => {
+                event.attributes.get(name).is_some_and(|v| v == value)
+            }
+        }
+    }
+}
+
+/// Keeps events that match (`keep`) or drops them (`drop`).
+#[derive(Debug)]
+pub struct Filter {
+    pub(crate) condition: Condition,
+    /// `true`: keep matching events; `false`: drop them.
+    pub(crate) keep_matching: bool,
+}
+
+impl Filter {
+    /// Applies the step.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        if self.condition.matches(event) == self.keep_matching {
+            Verdict::Keep
+        } else {
+            Verdict::Filtered
+        }
+    }
+}
+
+/// Moves an attribute's value to a new key.
+#[derive(Debug)]
+pub struct Rename {
+    pub(crate) from: Arc<str>,
+    pub(crate) to: Arc<str>,
+    /// Fail events that lack the attribute instead of passing them on.
+    pub(crate) required: bool,
+}
+
+impl Rename {
+    /// Applies the step.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        match event.attributes.remove(&self.from) {
+            Some(value) => {
+                event.attributes.insert(Arc::clone(&self.to), value);
+                Verdict::Keep
+            }
+            None if self.required => {
+                Verdict::Failed(format!("attribute {:?} is missing", self.from))
+            }
+            None => Verdict::Keep,
+        }
+    }
+}
+
+/// Running totals for one aggregation key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events seen.
+    pub count: u64,
+    /// Sum of their `amount_cents` (absent counts as 0).
+    pub sum_cents: i64,
+}
+
+/// An aggregation's table: totals per key, bounded in size.
+#[derive(Debug, Default)]
+pub struct AggregateTable {
+    by_key: HashMap<Arc<str>, Totals, FixedState>,
+    /// Totals for keys seen after the table was full, and for events
+    /// without a key.
+    other: Totals,
+}
+
+impl AggregateTable {
+    /// Totals per key, plus the catch-all for keys past the limit.
+    pub fn snapshot(&self) -> (Vec<(Arc<str>, Totals)>, Totals) {
+        let mut keys: Vec<_> = self
+            .by_key
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), *v))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        (keys, self.other)
+    }
+}
+
+/// Counts events and sums amounts per key, readable while running through
+/// [`Aggregate::table`]. At most `max_keys` keys are tracked (memory stays
+/// bounded); later keys go to a catch-all.
+#[derive(Debug)]
+pub struct Aggregate {
+    pub(crate) name: Arc<str>,
+    pub(crate) by: KeySource,
+    pub(crate) max_keys: usize,
+    /// Locked once per batch (or per event on the one-at-a-time path), by
+    /// this worker and by readers of the totals; never across an await.
+    pub(crate) table: Arc<Mutex<AggregateTable>>,
+}
+
+impl Aggregate {
+    /// The aggregation's name from configuration.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The live table, for readers.
+    pub fn table(&self) -> Arc<Mutex<AggregateTable>> {
+        Arc::clone(&self.table)
+    }
+
+    /// Applies the step to one event.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        self.record(&mut table, event)
+    }
+
+    /// Applies the step to a batch under one lock; `verdicts` gets one
+    /// entry per event.
+    pub fn apply_batch(&mut self, events: &mut [Event], verdicts: &mut Vec<Verdict>) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        verdicts.extend(events.iter().map(|event| self.record(&mut table, event)));
+    }
+
+    #[inline]
+    fn record(&self, table: &mut AggregateTable, event: &Event) -> Verdict {
+        let amount = event.amount_cents.map_or(0, |a| a.get());
+        if let Some(key) = self.by.key(event) {
+            // The common case, one lookup and no allocation.
+            if let Some(totals) = table.by_key.get_mut(key) {
+                return self.add(totals, amount);
+            }
+            if table.by_key.len() < self.max_keys {
+                let totals = table.by_key.entry(Arc::from(key)).or_default();
+                return self.add(totals, amount);
+            }
+        }
+        self.add(&mut table.other, amount)
+    }
+
+    #[inline]
+    fn add(&self, totals: &mut Totals, amount: i64) -> Verdict {
+        match totals.sum_cents.checked_add(amount) {
+            Some(sum) => {
+                totals.sum_cents = sum;
+                totals.count += 1;
+                Verdict::Keep
+            }
+            None => Verdict::Failed(format!(
+                "aggregate {}: the sum overflows with {amount} cents",
+                self.name
+            )),
+        }
+    }
+}
+
+/// Drops events whose id was seen among the last `window` ids. Memory is
+/// bounded by the window: it keeps 64-bit hashes, not the ids. (Two ids
+/// colliding in 64 bits would make one look repeated; at a window of a
+/// million ids the chance is about 1 in 10^7 per event.) Events without an
+/// id pass.
+#[derive(Debug)]
+pub struct Deduplicate {
+    pub(crate) window: usize,
+    pub(crate) seen: HashSet<u64, FixedState>,
+    pub(crate) order: VecDeque<u64>,
+    pub(crate) hasher: FixedState,
+}
+
+impl Deduplicate {
+    pub(crate) fn new(window: usize) -> Self {
+        let window = window.max(1);
+        Self {
+            window,
+            seen: HashSet::with_capacity_and_hasher(window + 1, FixedState::default()),
+            order: VecDeque::with_capacity(window + 1),
+            hasher: FixedState::default(),
+        }
+    }
+
+    /// Applies the step.
+    #[inline]
+    pub fn apply(&mut self, event: &mut Event) -> Verdict {
+        let Some(id) = &event.event_id else {
+            return Verdict::Keep;
+        };
+        let hash = self.hasher.hash_one(id.as_str());
+        if !self.seen.insert(hash) {
+            return Verdict::Duplicate;
+        }
+        self.order.push_back(hash);
+        if self.order.len() > self.window
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        Verdict::Keep
+    }
+}

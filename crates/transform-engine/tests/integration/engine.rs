@@ -1,0 +1,303 @@
+//! The running engine: exact accounting under sustained overload for every
+//! policy, bounded queues, graceful drain, and sink failures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::Event;
+use transform_engine::{
+    Admission, Engine, EngineConfig, IngestError, MemorySink, OverflowPolicy, PipelineSpec,
+    PipelineStats,
+};
+
+/// Consumer: 2 workers × 16 events per 10 ms write = 3,200 events/s.
+/// Producer: 32 events per 1 ms = 32,000 events/s, ten times faster.
+const WORKERS: usize = 2;
+const BATCH: usize = 16;
+const CAPACITY: usize = 64;
+const BURST: usize = 4_000;
+
+fn config(policy: OverflowPolicy) -> EngineConfig {
+    EngineConfig {
+        workers: WORKERS,
+        queue_capacity: CAPACITY,
+        batch_size: BATCH,
+        policy,
+        pipeline: PipelineSpec::from_toml(crate::TWELVE_STEPS).unwrap(),
+    }
+}
+
+/// Events with unique ids, cycling the fixture's shapes.
+fn events(n: usize) -> Vec<Event> {
+    let shapes = crate::legacy_events();
+    (0..n)
+        .map(|i| {
+            let mut event = shapes[i % shapes.len()].clone();
+            event.event_id = Some(domain::EventId::parse(format!("burst-{i}")).unwrap());
+            event
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: u64,
+    dropped: u64,
+    dead_lettered: u64,
+}
+
+/// Runs the overload for one policy and checks the identity at every sample
+/// and at the end.
+async fn overload(
+    policy: OverflowPolicy,
+) -> (PipelineStats, Tally, Arc<MemorySink>, Arc<MemorySink>) {
+    let store = Arc::new(MemorySink::new());
+    store.set_delay(Duration::from_millis(10));
+    let letters = Arc::new(MemorySink::new());
+    let engine = Engine::start(config(policy), Arc::clone(&store), Arc::clone(&letters));
+    let ingest = engine.ingest();
+    let engine = Arc::new(engine);
+
+    // Watch the accounting while the burst runs.
+    let watcher = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let mut samples = 0u64;
+            loop {
+                let stats = engine.stats();
+                assert!(stats.balanced(), "identity broken mid-run: {stats:?}");
+                assert!(
+                    stats.queue_depth <= stats.queue_capacity,
+                    "queue over capacity: {stats:?}"
+                );
+                // Queued + one batch per worker being written + at most one
+                // shed event being dead-lettered by the single producer.
+                let bound = (CAPACITY + WORKERS * BATCH + 1) as u64;
+                assert!(
+                    stats.in_flight <= bound,
+                    "in flight {} > {bound}",
+                    stats.in_flight
+                );
+                samples += 1;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                if stats.received == BURST as u64 && stats.in_flight == 0 {
+                    return samples;
+                }
+            }
+        })
+    };
+
+    let mut tally = Tally::default();
+    for (n, event) in events(BURST).into_iter().enumerate() {
+        match ingest.submit(event).await.unwrap() {
+            Admission::Accepted => tally.accepted += 1,
+            Admission::Dropped => tally.dropped += 1,
+            Admission::DeadLettered => tally.dead_lettered += 1,
+        }
+        if n % 32 == 31 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let samples = watcher.await.unwrap();
+    assert!(samples > 100, "only {samples} samples");
+    let engine = Arc::into_inner(engine).unwrap();
+    let stats = engine.shutdown().await;
+    (stats, tally, store, letters)
+}
+
+fn assert_exact(stats: &PipelineStats, tally: &Tally, store: &MemorySink, letters: &MemorySink) {
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.received, BURST as u64);
+    assert_eq!(
+        stats.processed,
+        store.event_count() as u64,
+        "processed = events in the store"
+    );
+    assert_eq!(
+        stats.dead_lettered,
+        letters.letters().len() as u64,
+        "dead-lettered = letters stored"
+    );
+    assert_eq!(
+        tally.accepted + tally.dropped + tally.dead_lettered,
+        BURST as u64,
+        "each submit got one answer"
+    );
+    assert_eq!(stats.dropped, tally.dropped, "sheds counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_with_block_sheds_nothing_and_pushes_back() {
+    let (stats, tally, store, letters) = overload(OverflowPolicy::Block).await;
+    assert_exact(&stats, &tally, &store, &letters);
+    assert_eq!((stats.dropped, tally.accepted), (0, BURST as u64));
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_with_block_timeout_sheds_after_waiting() {
+    let (stats, tally, store, letters) =
+        overload(OverflowPolicy::BlockTimeout(Duration::from_millis(2))).await;
+    assert_exact(&stats, &tally, &store, &letters);
+    assert!(stats.dropped > 0 && tally.accepted > 0, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_with_drop_newest_counts_every_shed_event() {
+    let (stats, tally, store, letters) = overload(OverflowPolicy::DropNewest).await;
+    assert_exact(&stats, &tally, &store, &letters);
+    assert!(
+        stats.dropped > BURST as u64 / 2,
+        "most of a 10x burst is shed: {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_with_dead_letter_keeps_every_shed_event() {
+    let (stats, tally, store, letters) = overload(OverflowPolicy::DeadLetter).await;
+    assert_exact(&stats, &tally, &store, &letters);
+    assert_eq!(stats.dropped, 0);
+    let shed = letters
+        .letters()
+        .iter()
+        .filter(|l| l.reason == "ingest queue full")
+        .count() as u64;
+    assert_eq!(shed, tally.dead_lettered);
+    assert!(shed > BURST as u64 / 2, "{stats:?}");
+}
+
+/// Shutdown in the middle of a burst: every event ingest accepted ends up
+/// in the store or the dead-letter store.
+#[tokio::test(start_paused = true)]
+async fn shutdown_mid_burst_loses_nothing_accepted() {
+    let store = Arc::new(MemorySink::new());
+    store.set_delay(Duration::from_millis(10));
+    let letters = Arc::new(MemorySink::new());
+    let engine = Engine::start(
+        config(OverflowPolicy::Block),
+        Arc::clone(&store),
+        Arc::clone(&letters),
+    );
+    let ingest = engine.ingest();
+    let producer = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for event in events(BURST) {
+            let id = event.event_id.clone();
+            match ingest.submit(event).await {
+                Ok(Admission::Accepted) => accepted.push(id),
+                Ok(other) => panic!("Block never sheds: {other:?}"),
+                Err(IngestError::ShuttingDown) => break,
+            }
+        }
+        accepted
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = engine.shutdown().await;
+    let accepted = producer.await.unwrap();
+    assert!(
+        !accepted.is_empty() && accepted.len() < BURST,
+        "shut down mid-burst: {}",
+        accepted.len()
+    );
+    assert!(stats.balanced() && stats.in_flight == 0, "{stats:?}");
+    assert_eq!(stats.received, accepted.len() as u64);
+    // The pipeline filters and de-duplicates some; every accepted event is
+    // accounted for, and everything kept is in the store.
+    let settled = stats.processed + stats.filtered + stats.deduplicated + stats.dead_lettered;
+    assert_eq!(settled, accepted.len() as u64);
+    assert_eq!(stats.processed, store.event_count() as u64);
+    let stored: std::collections::HashSet<_> =
+        store.events().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(stored.len(), store.event_count(), "nothing stored twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_store_dead_letters_and_both_down_counts_dropped() {
+    let store = Arc::new(MemorySink::new());
+    let letters = Arc::new(MemorySink::new());
+    let spec = PipelineSpec::default();
+    let cfg = EngineConfig {
+        workers: 1,
+        batch_size: 8,
+        pipeline: spec,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(cfg, Arc::clone(&store), Arc::clone(&letters));
+    let ingest = engine.ingest();
+
+    // Transient: two failures, the third attempt succeeds.
+    store.fail_next(2);
+    for event in events(8) {
+        ingest.submit(event).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.event_count(), 8, "retried into the store");
+
+    // Store down for good: the batch goes to the dead-letter store.
+    store.fail_next(usize::MAX);
+    for event in events(16).into_iter().skip(8) {
+        ingest.submit(event).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let letters_now = letters.letters();
+    assert_eq!(letters_now.len(), 8);
+    assert!(
+        letters_now[0].reason.starts_with("event store unavailable"),
+        "{}",
+        letters_now[0].reason
+    );
+
+    // Both down: counted as dropped, never silently lost.
+    letters.fail_next(usize::MAX);
+    for event in events(24).into_iter().skip(16) {
+        ingest.submit(event).await.unwrap();
+    }
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(
+        (stats.processed, stats.dead_lettered, stats.dropped),
+        (8, 8, 8)
+    );
+}
+
+#[tokio::test]
+async fn workers_report_alive_until_shutdown_and_aggregates_read_while_running() {
+    let store = Arc::new(MemorySink::new());
+    let engine = Engine::start(
+        EngineConfig::default(),
+        Arc::clone(&store),
+        Arc::new(MemorySink::new()),
+    );
+    assert!(engine.is_alive());
+    for event in crate::legacy_events() {
+        engine.ingest().submit(event).await.unwrap();
+    }
+    while engine.stats().in_flight > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rows = engine.aggregates();
+    let count: u64 = rows.iter().map(|r| r.totals.count).sum();
+    assert_eq!(
+        count, 500,
+        "per_action counted every event across both workers: {rows:?}"
+    );
+    let stats = engine.shutdown().await;
+    assert_eq!(stats.processed, 500);
+}
+
+#[test]
+fn overflow_policies_parse_and_print() {
+    for text in ["block", "block-timeout:250ms", "drop-newest", "dead-letter"] {
+        let policy: OverflowPolicy = text.parse().unwrap();
+        assert_eq!(policy.to_string(), text);
+    }
+    assert_eq!(
+        "block-timeout:250".parse::<OverflowPolicy>().unwrap(),
+        OverflowPolicy::BlockTimeout(Duration::from_millis(250))
+    );
+    let error = "shed".parse::<OverflowPolicy>().unwrap_err();
+    assert!(
+        error.contains("\"shed\" is not an overflow policy"),
+        "{error}"
+    );
+}
