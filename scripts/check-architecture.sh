@@ -24,5 +24,6 @@ forbid() { # forbid CRATE DEP...
 forbid domain diesel diesel-async tonic prost tokio
 forbid transform-engine diesel diesel-async tonic prost
 forbid storage tonic prost
+forbid transform-engine storage
 [ "$failed" -eq 0 ] && echo "architecture: all dependency rules hold"
 exit "$failed"

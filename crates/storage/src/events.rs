@@ -240,3 +240,32 @@ impl DeadLetterStore for Database {
         .await
     }
 }
+
+impl StorageError {
+    /// As a pipeline sink error: only `Unavailable` is worth retrying.
+    fn into_sink_error(self) -> transform_engine::SinkError {
+        let retryable = matches!(self, StorageError::Unavailable(_));
+        transform_engine::SinkError {
+            message: self.to_string(),
+            retryable,
+        }
+    }
+}
+
+/// The pipeline writes processed events here.
+impl transform_engine::EventSink for Database {
+    async fn append(&self, events: &[Event]) -> Result<(), transform_engine::SinkError> {
+        self.append_events(events)
+            .await
+            .map_err(StorageError::into_sink_error)
+    }
+}
+
+/// The pipeline writes events it cannot process here.
+impl transform_engine::DeadLetterSink for Database {
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), transform_engine::SinkError> {
+        DeadLetterStore::dead_letter(self, letters)
+            .await
+            .map_err(StorageError::into_sink_error)
+    }
+}

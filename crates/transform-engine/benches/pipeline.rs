@@ -1,1 +1,189 @@
-fn main() {}
+//! Events per second per core through the twelve-step pipeline
+//! (`twelve-steps.toml`: all five kinds) over the legacy events, in batches
+//! of 64 as the engine runs them, and the same steps behind
+//! `Vec<Box<dyn Transform>>`, kept here only as the baseline.
+//!
+//! Run: `cargo bench -p transform-engine --bench pipeline`; figures go to
+//! docs/benchmarks.md.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "benchmark code fails loudly"
+)]
+
+use std::hint::black_box;
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use domain::{Event, EventId};
+use transform_engine::{BatchOutcome, Pipeline, PipelineSpec, TransformStep, Verdict};
+
+const EVENTS: usize = 10_000;
+const BATCH: usize = 64;
+const STEPS: &str = include_str!("twelve-steps.toml");
+
+/// The dynamic-dispatch baseline.
+trait Transform {
+    fn apply(&mut self, event: &mut Event) -> Verdict;
+}
+
+macro_rules! transform_via {
+    ($($ty:ident),*) => {$(
+        impl Transform for DynStep<transform_engine::$ty> {
+            fn apply(&mut self, event: &mut Event) -> Verdict {
+                self.0.apply(event)
+            }
+        }
+    )*};
+}
+
+struct DynStep<T>(T);
+transform_via!(Enrich, Filter, Rename, Aggregate, Deduplicate);
+
+fn boxed(step: TransformStep) -> Box<dyn Transform> {
+    match step {
+        TransformStep::Enrich(s) => Box::new(DynStep(s)),
+        TransformStep::Filter(s) => Box::new(DynStep(s)),
+        TransformStep::Rename(s) => Box::new(DynStep(s)),
+        TransformStep::Aggregate(s) => Box::new(DynStep(s)),
+        TransformStep::Deduplicate(s) => Box::new(DynStep(s)),
+    }
+}
+
+/// Event-major over trait objects: what a `Vec<Box<dyn Transform>>`
+/// pipeline does.
+fn dyn_event_major(steps: &mut [Box<dyn Transform>], batch: Vec<Event>, out: &mut BatchOutcome) {
+    'events: for mut event in batch {
+        for step in steps.iter_mut() {
+            match step.apply(&mut event) {
+                Verdict::Keep => {}
+                Verdict::Filtered => {
+                    out.filtered += 1;
+                    continue 'events;
+                }
+                Verdict::Duplicate => {
+                    out.deduplicated += 1;
+                    continue 'events;
+                }
+                Verdict::Failed(reason) => {
+                    out.dead.push(domain::DeadLetter { event, reason });
+                    continue 'events;
+                }
+            }
+        }
+        out.kept.push(event);
+    }
+}
+
+/// Fresh input: the fixture cycled to `EVENTS`, ids unique per round so
+/// de-duplication sees realistic traffic (not the previous round again),
+/// cut into engine-sized batches.
+fn input(round: &mut u64, fixture: &[Event]) -> Vec<Vec<Event>> {
+    *round += 1;
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|n| {
+            let mut event = fixture[n % fixture.len()].clone();
+            if event.event_id.is_some() {
+                event.event_id = Some(EventId::parse(format!("r{round}-{n}")).unwrap());
+            }
+            event
+        })
+        .collect();
+    events.chunks(BATCH).map(<[Event]>::to_vec).collect()
+}
+
+/// Times `run` over `iters` fresh inputs. Building the input and dropping
+/// the output happen outside the clock, and the output buffers are reused
+/// across rounds, as the engine's workers reuse theirs.
+fn timed(
+    iters: u64,
+    round: &mut u64,
+    fixture: &[Event],
+    out: &mut BatchOutcome,
+    mut run: impl FnMut(Vec<Vec<Event>>, &mut BatchOutcome),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let batches = input(round, fixture);
+        out.clear();
+        let started = Instant::now();
+        run(batches, out);
+        total += started.elapsed();
+        black_box(&out);
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
+    let fixture: Vec<Event> = include_str!("../../domain/tests/data/legacy-events.jsonl")
+        .lines()
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let spec = PipelineSpec::from_toml(STEPS).unwrap();
+    assert_eq!(spec.len(), 12);
+
+    let mut group = c.benchmark_group("pipeline_12_steps");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    let mut round = 0;
+    let mut out = BatchOutcome {
+        kept: Vec::with_capacity(EVENTS),
+        ..BatchOutcome::default()
+    };
+
+    let mut pipeline: Pipeline = spec.build();
+    group.bench_function("enum_step_major", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, &mut round, &fixture, &mut out, |batches, out| {
+                for batch in batches {
+                    pipeline.process_batch(batch, out);
+                }
+            })
+        })
+    });
+
+    let mut pipeline: Pipeline = spec.build();
+    group.bench_function("enum_event_major", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, &mut round, &fixture, &mut out, |batches, out| {
+                for batch in batches {
+                    pipeline.process_batch_event_major(batch, out);
+                }
+            })
+        })
+    });
+
+    let mut steps: Vec<Box<dyn Transform>> =
+        spec.build().into_steps().into_iter().map(boxed).collect();
+    group.bench_function("dyn_event_major", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, &mut round, &fixture, &mut out, |batches, out| {
+                for batch in batches {
+                    dyn_event_major(&mut steps, batch, out);
+                }
+            })
+        })
+    });
+
+    // The floor: a loop that touches each event and does nothing else.
+    group.bench_function("bare_loop", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, &mut round, &fixture, &mut out, |batches, out| {
+                for batch in batches {
+                    for event in batch {
+                        if event.amount_cents.is_some_and(|a| a.get() < 0) {
+                            out.filtered += 1;
+                        } else {
+                            out.kept.push(event);
+                        }
+                    }
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use domain::Action;
 use foldhash::fast::FixedState;
@@ -41,8 +41,8 @@ use serde::Deserialize;
 
 use crate::Pipeline;
 use crate::steps::{
-    Aggregate, AggregateTable, Condition, Deduplicate, Enrich, EnrichValue, Filter, KeySource,
-    Rename, TransformStep,
+    Aggregate, Condition, Deduplicate, Enrich, EnrichValue, Filter, KeySource, Rename,
+    TransformStep,
 };
 
 /// Why a pipeline file was rejected.
@@ -222,12 +222,9 @@ impl StepSpec {
                 to: Arc::clone(to),
                 required: *required,
             }),
-            Self::Aggregate { name, by, max_keys } => TransformStep::Aggregate(Aggregate {
-                name: Arc::clone(name),
-                by: by.clone(),
-                max_keys: *max_keys,
-                table: Arc::new(Mutex::new(AggregateTable::default())),
-            }),
+            Self::Aggregate { name, by, max_keys } => {
+                TransformStep::Aggregate(Aggregate::new(Arc::clone(name), by.clone(), *max_keys))
+            }
             Self::Deduplicate { window } => TransformStep::Deduplicate(Deduplicate::new(*window)),
         }
     }

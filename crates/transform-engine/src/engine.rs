@@ -228,8 +228,9 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
         // Steps do not panic by construction (lints, checked arithmetic);
         // if one ever does, the batch's unaccounted events are counted as
         // dropped and the worker lives on.
-        let run =
-            std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.process_batch(events, out)));
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            pipeline.process_batch_event_major(events, out)
+        }));
         let mut settled = Settled {
             filtered: out.filtered,
             deduplicated: out.deduplicated,

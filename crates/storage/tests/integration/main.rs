@@ -11,6 +11,7 @@
 )]
 
 mod cache;
+mod pipeline;
 mod postgres_only;
 mod suite;
 mod support;
@@ -26,8 +27,18 @@ macro_rules! backend_tests {
                     crate::suite::$name(&db).await;
                 }
             )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn engine_writes_through_the_real_stores() {
+                let db = crate::support::TestDb::sqlite().await;
+                crate::pipeline::engine_writes_through_the_real_stores(&db).await;
+            }
         }
         mod postgres {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn engine_writes_through_the_real_stores() {
+                let Some(db) = crate::support::TestDb::postgres().await else { return };
+                crate::pipeline::engine_writes_through_the_real_stores(&db).await;
+            }
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
