@@ -236,6 +236,16 @@ impl<D: DeadLetterSink> Ingest<D> {
         write.await.unwrap_or(Admission::Dropped)
     }
 
+    /// Counters and queue state now (what GetPipelineStats answers).
+    pub fn stats(&self) -> crate::PipelineStats {
+        let (queue_depth, queue_capacity) = self.depth();
+        crate::PipelineStats {
+            queue_depth,
+            queue_capacity,
+            ..self.inner.counters.snapshot()
+        }
+    }
+
     /// Stops taking events; queued ones still drain.
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);

@@ -1,0 +1,70 @@
+//! `orderflow.v1.CatalogService`: products and their warehouses.
+
+use storage::CatalogRepository;
+use tonic::{Request, Response, Status};
+
+use crate::observe::observe;
+use crate::proto::catalog_service_server::CatalogService;
+use crate::proto::{GetPrimaryWarehouseRequest, GetProductRequest, Product, Warehouse};
+use crate::{convert, status};
+
+/// The catalog service over a repository.
+pub struct CatalogApi<C> {
+    catalog: C,
+}
+
+impl<C: CatalogRepository> CatalogApi<C> {
+    /// Serves `catalog`.
+    pub fn new(catalog: C) -> Self {
+        Self { catalog }
+    }
+}
+
+#[tonic::async_trait]
+impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
+    async fn upsert_product(&self, request: Request<Product>) -> Result<Response<Product>, Status> {
+        observe("UpsertProduct", async {
+            let product = convert::product(request.into_inner())?;
+            let stored = self
+                .catalog
+                .upsert_product(product)
+                .await
+                .map_err(status::storage)?;
+            Ok(Response::new(convert::wire_product(&stored)))
+        })
+        .await
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<GetProductRequest>,
+    ) -> Result<Response<Product>, Status> {
+        observe("GetProduct", async {
+            let id = convert::product_id(request.into_inner().product_id)?;
+            let product = self
+                .catalog
+                .get_product(&id)
+                .await
+                .map_err(status::storage)?;
+            Ok(Response::new(convert::wire_product(&product)))
+        })
+        .await
+    }
+
+    async fn get_primary_warehouse(
+        &self,
+        request: Request<GetPrimaryWarehouseRequest>,
+    ) -> Result<Response<Warehouse>, Status> {
+        observe("GetPrimaryWarehouse", async {
+            let id = convert::product_id(request.into_inner().product_id)?;
+            let product = self
+                .catalog
+                .get_product(&id)
+                .await
+                .map_err(status::storage)?;
+            let primary = product.primary_warehouse().map_err(status::domain)?;
+            Ok(Response::new(convert::warehouse(primary)))
+        })
+        .await
+    }
+}

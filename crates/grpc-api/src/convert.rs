@@ -1,0 +1,208 @@
+//! Conversions between the wire types and the domain, validating as they
+//! go: every rejection is INVALID_ARGUMENT naming the field, as the domain's
+//! constructors report it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::{
+    Action, Cents, Currency, Event, EventId, IdempotencyKey, NewOrder, Order, OrderId, OrderLine,
+    OrderStatus, Product, ProductId, ProductName, Quantity, Sku, Timestamp, UserId, Warehouse,
+    WarehouseId, WarehouseName,
+};
+use tonic::Status;
+
+use crate::proto;
+use crate::status;
+
+/// A validated request value, or the INVALID_ARGUMENT status naming what is
+/// wrong.
+pub type Parsed<T> = Result<T, Status>;
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("invalid {field}: {reason}"))
+}
+
+/// An order id from a request field.
+pub fn order_id(value: &str) -> Parsed<OrderId> {
+    OrderId::parse(value).map_err(status::domain)
+}
+
+/// A user id from a request field.
+pub fn user_id(value: String) -> Parsed<UserId> {
+    UserId::parse(value).map_err(status::domain)
+}
+
+/// A product id from a request field.
+pub fn product_id(value: String) -> Parsed<ProductId> {
+    ProductId::parse(value).map_err(status::domain)
+}
+
+/// CreateOrder's request, validated.
+pub fn new_order(request: proto::CreateOrderRequest) -> Parsed<NewOrder> {
+    let user = user_id(request.user_id)?;
+    let lines = request
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(n, line)| {
+            let field = format!("lines[{n}]");
+            OrderLine::new(
+                &field,
+                ProductId::parse_field(&format!("{field}.product_id"), line.product_id)
+                    .map_err(status::domain)?,
+                Quantity::parse_field(&format!("{field}.quantity"), line.quantity)
+                    .map_err(status::domain)?,
+                Cents::new(line.unit_price_cents),
+            )
+            .map_err(status::domain)
+        })
+        .collect::<Parsed<Vec<_>>>()?;
+    let currency = Currency::parse(&request.currency).map_err(status::domain)?;
+    let key = match request.idempotency_key.as_str() {
+        "" => None,
+        _ => Some(IdempotencyKey::parse(request.idempotency_key).map_err(status::domain)?),
+    };
+    NewOrder::new(user, lines, currency, key).map_err(status::domain)
+}
+
+/// A status from the wire; UNSPECIFIED and unknown numbers are rejected.
+pub fn order_status(value: i32) -> Parsed<OrderStatus> {
+    match proto::OrderStatus::try_from(value) {
+        Ok(proto::OrderStatus::Pending) => Ok(OrderStatus::Pending),
+        Ok(proto::OrderStatus::Paid) => Ok(OrderStatus::Paid),
+        Ok(proto::OrderStatus::Shipped) => Ok(OrderStatus::Shipped),
+        Ok(proto::OrderStatus::Delivered) => Ok(OrderStatus::Delivered),
+        Ok(proto::OrderStatus::Cancelled) => Ok(OrderStatus::Cancelled),
+        Ok(proto::OrderStatus::Unspecified) => Err(invalid("status", "must be set")),
+        Err(_) => Err(invalid("status", format!("{value} is not an order status"))),
+    }
+}
+
+fn wire_status(status: OrderStatus) -> proto::OrderStatus {
+    match status {
+        OrderStatus::Pending => proto::OrderStatus::Pending,
+        OrderStatus::Paid => proto::OrderStatus::Paid,
+        OrderStatus::Shipped => proto::OrderStatus::Shipped,
+        OrderStatus::Delivered => proto::OrderStatus::Delivered,
+        OrderStatus::Cancelled => proto::OrderStatus::Cancelled,
+    }
+}
+
+fn wire_time(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// An order for the wire.
+pub fn order(order: &Order) -> proto::Order {
+    proto::Order {
+        order_id: order.id().to_string(),
+        user_id: order.user_id().to_string(),
+        status: wire_status(order.status()).into(),
+        lines: order
+            .lines()
+            .iter()
+            .map(|line| proto::OrderLine {
+                product_id: line.product_id().to_string(),
+                quantity: line.quantity().get(),
+                unit_price_cents: line.unit_price().get(),
+            })
+            .collect(),
+        total_cents: order.total().get(),
+        currency: order.currency().to_string(),
+        created_at: Some(wire_time(order.created_at())),
+        updated_at: Some(wire_time(order.updated_at())),
+        version: order.version(),
+    }
+}
+
+/// A product from the wire, validated (more than one primary warehouse is
+/// INVALID_ARGUMENT).
+pub fn product(product: proto::Product) -> Parsed<Product> {
+    let warehouses = product
+        .warehouses
+        .into_iter()
+        .enumerate()
+        .map(|(n, w)| {
+            Ok(Warehouse {
+                id: WarehouseId::parse_field(
+                    &format!("warehouses[{n}].warehouse_id"),
+                    w.warehouse_id,
+                )
+                .map_err(status::domain)?,
+                name: WarehouseName::parse_field(&format!("warehouses[{n}].name"), w.name)
+                    .map_err(status::domain)?,
+                is_primary: w.is_primary,
+            })
+        })
+        .collect::<Parsed<Vec<_>>>()?;
+    Product::new(
+        product_id(product.product_id)?,
+        Sku::parse(product.sku).map_err(status::domain)?,
+        ProductName::parse(product.name).map_err(status::domain)?,
+        warehouses,
+    )
+    .map_err(status::domain)
+}
+
+/// A warehouse for the wire.
+pub fn warehouse(warehouse: &Warehouse) -> proto::Warehouse {
+    proto::Warehouse {
+        warehouse_id: warehouse.id.to_string(),
+        name: warehouse.name.to_string(),
+        is_primary: warehouse.is_primary,
+    }
+}
+
+/// A product for the wire.
+pub fn wire_product(product: &Product) -> proto::Product {
+    proto::Product {
+        product_id: product.id().to_string(),
+        sku: product.sku().to_string(),
+        name: product.name().to_string(),
+        warehouses: product.warehouses().iter().map(warehouse).collect(),
+    }
+}
+
+/// An event from the wire, validated; `prefix` names it in errors
+/// (`events[3].`) on a stream.
+pub fn event(event: proto::Event, prefix: &str) -> Parsed<Event> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let event_id = match event.event_id.as_str() {
+        "" => None,
+        _ => {
+            Some(EventId::parse_field(&field("event_id"), event.event_id).map_err(status::domain)?)
+        }
+    };
+    let user_id = UserId::parse_field(&field("user_id"), event.user_id).map_err(status::domain)?;
+    let action =
+        Action::parse(&event.action).map_err(|e| invalid(&field("action"), strip(&e, "action")))?;
+    let occurred_at = event
+        .occurred_at
+        .map(|at| {
+            let nanos = u32::try_from(at.nanos)
+                .map_err(|_| invalid(&field("occurred_at"), "nanos out of range"))?;
+            DateTime::from_timestamp(at.seconds, nanos)
+                .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+                .map(Timestamp::from_datetime)
+                .ok_or_else(|| invalid(&field("occurred_at"), "outside years 1..=9999"))
+        })
+        .transpose()?;
+    let attributes: HashMap<String, String> = event.attributes;
+    let mut out = Event::new(user_id, action);
+    out.event_id = event_id;
+    out.occurred_at = occurred_at;
+    out.amount_cents = event.amount_cents.map(Cents::new);
+    out.attributes = attributes.into_iter().collect();
+    Ok(out)
+}
+
+/// The reason part of a domain error's message (`invalid X: reason`).
+fn strip(error: &domain::DomainError, field: &str) -> String {
+    let text = error.to_string();
+    text.strip_prefix(&format!("invalid {field}: "))
+        .map_or(text.clone(), str::to_owned)
+}

@@ -1,0 +1,189 @@
+//! Layers every request passes: bearer-token auth for mutating RPCs,
+//! deadlines answered as DEADLINE_EXCEEDED, and the panic response.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tonic::Status;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// RPCs that change state; with a token configured they need
+/// `authorization: Bearer <token>`. Reads, health and reflection stay open.
+const MUTATING: [&str; 5] = [
+    "/orderflow.v1.OrderService/CreateOrder",
+    "/orderflow.v1.OrderService/UpdateOrderStatus",
+    "/orderflow.v1.CatalogService/UpsertProduct",
+    "/orderflow.v1.EventService/PublishEvents",
+    "/orderflow.v1.EventService/PublishEvent",
+];
+
+/// Requires the bearer token on mutating RPCs when one is configured.
+#[derive(Debug, Clone, Default)]
+pub struct AuthLayer {
+    /// `Bearer <token>`, precomputed; `None` disables auth.
+    expected: Option<Arc<[u8]>>,
+}
+
+impl AuthLayer {
+    /// Auth with `token`, or none when `None`.
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            expected: self.expected.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    expected: Option<Arc<[u8]>>,
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl<S, B, R> tower::Service<Request<B>> for Auth<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(expected) = &self.expected
+            && MUTATING.contains(&request.uri().path())
+        {
+            let presented = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !presented.is_some_and(|p| constant_time_eq(p, expected)) {
+                let status = Status::unauthenticated(
+                    "missing or wrong bearer token (metadata `authorization: Bearer <token>`)",
+                );
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// Answers an expired `grpc-timeout` with DEADLINE_EXCEEDED (tonic's own
+/// timeout answers CANCELLED, which clients and the gRPC spec read
+/// differently) and drops the handler's future, so the work behind it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline { inner }
+    }
+}
+
+/// The service [`DeadlineLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<Request<B>> for Deadline<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = grpc_timeout(request.headers());
+        let work = self.inner.call(request);
+        Box::pin(async move {
+            let Some(deadline) = deadline else {
+                return work.await;
+            };
+            // tonic arms its own timer for the same header just before this
+            // one and polls us first: firing a millisecond early makes sure
+            // the client hears DEADLINE_EXCEEDED, not tonic's CANCELLED.
+            let ours = deadline.saturating_sub(Duration::from_millis(1));
+            match tokio::time::timeout(ours, work).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+            }
+        })
+    }
+}
+
+/// Parses `grpc-timeout` (up to 8 digits and a unit: H M S m u n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = (text.get(..split)?, text.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// The response for a panicking handler (for `tower_http`'s
+/// `CatchPanicLayer::custom`): INTERNAL with a generic message, as a real
+/// gRPC status (the layer's default, HTTP 500, reads as a protocol error to
+/// gRPC clients). The panic message is logged (inside the request's span,
+/// which names the RPC) and counted, never sent.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<tonic::body::Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(non-string panic payload)");
+    tracing::error!(
+        panic = message,
+        "an RPC handler panicked; answered INTERNAL"
+    );
+    metrics::counter!("orderflow_panics_total").increment(1);
+    Status::internal("internal error").into_http()
+}

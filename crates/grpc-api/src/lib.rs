@@ -1,0 +1,29 @@
+//! orderflow's gRPC surface: the generated `orderflow.v1` types, the three
+//! services, the one mapping from domain and storage errors to gRPC
+//! statuses, and the layers every request passes (panic catching, auth,
+//! deadlines, load shedding). The `server` crate wires it; this crate knows
+//! nothing of configuration files or process lifetime.
+
+/// Generated from `proto/orderflow/v1/*.proto`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
+    tonic::include_proto!("orderflow.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("orderflow_descriptor");
+}
+
+mod catalog;
+pub mod convert;
+mod events;
+mod layers;
+mod observe;
+mod orders;
+pub mod status;
+
+pub use catalog::CatalogApi;
+pub use events::EventApi;
+pub use layers::{AuthLayer, DeadlineLayer, panic_response};
+pub use observe::code_name;
+pub use orders::OrderApi;

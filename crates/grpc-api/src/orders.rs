@@ -1,0 +1,103 @@
+//! `orderflow.v1.OrderService`: orders, with GetOrder served through the
+//! cache.
+
+use storage::{CachedOrders, OrderRepository};
+use tonic::{Request, Response, Status};
+
+use crate::observe::observe;
+use crate::proto::order_service_server::OrderService;
+use crate::proto::{
+    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
+    UpdateOrderStatusRequest,
+};
+use crate::{convert, status};
+
+/// The order service over a cached repository.
+pub struct OrderApi<R> {
+    orders: CachedOrders<R>,
+}
+
+impl<R: OrderRepository> OrderApi<R> {
+    /// Serves `orders`.
+    pub fn new(orders: CachedOrders<R>) -> Self {
+        Self { orders }
+    }
+}
+
+#[tonic::async_trait]
+impl<R: OrderRepository> OrderService for OrderApi<R> {
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        observe("CreateOrder", async {
+            let new = convert::new_order(request.into_inner())?;
+            let created = self
+                .orders
+                .create_order(new)
+                .await
+                .map_err(status::storage)?;
+            Ok(Response::new(convert::order(&created.order)))
+        })
+        .await
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        observe("GetOrder", async {
+            fail::fail_point!("grpc-get-order");
+            let id = convert::order_id(&request.get_ref().order_id)?;
+            let order = self.orders.find_order(id).await.map_err(status::storage)?;
+            Ok(Response::new(convert::order(&order)))
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        observe("ListOrders", async {
+            let request = request.into_inner();
+            let user = convert::user_id(request.user_id)?;
+            let after = match request.page_token.as_str() {
+                "" => None,
+                token => Some(convert::order_id(token).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "invalid page_token: {token:?} is not a token this server issued"
+                    ))
+                })?),
+            };
+            let page = self
+                .orders
+                .list_orders(&user, request.page_size, after)
+                .await
+                .map_err(status::storage)?;
+            Ok(Response::new(ListOrdersResponse {
+                orders: page.orders.iter().map(convert::order).collect(),
+                next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            }))
+        })
+        .await
+    }
+
+    async fn update_order_status(
+        &self,
+        request: Request<UpdateOrderStatusRequest>,
+    ) -> Result<Response<Order>, Status> {
+        observe("UpdateOrderStatus", async {
+            let request = request.into_inner();
+            let id = convert::order_id(&request.order_id)?;
+            let next = convert::order_status(request.status)?;
+            let order = self
+                .orders
+                .update_status(id, next, request.expected_version)
+                .await
+                .map_err(status::storage)?;
+            Ok(Response::new(convert::order(&order)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,57 @@
+//! The one mapping from domain, storage and ingest errors to gRPC statuses.
+//!
+//! Policy: a deliberately small set of codes, as the contract lists them.
+//! INVALID_ARGUMENT for input a client must fix (the message names the
+//! field), NOT_FOUND, ABORTED for a stale version (re-read and retry),
+//! ALREADY_EXISTS for a duplicate key, FAILED_PRECONDITION for a legal
+//! request the data's state forbids (an illegal transition, a product with no
+//! primary warehouse), UNAVAILABLE for a database that cannot be reached
+//! (retry later), RESOURCE_EXHAUSTED for shed events, INTERNAL for
+//! everything else, with a generic message: details are logged, never sent.
+
+use domain::DomainError;
+use storage::{Conflict, StorageError};
+use tonic::Status;
+use transform_engine::IngestError;
+
+/// The status for a domain rule violation.
+pub fn domain(error: DomainError) -> Status {
+    match error {
+        DomainError::InvalidField { .. } | DomainError::MultiplePrimaryWarehouses { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        DomainError::MalformedEvent(_) => Status::invalid_argument(error.to_string()),
+        DomainError::IllegalTransition { .. } | DomainError::NoPrimaryWarehouse(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+    }
+}
+
+/// The status for a storage failure.
+pub fn storage(error: StorageError) -> Status {
+    match error {
+        StorageError::NotFound { .. } => Status::not_found(error.to_string()),
+        StorageError::Conflict(Conflict::StaleVersion { .. }) => Status::aborted(error.to_string()),
+        StorageError::Conflict(Conflict::Duplicate(_)) => Status::already_exists(error.to_string()),
+        StorageError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        StorageError::Domain(inner) => domain(inner),
+        StorageError::Unavailable(_) => {
+            tracing::warn!(%error, "database unavailable");
+            Status::unavailable("database unavailable, retry later")
+        }
+        StorageError::Internal(_) => internal(&error),
+    }
+}
+
+/// The status for an event ingest refusal.
+pub fn ingest(error: IngestError) -> Status {
+    match error {
+        IngestError::ShuttingDown => Status::unavailable(error.to_string()),
+    }
+}
+
+/// INTERNAL with a generic message; the detail goes to the log only.
+pub fn internal(error: &dyn std::fmt::Display) -> Status {
+    tracing::error!(%error, "internal error");
+    Status::internal("internal error")
+}

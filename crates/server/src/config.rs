@@ -1,0 +1,141 @@
+//! Command line and environment: every setting is a flag with an
+//! environment variable and the contract's default. `orderflow` with no
+//! subcommand serves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use transform_engine::OverflowPolicy;
+
+/// orderflow: a gRPC order service with an event-transform pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; serving is the default.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Import or export stored events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// Event store tools for operators.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Store JSON-lines events exactly as given (no transforms), in one
+    /// transaction; a malformed line aborts with its number and stores nothing.
+    Import {
+        /// The file to read; `-` for standard input.
+        file: String,
+    },
+    /// Write every stored event to standard output as canonical JSON lines,
+    /// in the order stored.
+    Export,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// All settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// gRPC listen address.
+    #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Database: a SQLite file path, or `postgres://…` for PostgreSQL.
+    #[arg(long, env = "DATABASE_URL", default_value = "orderflow.db")]
+    pub database_url: String,
+    /// Prometheus metrics listen address (`GET /metrics`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Log format.
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    /// Bearer token required on mutating RPCs; unset disables auth.
+    #[arg(long, env = "ORDERFLOW_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// OTLP trace endpoint (`http://host:4317`; a bare `host:port` means
+    /// plain http); unset disables trace export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Service name on exported traces.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
+    pub service_name: String,
+    /// Orders kept in the cache.
+    #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+    /// How long a cached order is served before it is refetched.
+    #[arg(long, env = "ORDERFLOW_CACHE_TTL", default_value = "30s", value_parser = duration)]
+    pub cache_ttl: Duration,
+    /// Events the ingest queues hold in total.
+    #[arg(long, env = "ORDERFLOW_QUEUE_CAPACITY", default_value_t = 512)]
+    pub queue_capacity: usize,
+    /// What ingest does when the queue is full: block, block-timeout:MS,
+    /// drop-newest or dead-letter.
+    #[arg(
+        long,
+        env = "ORDERFLOW_OVERFLOW_POLICY",
+        default_value = "block-timeout:500ms"
+    )]
+    pub overflow_policy: OverflowPolicy,
+    /// Pipeline workers.
+    #[arg(long, env = "ORDERFLOW_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// A TOML pipeline file; unset uses the built-in pipeline.
+    #[arg(long, env = "ORDERFLOW_PIPELINE")]
+    pub pipeline: Option<PathBuf>,
+    /// Budget for one database operation; a dead database fails calls
+    /// within it as UNAVAILABLE.
+    #[arg(long, env = "ORDERFLOW_DB_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub db_timeout: Duration,
+    /// How long start-up retries an unreachable database before giving up.
+    #[arg(long, env = "ORDERFLOW_STARTUP_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub startup_timeout: Duration,
+    /// How long shutdown waits for in-flight RPCs and queued events.
+    #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Largest accepted request message, in bytes.
+    #[arg(long, env = "ORDERFLOW_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Requests served at once; beyond it new requests are shed with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_requests: usize,
+    /// How often health checks the database and the pipeline.
+    #[arg(long, env = "ORDERFLOW_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub health_interval: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms or 30s: {e}"))
+}

@@ -1,0 +1,68 @@
+//! The `orderflow` binary: reads configuration, starts telemetry, and runs
+//! the chosen command. Everything else lives in the libraries; this crate
+//! only wires them (and is the only one that uses `anyhow`).
+
+mod config;
+mod events_cli;
+mod serve;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::config::{Cli, Command, EventsCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let telemetry = match telemetry::init(&cli.settings) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One clear line, no backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve::serve(cli.settings).await,
+        Some(Command::Migrate) => {
+            let applied = storage::migrate::run(&serve::store_config(&cli.settings)).await?;
+            tracing::info!(applied, "migrations up to date");
+            Ok(())
+        }
+        Some(Command::Events(EventsCommand::Import { file })) => {
+            let db = serve::connect(&cli.settings).await?;
+            let count = events_cli::import(&db, &file).await?;
+            tracing::info!(count, "imported events");
+            Ok(())
+        }
+        Some(Command::Events(EventsCommand::Export)) => {
+            let db = serve::connect(&cli.settings).await?;
+            let count = events_cli::export(&db).await?;
+            tracing::info!(count, "exported events");
+            Ok(())
+        }
+    }
+}

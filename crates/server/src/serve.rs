@@ -1,0 +1,268 @@
+//! Serving: connect (with retries), build the cache, the engine and the
+//! services, serve until SIGTERM/SIGINT, then shut down in order: health
+//! NOT_SERVING, stop accepting, let in-flight RPCs finish (bounded by the
+//! grace period), drain the pipeline, return (telemetry flushes in `main`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use grpc_api::proto::catalog_service_server::CatalogServiceServer;
+use grpc_api::proto::event_service_server::EventServiceServer;
+use grpc_api::proto::order_service_server::OrderServiceServer;
+use grpc_api::{AuthLayer, CatalogApi, DeadlineLayer, EventApi, OrderApi};
+use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use transform_engine::{Engine, EngineConfig, PipelineSpec};
+
+use crate::config::Settings;
+
+/// Services whose health is reported (besides the overall `""`).
+const SERVICES: [&str; 4] = [
+    "",
+    "orderflow.v1.OrderService",
+    "orderflow.v1.CatalogService",
+    "orderflow.v1.EventService",
+];
+
+/// The database settings these flags describe.
+pub fn store_config(settings: &Settings) -> StoreConfig {
+    let mut config = StoreConfig::new(settings.database_url.clone());
+    config.operation_timeout = settings.db_timeout;
+    config.acquire_timeout = settings
+        .db_timeout
+        .min(Duration::from_secs(2))
+        .max(Duration::from_millis(100));
+    config
+}
+
+/// Connects and migrates, retrying an unreachable database with backoff for
+/// up to `startup_timeout`.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Database> {
+    let config = store_config(settings);
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match Database::connect(config.clone()).await {
+            Ok(db) => return Ok(db),
+            Err(StorageError::Unavailable(reason))
+                if started.elapsed() + delay < settings.startup_timeout =>
+            {
+                tracing::warn!(%reason, retry_in = ?delay, "database unreachable at start-up; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "cannot open the database (gave up after {:?})",
+                        started.elapsed()
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Serves until a shutdown signal; returns when shutdown is complete.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let pipeline = match &settings.pipeline {
+        Some(path) => PipelineSpec::from_file(path)?,
+        None => PipelineSpec::default(),
+    };
+    crate::telemetry::metrics(settings.metrics_listen)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let db = connect(&settings).await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    let orders = CachedOrders::new(
+        db.clone(),
+        CacheConfig {
+            capacity: settings.cache_capacity,
+            ttl: settings.cache_ttl,
+        },
+    );
+    let engine = Arc::new(Engine::start(
+        EngineConfig {
+            workers: settings.workers,
+            queue_capacity: settings.queue_capacity,
+            policy: settings.overflow_policy,
+            pipeline,
+            ..EngineConfig::default()
+        },
+        Arc::new(db.clone()),
+        Arc::new(db.clone()),
+    ));
+
+    let monitor = tokio::spawn(monitor(
+        db.clone(),
+        Arc::clone(&engine),
+        orders.clone(),
+        health.clone(),
+        settings.health_interval,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc_api::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build reflection (v1)")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc_api::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("cannot build reflection (v1alpha)")?;
+
+    let max = settings.max_message_bytes;
+    let router = tonic::transport::Server::builder()
+        .trace_fn(request_span)
+        .concurrency_limit_per_connection(settings.max_concurrent_requests)
+        .load_shed(true)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            grpc_api::panic_response,
+        ))
+        .layer(AuthLayer::new(settings.auth_token.as_deref()))
+        .layer(DeadlineLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(OrderServiceServer::new(OrderApi::new(orders)).max_decoding_message_size(max))
+        .add_service(
+            CatalogServiceServer::new(CatalogApi::new(db.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            EventServiceServer::new(EventApi::new(engine.ingest())).max_decoding_message_size(max),
+        );
+
+    let address = listener.local_addr()?;
+    tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?db.backend(), "serving gRPC");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpIncoming::from(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
+    monitor.abort();
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = stop.send(());
+    let grace = settings.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "the gRPC server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "the gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "grace period over; closing the remaining connections"
+        ),
+    }
+    let _ = monitor.await;
+    let engine = Arc::into_inner(engine).context("the pipeline is still shared at shutdown")?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    match tokio::time::timeout(left, engine.shutdown()).await {
+        Ok(stats) => tracing::info!(?stats, "pipeline drained"),
+        Err(_) => tracing::error!("the pipeline did not drain within the grace period"),
+    }
+    Ok(())
+}
+
+/// Health and metrics, once per interval: SERVING only while the database
+/// answers through the pool the RPCs use and every pipeline worker runs.
+async fn monitor<R: storage::OrderRepository, D: transform_engine::DeadLetterSink>(
+    db: Database,
+    engine: Arc<Engine<D>>,
+    orders: CachedOrders<R>,
+    health: HealthReporter,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    let mut serving = None;
+    loop {
+        ticker.tick().await;
+        let database =
+            tokio::time::timeout(interval.max(Duration::from_millis(500)), db.ping()).await;
+        let healthy = matches!(database, Ok(Ok(()))) && engine.is_alive();
+        if serving != Some(healthy) {
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if !healthy {
+                tracing::warn!(?database, pipeline_alive = engine.is_alive(), "NOT_SERVING");
+            } else if serving.is_some() {
+                tracing::info!("SERVING again");
+            }
+            for service in SERVICES {
+                health.set_service_status(service, status).await;
+            }
+            serving = Some(healthy);
+        }
+        orders.cache().publish_metrics();
+        engine.stats().publish_metrics();
+    }
+}
+
+/// The span every request runs in: named by its RPC path, continuing the
+/// caller's trace when `traceparent` is present.
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("rpc", path = %request.uri().path());
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+}

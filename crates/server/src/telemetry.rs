@@ -1,0 +1,181 @@
+//! Logs, traces and metrics: `tracing-subscriber` (pretty or JSON, filtered
+//! by `RUST_LOG`), OTLP trace export when an endpoint is configured, W3C
+//! trace-context propagation, and the Prometheus `/metrics` listener.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::config::{LogFormat, Settings};
+
+/// Telemetry that must be flushed on exit.
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes pending spans.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.traces
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: could not flush traces: {error}");
+        }
+    }
+}
+
+/// `host:4317` means plain http: opentelemetry 0.33 would otherwise read a
+/// scheme-less endpoint as https and fail the TLS handshake against a
+/// plain collector.
+pub fn otlp_endpoint(raw: &str) -> String {
+    if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    }
+}
+
+/// Installs logging and, if configured, trace export.
+pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match settings.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    // Extract and inject W3C `traceparent` whether or not spans are exported,
+    // so a caller's trace id survives this hop.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let (traces, otel) = match &settings.otlp_endpoint {
+        Some(endpoint) => {
+            let endpoint = otlp_endpoint(endpoint);
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(&endpoint)
+                .build()
+                .with_context(|| format!("cannot set up OTLP export to {endpoint}"))?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(settings.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let tracer = provider.tracer("orderflow");
+            (
+                Some(provider),
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            )
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("cannot install the log subscriber")?;
+    Ok(Telemetry { traces })
+}
+
+/// Starts the Prometheus listener and describes every metric the contract
+/// names (so `/metrics` carries HELP and TYPE lines from the start).
+pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
+    const LATENCY_BUCKETS: [f64; 14] = [
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Full("orderflow_grpc_request_duration_seconds".to_owned()),
+            &LATENCY_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
+        .install()
+        .with_context(|| format!("cannot serve metrics on {listen}"))?;
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "orderflow_grpc_requests_total",
+        "gRPC requests by method and status code"
+    );
+    describe_histogram!(
+        "orderflow_grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC request latency"
+    );
+    describe_counter!(
+        "orderflow_panics_total",
+        "RPC handlers that panicked (answered INTERNAL)"
+    );
+    describe_counter!(
+        "orderflow_cache_hits_total",
+        "order lookups answered from the cache"
+    );
+    describe_counter!(
+        "orderflow_cache_misses_total",
+        "order lookups the cache could not answer"
+    );
+    describe_counter!(
+        "orderflow_cache_coalesced_total",
+        "cache misses that waited for another caller's lookup"
+    );
+    describe_counter!(
+        "orderflow_cache_evictions_total",
+        "cache entries evicted to stay within capacity"
+    );
+    describe_gauge!("orderflow_cache_entries", "orders held in the cache");
+    describe_counter!(
+        "orderflow_events_received_total",
+        "events that reached ingest"
+    );
+    describe_counter!(
+        "orderflow_events_processed_total",
+        "events stored after the pipeline"
+    );
+    describe_counter!(
+        "orderflow_events_filtered_total",
+        "events a pipeline filter dropped"
+    );
+    describe_counter!(
+        "orderflow_events_deduplicated_total",
+        "repeated events dropped"
+    );
+    describe_counter!(
+        "orderflow_events_dropped_total",
+        "events shed or lost (overflow policy or both stores down)"
+    );
+    describe_counter!(
+        "orderflow_events_dead_lettered_total",
+        "events written to the dead-letter store"
+    );
+    describe_gauge!(
+        "orderflow_queue_depth",
+        "events waiting in the ingest queues"
+    );
+    describe_gauge!(
+        "orderflow_queue_capacity",
+        "total capacity of the ingest queues"
+    );
+    describe_gauge!(
+        "orderflow_events_in_flight",
+        "accepted events not yet settled"
+    );
+    // Present from the start, at zero, so alerts can rate() them.
+    metrics::counter!("orderflow_panics_total").increment(0);
+    Ok(())
+}
