@@ -27,3 +27,17 @@ pub use events::EventApi;
 pub use layers::{AuthLayer, DeadlineLayer, panic_response};
 pub use observe::code_name;
 pub use orders::OrderApi;
+
+/// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment
+/// variable when built with the `failpoints` feature (tests only); keep the
+/// returned guard alive while serving. Without the feature: nothing.
+pub fn failpoints_from_env() -> Option<fail::FailScenario<'static>> {
+    #[cfg(feature = "failpoints")]
+    {
+        Some(fail::FailScenario::setup())
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        None
+    }
+}

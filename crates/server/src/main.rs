@@ -15,6 +15,7 @@ use crate::config::{Cli, Command, EventsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _failpoints = grpc_api::failpoints_from_env();
     let telemetry = match telemetry::init(&cli.settings) {
         Ok(telemetry) => telemetry,
         Err(error) => {

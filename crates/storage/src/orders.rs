@@ -277,6 +277,9 @@ impl Database {
 
 impl OrderRepository for Database {
     async fn find_order(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
+        fail::fail_point!("storage-find-order", |_| Err(StorageError::Unavailable(
+            "failpoint storage-find-order".to_owned()
+        )));
         self.timed(async {
             let mut conn = self.acquire().await?;
             let key = id.to_string();

@@ -1,1 +1,50 @@
-//! t
+//! End-to-end tests: the real `orderflow` binary on an ephemeral port,
+//! against SQLite and PostgreSQL, driven by tonic clients over loopback.
+//! Each behaviour runs once per backend (`sqlite::…`, `postgres::…`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
+)]
+
+mod suite;
+mod support;
+
+/// Generates `sqlite::$name` and `postgres::$name` for each suite function.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::TestDatabase::sqlite();
+                    crate::suite::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = crate::support::TestDatabase::postgres().await else { return };
+                    crate::suite::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+backend_tests!(
+    orders_happy_path_and_every_error_code,
+    idempotent_create_and_optimistic_concurrency,
+    catalog_primary_warehouse_gap_is_failed_precondition_and_the_connection_survives,
+    events_are_counted_exactly_per_stream,
+    auth_guards_mutations_only,
+    a_panicking_handler_answers_internal_and_the_channel_keeps_serving,
+    health_is_serving_and_reflection_lists_the_services,
+    sigterm_during_a_stream_keeps_every_acknowledged_event,
+    import_then_export_reproduces_the_fixture_byte_for_byte,
+    metrics_pass_promtool,
+);

@@ -1,0 +1,607 @@
+//! What clients of the contract rely on, checked black-box.
+
+use std::time::Duration;
+
+use grpc_api::proto::{
+    CreateOrderRequest, Event, GetOrderRequest, GetPrimaryWarehouseRequest, GetProductRequest,
+    ListOrdersRequest, OrderLine, OrderStatus, Product, UpdateOrderStatusRequest, Warehouse,
+};
+use tonic::{Code, Request};
+
+use crate::support::{Server, TestDatabase, run};
+
+const FIXTURE: &str = include_str!("../../../domain/tests/data/legacy-events.jsonl");
+
+fn create(user: &str, key: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        user_id: user.into(),
+        lines: vec![
+            OrderLine {
+                product_id: "p-1".into(),
+                quantity: 2,
+                unit_price_cents: 1_250,
+            },
+            OrderLine {
+                product_id: "p-2".into(),
+                quantity: 1,
+                unit_price_cents: 99,
+            },
+        ],
+        currency: "EUR".into(),
+        idempotency_key: key.into(),
+    }
+}
+
+fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
+    let status = result.unwrap_err();
+    (status.code(), status.message().to_owned())
+}
+
+pub async fn orders_happy_path_and_every_error_code(db: &TestDatabase) {
+    let server = Server::start(db, &[]);
+    let mut orders = server.orders().await;
+    let order = orders
+        .create_order(create("u-1", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.total_cents, 2 * 1_250 + 99);
+    assert_eq!((order.status(), order.version), (OrderStatus::Pending, 1));
+    let fetched = orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched, order);
+
+    // Pagination: newest first, empty token on the last page.
+    for _ in 0..4 {
+        orders.create_order(create("u-1", "")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = orders
+            .list_orders(ListOrdersRequest {
+                user_id: "u-1".into(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.orders.into_iter().map(|o| o.order_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(
+        seen.last(),
+        Some(&order.order_id),
+        "the first order comes last"
+    );
+
+    let cases: Vec<(Result<_, tonic::Status>, Code, &str)> = vec![
+        (
+            orders
+                .create_order(CreateOrderRequest {
+                    user_id: String::new(),
+                    ..create("x", "")
+                })
+                .await,
+            Code::InvalidArgument,
+            "user_id",
+        ),
+        (
+            orders
+                .create_order(CreateOrderRequest {
+                    currency: "eur".into(),
+                    ..create("u", "")
+                })
+                .await,
+            Code::InvalidArgument,
+            "currency",
+        ),
+        (
+            orders
+                .create_order(CreateOrderRequest {
+                    lines: vec![OrderLine {
+                        product_id: "p".into(),
+                        quantity: 0,
+                        unit_price_cents: 1,
+                    }],
+                    ..create("u", "")
+                })
+                .await,
+            Code::InvalidArgument,
+            "lines[0].quantity",
+        ),
+        (
+            orders
+                .create_order(CreateOrderRequest {
+                    lines: vec![OrderLine {
+                        product_id: "p".into(),
+                        quantity: 2,
+                        unit_price_cents: i64::MAX,
+                    }],
+                    ..create("u", "")
+                })
+                .await,
+            Code::InvalidArgument,
+            "total_cents",
+        ),
+        (
+            orders
+                .create_order(CreateOrderRequest {
+                    lines: vec![],
+                    ..create("u", "")
+                })
+                .await,
+            Code::InvalidArgument,
+            "lines",
+        ),
+        (
+            orders
+                .get_order(GetOrderRequest {
+                    order_id: "nope".into(),
+                })
+                .await,
+            Code::InvalidArgument,
+            "order_id",
+        ),
+        (
+            orders
+                .get_order(GetOrderRequest {
+                    order_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+                })
+                .await,
+            Code::NotFound,
+            "not found",
+        ),
+    ];
+    for (result, code, needle) in cases {
+        let (got, message) = code_and_message(result);
+        assert_eq!(got, code, "{message}");
+        assert!(message.contains(needle), "{message:?} should name {needle}");
+    }
+}
+
+pub async fn idempotent_create_and_optimistic_concurrency(db: &TestDatabase) {
+    let server = Server::start(db, &[]);
+    let mut orders = server.orders().await;
+    let first = orders
+        .create_order(create("u-2", "retry-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = orders
+        .create_order(create("u-2", "retry-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "the retry returns the original order");
+    let listed = orders
+        .list_orders(ListOrdersRequest {
+            user_id: "u-2".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.orders.len(), 1, "nothing created twice");
+
+    let update = |status: OrderStatus, version: u64| UpdateOrderStatusRequest {
+        order_id: first.order_id.clone(),
+        status: status.into(),
+        expected_version: version,
+    };
+    let paid = orders
+        .update_order_status(update(OrderStatus::Paid, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((paid.status(), paid.version), (OrderStatus::Paid, 2));
+    let (code, message) = code_and_message(
+        orders
+            .update_order_status(update(OrderStatus::Shipped, 1))
+            .await,
+    );
+    assert_eq!(code, Code::Aborted, "{message}");
+    let (code, message) = code_and_message(
+        orders
+            .update_order_status(update(OrderStatus::Pending, 2))
+            .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    let (code, _) = code_and_message(
+        orders
+            .update_order_status(update(OrderStatus::Unspecified, 2))
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    // GetOrder (through the cache) sees the write at once.
+    let fetched = orders
+        .get_order(GetOrderRequest {
+            order_id: first.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.version, 2);
+}
+
+fn product(id: &str, warehouses: &[(&str, bool)]) -> Product {
+    Product {
+        product_id: id.into(),
+        sku: format!("SKU-{id}"),
+        name: format!("Product {id}"),
+        warehouses: warehouses
+            .iter()
+            .map(|(w, primary)| Warehouse {
+                warehouse_id: (*w).into(),
+                name: format!("W {w}"),
+                is_primary: *primary,
+            })
+            .collect(),
+    }
+}
+
+pub async fn catalog_primary_warehouse_gap_is_failed_precondition_and_the_connection_survives(
+    db: &TestDatabase,
+) {
+    let server = Server::start(db, &[]);
+    let mut catalog = server.catalog().await;
+    let stored = catalog
+        .upsert_product(product("kettle", &[("w1", false), ("w2", true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.warehouses.len(), 2);
+    let primary = catalog
+        .get_primary_warehouse(GetPrimaryWarehouseRequest {
+            product_id: "kettle".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(primary.warehouse_id, "w2");
+
+    let (code, message) = code_and_message(
+        catalog
+            .upsert_product(product("bad", &[("a", true), ("b", true)]))
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+
+    catalog
+        .upsert_product(product("legacy", &[("w9", false)]))
+        .await
+        .unwrap();
+    let (code, message) = code_and_message(
+        catalog
+            .get_primary_warehouse(GetPrimaryWarehouseRequest {
+                product_id: "legacy".into(),
+            })
+            .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.contains("legacy"), "{message}");
+    // Same channel, next call fine.
+    let fetched = catalog
+        .get_product(GetProductRequest {
+            product_id: "legacy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.warehouses.len(), 1);
+}
+
+fn event(n: usize) -> Event {
+    Event {
+        event_id: format!("e2e-{n}"),
+        user_id: format!("u-{}", n % 7),
+        action: if n % 2 == 0 {
+            "login".into()
+        } else {
+            "add_to_cart".into()
+        },
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + n as i64,
+            nanos: 0,
+        }),
+        amount_cents: Some(n as i64),
+        attributes: [("channel".to_owned(), "web".to_owned())].into(),
+    }
+}
+
+pub async fn events_are_counted_exactly_per_stream(db: &TestDatabase) {
+    let server = Server::start(db, &[("ORDERFLOW_OVERFLOW_POLICY", "block")]);
+    let mut events = server.events().await;
+    let stream = tokio_stream::iter((0..300).map(event));
+    let counts = events.publish_events(stream).await.unwrap().into_inner();
+    assert_eq!(
+        (counts.accepted, counts.dropped, counts.dead_lettered),
+        (300, 0, 0)
+    );
+    assert!(
+        events
+            .publish_event(event(1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    let (code, message) = code_and_message(
+        events
+            .publish_event(Event {
+                user_id: String::new(),
+                ..event(1)
+            })
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("user_id"), "{message}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        let settled = stats.processed
+            + stats.filtered
+            + stats.deduplicated
+            + stats.dropped
+            + stats.dead_lettered;
+        assert!(settled <= stats.received);
+        if stats.received == 301 && settled == 301 {
+            assert_eq!(stats.processed, 301);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline did not settle: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn auth_guards_mutations_only(db: &TestDatabase) {
+    let server = Server::start(db, &[("ORDERFLOW_AUTH_TOKEN", "s3cret")]);
+    let mut orders = server.orders().await;
+    let (code, _) = code_and_message(orders.create_order(create("u", "")).await);
+    assert_eq!(code, Code::Unauthenticated);
+    let mut wrong = Request::new(create("u", ""));
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        code_and_message(orders.create_order(wrong).await).0,
+        Code::Unauthenticated
+    );
+    let mut right = Request::new(create("u", ""));
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let order = orders.create_order(right).await.unwrap().into_inner();
+    // Reads stay open.
+    orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id,
+        })
+        .await
+        .unwrap();
+    let (code, _) = code_and_message(server.events().await.publish_event(event(1)).await);
+    assert_eq!(code, Code::Unauthenticated);
+}
+
+pub async fn a_panicking_handler_answers_internal_and_the_channel_keeps_serving(db: &TestDatabase) {
+    let server = Server::start(db, &[("FAILPOINTS", "grpc-get-order=1*panic(boom)")]);
+    let mut orders = server.orders().await;
+    let order = orders
+        .create_order(create("u", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let (code, message) = code_and_message(
+        orders
+            .get_order(GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await,
+    );
+    assert_eq!(code, Code::Internal);
+    assert!(
+        !message.contains("boom"),
+        "panic text must not leak: {message}"
+    );
+    // The same channel keeps serving.
+    let fetched = orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.version, 1);
+    let metrics = scrape(&server).await;
+    assert!(
+        metrics.lines().any(|l| l == "orderflow_panics_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|l| l.contains("boom") && l.contains("GetOrder")),
+        "panic logged with its RPC"
+    );
+}
+
+async fn scrape(server: &Server) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(&server.metrics)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.metrics
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDatabase) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let server = Server::start(db, &[]);
+    let mut health = HealthClient::new(server.channel().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for service in [
+        "",
+        "orderflow.v1.OrderService",
+        "orderflow.v1.CatalogService",
+        "orderflow.v1.EventService",
+    ] {
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if status.status == 1 {
+                break; // SERVING
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{service:?} never SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDatabase) {
+    let server = Server::start(db, &[("ORDERFLOW_OVERFLOW_POLICY", "block")]);
+    let mut events = server.events().await;
+    // A stream that keeps sending until the server goes away.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let publish = tokio::spawn(async move {
+        events
+            .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let producer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while tx.send(event(sent)).await.is_ok() && sent < 2_000 {
+            sent += 1;
+            if sent == 200 {
+                // Close the stream cleanly part-way so the acknowledged count is known.
+                break;
+            }
+        }
+        sent
+    });
+    let sent = producer.await.unwrap();
+    let counts = publish.await.unwrap().unwrap().into_inner();
+    assert_eq!(counts.accepted as usize, sent);
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    // Every acknowledged event is in the store or the dead-letter store.
+    let (ok, stdout, stderr) = run(db, &["events", "export"], None);
+    assert!(ok.success(), "{stderr}");
+    let stored = String::from_utf8(stdout).unwrap().lines().count();
+    assert_eq!(
+        stored, sent,
+        "acknowledged events all stored (default pipeline keeps them all)"
+    );
+}
+
+pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDatabase) {
+    let (ok, _, stderr) = run(db, &["events", "import", "-"], Some(FIXTURE.as_bytes()));
+    assert!(ok.success(), "{stderr}");
+    let (ok, stdout, stderr) = run(db, &["events", "export"], None);
+    assert!(ok.success(), "{stderr}");
+    assert_eq!(String::from_utf8(stdout).unwrap(), FIXTURE);
+    // A malformed line aborts with its number and stores nothing more.
+    let bad = format!(
+        "{}\n{{\"user_id\":\"\",\"action\":\"login\"}}\n",
+        FIXTURE.lines().next().unwrap()
+    );
+    let (ok, _, stderr) = run(db, &["events", "import", "-"], Some(bad.as_bytes()));
+    assert!(!ok.success());
+    assert!(stderr.contains("line 2"), "{stderr}");
+    let (_, stdout, _) = run(db, &["events", "export"], None);
+    assert_eq!(
+        String::from_utf8(stdout).unwrap(),
+        FIXTURE,
+        "the failed import stored nothing"
+    );
+}
+
+pub async fn metrics_pass_promtool(db: &TestDatabase) {
+    let server = Server::start(db, &[]);
+    let mut orders = server.orders().await;
+    let order = orders
+        .create_order(create("u", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await; // a monitor tick publishes cache stats
+    let body = scrape(&server).await;
+    for name in [
+        "orderflow_grpc_requests_total{",
+        "orderflow_grpc_request_duration_seconds_bucket",
+        "orderflow_cache_hits_total",
+        "orderflow_cache_misses_total",
+        "orderflow_events_received_total",
+        "orderflow_queue_depth",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed; install Debian's `prometheus` package to lint /metrics");
+        return;
+    };
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,219 @@
+//! Starting the real binary against a throw-away database, and clients.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use grpc_api::proto::catalog_service_client::CatalogServiceClient;
+use grpc_api::proto::event_service_client::EventServiceClient;
+use grpc_api::proto::order_service_client::OrderServiceClient;
+use tonic::transport::Channel;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
+
+/// A database for one test: a temp SQLite file or a PostgreSQL schema.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("orderflow.db").display().to_string();
+        Self {
+            url,
+            _dir: Some(dir),
+            schema: None,
+        }
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        let base = match std::env::var("ORDERFLOW_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var("ORDERFLOW_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("ORDERFLOW_REQUIRE_POSTGRES=1 but ORDERFLOW_TEST_DATABASE_URL is unset")
+            }
+            _ => {
+                eprintln!("skipped: set ORDERFLOW_TEST_DATABASE_URL to run the PostgreSQL tests");
+                return None;
+            }
+        };
+        let schema = format!("orderflow_e2e_{}", rand::random::<u64>());
+        psql(&base, &format!("CREATE SCHEMA {schema}"));
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+        Some(Self {
+            url,
+            _dir: None,
+            schema: Some((base, schema)),
+        })
+    }
+}
+
+/// Runs SQL through the storage crate's own connection (no psql needed).
+fn psql(url: &str, sql: &str) {
+    let url = url.to_owned();
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = storage::Database::open(storage::StoreConfig::new(url));
+            db.execute_raw(&sql).await
+        })
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = &self.schema {
+            psql(base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+}
+
+/// A running `orderflow` process.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    pub metrics: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts the binary on `db` with extra environment, and waits until it
+    /// serves.
+    pub fn start(db: &TestDatabase, env: &[(&str, &str)]) -> Self {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("ORDERFLOW_LISTEN", "127.0.0.1:0")
+            .env("ORDERFLOW_METRICS_LISTEN", &metrics)
+            .env("ORDERFLOW_LOG_FORMAT", "json")
+            .env("ORDERFLOW_HEALTH_INTERVAL", "200ms")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (found, address) = std::sync::mpsc::channel();
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("serving gRPC") {
+                        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        let _ = found.send(value["fields"]["address"].as_str().unwrap().to_owned());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let address = match address.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => panic!("server did not start; logs: {:#?}", logs.lock().unwrap()),
+        };
+        Self {
+            child,
+            address: format!("http://{address}"),
+            metrics,
+            logs,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn orders(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(self.channel().await)
+    }
+
+    pub async fn catalog(&self) -> CatalogServiceClient<Channel> {
+        CatalogServiceClient::new(self.channel().await)
+    }
+
+    pub async fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel().await)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args` on `db`; returns (status, stdout, stderr).
+pub fn run(
+    db: &TestDatabase,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (std::process::ExitStatus, Vec<u8>, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BINARY)
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
