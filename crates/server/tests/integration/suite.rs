@@ -306,7 +306,7 @@ fn event(n: usize) -> Event {
     Event {
         event_id: format!("e2e-{n}"),
         user_id: format!("u-{}", n % 7),
-        action: if n % 2 == 0 {
+        action: if n.is_multiple_of(2) {
             "login".into()
         } else {
             "add_to_cart".into()
