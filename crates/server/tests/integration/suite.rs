@@ -587,6 +587,10 @@ pub async fn metrics_pass_promtool(db: &TestDatabase) {
         .stderr(std::process::Stdio::piped())
         .spawn()
     else {
+        assert!(
+            std::env::var("ORDERFLOW_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+            "ORDERFLOW_REQUIRE_PROMTOOL=1 but promtool is not installed"
+        );
         eprintln!("promtool not installed; install Debian's `prometheus` package to lint /metrics");
         return;
     };
