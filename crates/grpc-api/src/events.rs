@@ -30,7 +30,11 @@ impl<D: DeadLetterSink> EventService for EventApi<D> {
             let mut stream = request.into_inner();
             let mut counts = PublishEventsResponse::default();
             let mut index = 0usize;
-            while let Some(message) = stream.message().await? {
+            while let Some(message) = stream
+                .message()
+                .await
+                .map_err(crate::layers::stream_error)?
+            {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
                 let event =

@@ -137,10 +137,11 @@ where
             let Some(deadline) = deadline else {
                 return work.await;
             };
-            // tonic arms its own timer for the same header just before this
-            // one and polls us first: firing a millisecond early makes sure
-            // the client hears DEADLINE_EXCEEDED, not tonic's CANCELLED.
-            let ours = deadline.saturating_sub(Duration::from_millis(1));
+            // Answer a little early. tonic arms its own timer for the same
+            // header just before ours (and would answer CANCELLED), and
+            // clients run one too (tonic's reports CANCELLED locally): the
+            // server's DEADLINE_EXCEEDED must reach the client first.
+            let ours = deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10));
             match tokio::time::timeout(ours, work).await {
                 Ok(result) => result,
                 Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
@@ -148,6 +149,77 @@ where
         })
     }
 }
+
+/// Answers an oversized request message with RESOURCE_EXHAUSTED, as the
+/// gRPC spec and other servers do; tonic's decoder reports OUT_OF_RANGE.
+/// Only that decoder error is rewritten (recognised by its message), in the
+/// response headers of a trailers-only reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageSizeLayer;
+
+impl<S> tower::Layer<S> for MessageSizeLayer {
+    type Service = MessageSize<S>;
+    fn layer(&self, inner: S) -> MessageSize<S> {
+        MessageSize { inner }
+    }
+}
+
+/// The service [`MessageSizeLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct MessageSize<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<Request<B>> for MessageSize<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let work = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = work.await?;
+            let headers = response.headers_mut();
+            let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+                && headers
+                    .get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    .is_some_and(|m| {
+                        m.contains("message%20length%20too%20large")
+                            || m.contains("message length too large")
+                    });
+            if oversized {
+                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Maps a request stream's read error: an oversized message is
+/// RESOURCE_EXHAUSTED (see [`MessageSizeLayer`]); anything else passes.
+pub fn stream_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
+}
+
+/// How much earlier than the caller's deadline the server answers.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// Parses `grpc-timeout` (up to 8 digits and a unit: H M S m u n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
-use grpc_api::{AuthLayer, CatalogApi, DeadlineLayer, EventApi, OrderApi};
+use grpc_api::{AuthLayer, CatalogApi, DeadlineLayer, EventApi, MessageSizeLayer, OrderApi};
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -132,6 +132,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ))
         .layer(AuthLayer::new(settings.auth_token.as_deref()))
         .layer(DeadlineLayer)
+        .layer(MessageSizeLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -9,6 +9,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod outage;
 mod suite;
 mod support;
 
@@ -47,4 +48,6 @@ backend_tests!(
     sigterm_during_a_stream_keeps_every_acknowledged_event,
     import_then_export_reproduces_the_fixture_byte_for_byte,
     metrics_pass_promtool,
+    oversized_messages_are_resource_exhausted,
+    expired_deadlines_answer_deadline_exceeded,
 );

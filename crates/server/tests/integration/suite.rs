@@ -609,3 +609,57 @@ pub async fn metrics_pass_promtool(db: &TestDatabase) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+pub async fn oversized_messages_are_resource_exhausted(db: &TestDatabase) {
+    let server = Server::start(db, &[("ORDERFLOW_MAX_MESSAGE_BYTES", "2048")]);
+    let mut orders = server.orders().await;
+    let big = CreateOrderRequest {
+        lines: (0..60)
+            .map(|n| OrderLine {
+                product_id: format!("{n:0>100}"),
+                quantity: 1,
+                unit_price_cents: 1,
+            })
+            .collect(),
+        ..create("u", "")
+    };
+    let (code, message) = code_and_message(orders.create_order(big).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    let mut events = server.events().await;
+    let mut huge = event(1);
+    huge.attributes.insert("blob".into(), "x".repeat(4_096));
+    let (code, message) = code_and_message(
+        events
+            .publish_events(tokio_stream::iter(vec![event(0), huge]))
+            .await,
+    );
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    // Normal-sized requests still work on the same server.
+    orders.create_order(create("u", "")).await.unwrap();
+}
+
+pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDatabase) {
+    let server = Server::start(db, &[]);
+    let mut events = server.events().await;
+    // A stream that sends one event and then stays open past its deadline.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(event(0)).await.unwrap();
+    let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    // The header alone (not `set_timeout`, which also arms a client-side
+    // timer that would answer CANCELLED locally): this checks what the
+    // server answers.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let started = std::time::Instant::now();
+    let (code, message) = code_and_message(events.publish_events(request).await);
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(tx);
+    // The server is fine afterwards.
+    let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+    assert_eq!(
+        stats.received, 1,
+        "the event sent before the deadline was accepted"
+    );
+}

@@ -15,8 +15,8 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
 /// A database for one test: a temp SQLite file or a PostgreSQL schema.
 pub struct TestDatabase {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
+    pub dir: Option<tempfile::TempDir>,
+    pub schema: Option<(String, String)>,
 }
 
 impl TestDatabase {
@@ -25,7 +25,7 @@ impl TestDatabase {
         let url = dir.path().join("orderflow.db").display().to_string();
         Self {
             url,
-            _dir: Some(dir),
+            dir: Some(dir),
             schema: None,
         }
     }
@@ -47,7 +47,7 @@ impl TestDatabase {
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
         Some(Self {
             url,
-            _dir: None,
+            dir: None,
             schema: Some((base, schema)),
         })
     }
