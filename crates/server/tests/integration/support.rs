@@ -15,6 +15,7 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
 /// A database for one test: a temp SQLite file or a PostgreSQL schema.
 pub struct TestDatabase {
     pub url: String,
+    #[allow(dead_code, reason = "held for its Drop, which removes the temp dir")]
     pub dir: Option<tempfile::TempDir>,
     pub schema: Option<(String, String)>,
 }
