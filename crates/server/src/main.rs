@@ -16,13 +16,6 @@ use crate::config::{Cli, Command, EventsCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _failpoints = grpc_api::failpoints_from_env();
-    let telemetry = match telemetry::init(&cli.settings) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,6 +24,16 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter (tonic) needs the runtime while it is built and
+    // flushed, not just while serving.
+    let _runtime = runtime.enter();
+    let telemetry = match telemetry::init(&cli.settings) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(run(cli));
@@ -49,8 +52,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve::serve(cli.settings).await,
         Some(Command::Migrate) => {
-            let applied = storage::migrate::run(&serve::store_config(&cli.settings)).await?;
-            tracing::info!(applied, "migrations up to date");
+            // Connecting migrates (under PostgreSQL's advisory lock), with
+            // the same start-up retries as serving.
+            serve::connect(&cli.settings).await?;
+            tracing::info!("migrations up to date");
             Ok(())
         }
         Some(Command::Events(EventsCommand::Import { file })) => {

@@ -9,7 +9,9 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod otlp;
 mod outage;
+mod startup;
 mod suite;
 mod support;
 
