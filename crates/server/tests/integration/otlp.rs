@@ -16,10 +16,12 @@ use tonic::{Request, Response, Status};
 
 use crate::support::{Server, TestDatabase};
 
+/// A received span: its trace id and name.
+type SpanSeen = (Vec<u8>, String);
+
 #[derive(Clone, Default)]
 struct Collector {
-    /// (trace id, span name) of every span received.
-    spans: Arc<Mutex<Vec<(Vec<u8>, String)>>>,
+    spans: Arc<Mutex<Vec<SpanSeen>>>,
 }
 
 #[tonic::async_trait]
