@@ -116,6 +116,11 @@ pub struct Settings {
     /// How long start-up retries an unreachable database before giving up.
     #[arg(long, env = "ORDERFLOW_STARTUP_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub startup_timeout: Duration,
+    /// After SIGTERM, how long to keep serving while health reports
+    /// NOT_SERVING, so load balancers stop routing here before connections
+    /// close (set it to the balancer's health-check interval).
+    #[arg(long, env = "ORDERFLOW_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
     /// How long shutdown waits for in-flight RPCs and queued events.
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,

@@ -162,6 +162,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
+    if !settings.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?settings.shutdown_delay, "NOT_SERVING; still answering until the delay passes");
+        tokio::time::sleep(settings.shutdown_delay).await;
+    }
     let _ = stop.send(());
     let grace = settings.shutdown_grace;
     let deadline = Instant::now() + grace;

@@ -497,39 +497,59 @@ pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDataba
 }
 
 pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDatabase) {
-    let server = Server::start(db, &[("ORDERFLOW_OVERFLOW_POLICY", "block")]);
+    let server = Server::start(
+        db,
+        &[
+            ("ORDERFLOW_OVERFLOW_POLICY", "block"),
+            ("ORDERFLOW_SHUTDOWN_DELAY", "1s"),
+        ],
+    );
     let mut events = server.events().await;
-    // A stream that keeps sending until the server goes away.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let publish = tokio::spawn(async move {
         events
             .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let producer = tokio::spawn(async move {
-        let mut sent = 0usize;
-        while tx.send(event(sent)).await.is_ok() && sent < 2_000 {
-            sent += 1;
-            if sent == 200 {
-                // Close the stream cleanly part-way so the acknowledged count is known.
-                break;
-            }
+    for n in 0..200 {
+        tx.send(event(n)).await.unwrap();
+    }
+    // SIGTERM while the stream is open and events are still coming.
+    server.signal_term();
+    // Health turns NOT_SERVING while the server still answers (the delay).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let check = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if check.is_ok_and(|r| r.into_inner().status == 2) {
+            break;
         }
-        sent
-    });
-    let sent = producer.await.unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never NOT_SERVING during shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 200..400 {
+        tx.send(event(n)).await.unwrap();
+    }
+    drop(tx); // the client finishes its stream; the in-flight RPC completes
     let counts = publish.await.unwrap().unwrap().into_inner();
-    assert_eq!(counts.accepted as usize, sent);
-    let status = server.terminate();
+    assert_eq!(
+        counts.accepted, 400,
+        "the open stream was served to its end"
+    );
+    let status = server.wait();
     assert!(status.success(), "exit status {status:?}");
-    // Every acknowledged event is in the store or the dead-letter store.
+    // Every acknowledged event is in the store (the default pipeline keeps
+    // them all; nothing was dead-lettered).
     let (ok, stdout, stderr) = run(db, &["events", "export"], None);
     assert!(ok.success(), "{stderr}");
-    let stored = String::from_utf8(stdout).unwrap().lines().count();
-    assert_eq!(
-        stored, sent,
-        "acknowledged events all stored (default pipeline keeps them all)"
-    );
+    assert_eq!(String::from_utf8(stdout).unwrap().lines().count(), 400);
 }
 
 pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDatabase) {
