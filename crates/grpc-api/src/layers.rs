@@ -218,6 +218,81 @@ pub fn stream_error(status: Status) -> Status {
     }
 }
 
+/// Bounds the RPCs served at once across all connections; past the bound a
+/// request is shed at once with RESOURCE_EXHAUSTED instead of queueing
+/// (queued requests only time out later, holding memory meanwhile). Health
+/// checks are never shed: an overloaded instance is busy, not dead.
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    /// One permit per RPC in progress; `try_acquire` never waits.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl LoadShedLayer {
+    /// At most `limit` RPCs at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+    fn layer(&self, inner: S) -> LoadShed<S> {
+        LoadShed {
+            inner,
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+/// The service [`LoadShedLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S, B, R> tower::Service<Request<B>> for LoadShed<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            return Box::pin(self.inner.call(request));
+        }
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let work = self.inner.call(request);
+                Box::pin(async move {
+                    let response = work.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => {
+                metrics::counter!("orderflow_grpc_shed_total").increment(1);
+                let status = Status::resource_exhausted(
+                    "server at its concurrency limit; retry with backoff",
+                );
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
 /// How much earlier than the caller's deadline the server answers.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 

@@ -24,7 +24,7 @@ pub mod status;
 
 pub use catalog::CatalogApi;
 pub use events::EventApi;
-pub use layers::{AuthLayer, DeadlineLayer, MessageSizeLayer, panic_response};
+pub use layers::{AuthLayer, DeadlineLayer, LoadShedLayer, MessageSizeLayer, panic_response};
 pub use observe::code_name;
 pub use orders::OrderApi;
 

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
-use grpc_api::{AuthLayer, CatalogApi, DeadlineLayer, EventApi, MessageSizeLayer, OrderApi};
+use grpc_api::{
+    AuthLayer, CatalogApi, DeadlineLayer, EventApi, LoadShedLayer, MessageSizeLayer, OrderApi,
+};
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -125,8 +127,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let max = settings.max_message_bytes;
     let router = tonic::transport::Server::builder()
         .trace_fn(request_span)
-        .concurrency_limit_per_connection(settings.max_concurrent_requests)
-        .load_shed(true)
+        .layer(LoadShedLayer::new(settings.max_concurrent_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_api::panic_response,
         ))

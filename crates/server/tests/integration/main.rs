@@ -52,4 +52,5 @@ backend_tests!(
     metrics_pass_promtool,
     oversized_messages_are_resource_exhausted,
     expired_deadlines_answer_deadline_exceeded,
+    requests_past_the_concurrency_limit_are_shed,
 );

@@ -683,3 +683,32 @@ pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDatabase) {
         "the event sent before the deadline was accepted"
     );
 }
+
+pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDatabase) {
+    let server = Server::start(db, &[("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1")]);
+    let mut events = server.events().await;
+    // One open stream holds the only slot.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(event(0)).await.unwrap();
+    let open = tokio::spawn(async move {
+        events
+            .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut orders = server.orders().await;
+    let (code, message) = code_and_message(orders.create_order(create("u", "")).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    // Health is never shed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(open.await.unwrap().unwrap().into_inner().accepted, 1);
+    // The slot is free again.
+    orders.create_order(create("u", "")).await.unwrap();
+}
