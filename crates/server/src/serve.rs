@@ -206,7 +206,11 @@ async fn monitor<R: storage::OrderRepository, D: transform_engine::DeadLetterSin
         ticker.tick().await;
         let database =
             tokio::time::timeout(interval.max(Duration::from_millis(500)), db.ping()).await;
-        let healthy = matches!(database, Ok(Ok(()))) && engine.is_alive();
+        let database_up = matches!(database, Ok(Ok(())));
+        let healthy = database_up && engine.is_alive();
+        // Alerting reads these (deploy/prometheus/alerts.yml).
+        metrics::gauge!("orderflow_database_up").set(if database_up { 1.0 } else { 0.0 });
+        metrics::gauge!("orderflow_serving").set(if healthy { 1.0 } else { 0.0 });
         if serving != Some(healthy) {
             let status = if healthy {
                 ServingStatus::Serving

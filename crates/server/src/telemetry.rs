@@ -168,6 +168,14 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         "events waiting in the ingest queues"
     );
     describe_gauge!(
+        "orderflow_serving",
+        "1 while health reports SERVING, else 0"
+    );
+    describe_gauge!(
+        "orderflow_database_up",
+        "1 while the database answers through the pool, else 0"
+    );
+    describe_gauge!(
         "orderflow_queue_capacity",
         "total capacity of the ingest queues"
     );
