@@ -18,7 +18,7 @@
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
-RUN cargo install --locked cargo-chef@0.1.73
+RUN cargo install --locked cargo-chef@0.1.78
 WORKDIR /app
 
 FROM chef AS planner
