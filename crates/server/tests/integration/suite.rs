@@ -494,6 +494,64 @@ pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDataba
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Reflection, both protocol versions, lists our services.
+    let mut v1 = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+        server.channel().await,
+    );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut replies = v1
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = reply.message_response
+    else {
+        panic!("unexpected reflection reply")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "orderflow.v1.OrderService",
+        "orderflow.v1.CatalogService",
+        "orderflow.v1.EventService",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} not in {names:?}"
+        );
+    }
+    let mut v1alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            server.channel().await,
+        );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut replies = v1alpha
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        replies.message().await.unwrap().is_some(),
+        "v1alpha answers too"
+    );
 }
 
 pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDatabase) {
