@@ -1,0 +1,300 @@
+//! `loadgen`: drives one workload against an orderflow server for a fixed
+//! time or request count, with a chosen concurrency over a chosen number of
+//! connections, and reports throughput and latency percentiles (human
+//! readable, and with `--json` one JSON object for scripts). The baseline
+//! workload is `grpc.health.v1.Health/Check`: the framework's floor on the
+//! same server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use grpc_api::proto::event_service_client::EventServiceClient;
+use grpc_api::proto::order_service_client::OrderServiceClient;
+use grpc_api::proto::{CreateOrderRequest, Event, GetOrderRequest, OrderLine};
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// What each request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// `Health/Check`: the baseline.
+    Health,
+    /// GetOrder on seeded orders (cached after a warm-up pass).
+    GetHit,
+    /// GetOrder on seeded orders, no warm-up (run the server with a tiny
+    /// cache so lookups reach the database).
+    GetMiss,
+    /// CreateOrder.
+    Create,
+    /// PublishEvents streams of `--batch` events.
+    Publish,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", about)]
+struct Args {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// The workload.
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Connections to spread them over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests instead (overrides --duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Orders to seed for the get workloads.
+    #[arg(long, default_value_t = 10_000)]
+    seed_orders: usize,
+    /// Events per PublishEvents stream.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Print one JSON summary line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut channels = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        let channel = Channel::from_shared(args.target.clone())
+            .context("invalid --target")?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.target))?;
+        channels.push(channel);
+    }
+    let ids = match args.workload {
+        Workload::GetHit | Workload::GetMiss => {
+            Arc::new(seed(&channels, args.seed_orders, args.workload).await?)
+        }
+        _ => Arc::new(Vec::new()),
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let progress = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.duration.as_secs())
+    };
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency.max(1) {
+        let channel = channels
+            .get(worker % channels.len())
+            .cloned()
+            .context("no channel")?;
+        let (ids, stop, issued) = (Arc::clone(&ids), Arc::clone(&stop), Arc::clone(&issued));
+        let (workload, limit, batch) = (args.workload, args.requests, args.batch);
+        let latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        workers.push(tokio::spawn(async move {
+            run_worker(
+                worker, channel, workload, &ids, &stop, &issued, limit, batch, latency,
+            )
+            .await
+        }));
+    }
+    if args.requests.is_none() {
+        let deadline = started + args.duration;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
+            progress.set_position(started.elapsed().as_secs());
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+    let (mut requests, mut errors, mut events) = (0u64, 0u64, 0u64);
+    for worker in workers {
+        let outcome = worker.await.context("a worker failed")?;
+        latency
+            .add(&outcome.latency)
+            .context("merging histograms")?;
+        requests += outcome.requests;
+        errors += outcome.errors;
+        events += outcome.events;
+    }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "workload": format!("{:?}", args.workload),
+        "concurrency": args.concurrency,
+        "connections": args.connections,
+        "seconds": seconds,
+        "requests": requests,
+        "errors": errors,
+        "rps": requests as f64 / seconds,
+        "events_per_second": events as f64 / seconds,
+        "p50_us": latency.value_at_quantile(0.50),
+        "p90_us": latency.value_at_quantile(0.90),
+        "p99_us": latency.value_at_quantile(0.99),
+        "max_us": latency.max(),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{:?}: {requests} requests ({errors} errors) in {seconds:.1}s = {:.0}/s; latency p50 {} us, p90 {} us, p99 {} us, max {} us",
+            args.workload,
+            requests as f64 / seconds,
+            latency.value_at_quantile(0.50),
+            latency.value_at_quantile(0.90),
+            latency.value_at_quantile(0.99),
+            latency.max()
+        );
+    }
+    anyhow::ensure!(errors == 0 || requests > errors, "every request failed");
+    Ok(())
+}
+
+/// Creates `n` orders (and, for hits, reads each once so it is cached).
+async fn seed(channels: &[Channel], n: usize, workload: Workload) -> anyhow::Result<Vec<String>> {
+    let channel = channels.first().context("no channel")?.clone();
+    let mut client = OrderServiceClient::new(channel);
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let order = client
+            .create_order(create(i))
+            .await
+            .context("seeding orders")?
+            .into_inner();
+        ids.push(order.order_id);
+    }
+    if workload == Workload::GetHit {
+        for id in &ids {
+            client
+                .get_order(GetOrderRequest {
+                    order_id: id.clone(),
+                })
+                .await
+                .context("warming the cache")?;
+        }
+    }
+    Ok(ids)
+}
+
+fn create(i: usize) -> CreateOrderRequest {
+    CreateOrderRequest {
+        user_id: format!("load-{}", i % 1_000),
+        lines: vec![OrderLine {
+            product_id: format!("p-{}", i % 100),
+            quantity: 1,
+            unit_price_cents: 100,
+        }],
+        currency: "EUR".to_owned(),
+        idempotency_key: String::new(),
+    }
+}
+
+fn event(worker: usize, n: u64) -> Event {
+    Event {
+        event_id: format!("load-{worker}-{n}"),
+        user_id: format!("u-{}", n % 1_000),
+        action: "purchase".to_owned(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        amount_cents: Some(100),
+        attributes: [("channel".to_owned(), "web".to_owned())].into(),
+    }
+}
+
+struct Outcome {
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    events: u64,
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one worker's whole configuration, spelled out"
+)]
+async fn run_worker(
+    worker: usize,
+    channel: Channel,
+    workload: Workload,
+    ids: &[String],
+    stop: &AtomicBool,
+    issued: &AtomicU64,
+    limit: Option<u64>,
+    batch: usize,
+    latency: Histogram<u64>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        latency,
+        requests: 0,
+        errors: 0,
+        events: 0,
+    };
+    let mut health = HealthClient::new(channel.clone());
+    let mut orders = OrderServiceClient::new(channel.clone());
+    let mut events = EventServiceClient::new(channel);
+    let mut cursor = worker.wrapping_mul(7_919);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        if limit.is_some_and(|limit| n >= limit) {
+            break;
+        }
+        cursor = cursor.wrapping_add(104_729);
+        let started = Instant::now();
+        let ok = match workload {
+            Workload::Health => health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok(),
+            Workload::GetHit | Workload::GetMiss => match ids.get(cursor % ids.len().max(1)) {
+                Some(id) => orders
+                    .get_order(GetOrderRequest {
+                        order_id: id.clone(),
+                    })
+                    .await
+                    .is_ok(),
+                None => false,
+            },
+            Workload::Create => orders.create_order(create(cursor)).await.is_ok(),
+            Workload::Publish => {
+                let stream = tokio_stream::iter(
+                    (0..batch as u64).map(move |i| event(worker, n * batch as u64 + i)),
+                );
+                match events.publish_events(stream).await {
+                    Ok(reply) => {
+                        outcome.events += reply.into_inner().accepted;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        let micros = u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = outcome.latency.record(micros.min(60_000_000));
+        outcome.requests += 1;
+        if !ok {
+            outcome.errors += 1;
+        }
+    }
+    outcome
+}
