@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let (mut requests, mut errors, mut events) = (0u64, 0u64, 0u64);
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
     for worker in workers {
         let outcome = worker.await.context("a worker failed")?;
         latency
@@ -128,6 +129,9 @@ async fn main() -> anyhow::Result<()> {
         requests += outcome.requests;
         errors += outcome.errors;
         events += outcome.events;
+        for (code, n) in outcome.codes {
+            *codes.entry(code).or_default() += n;
+        }
     }
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         "seconds": seconds,
         "requests": requests,
         "errors": errors,
+        "errors_by_code": codes,
         "rps": requests as f64 / seconds,
         "events_per_second": events as f64 / seconds,
         "p50_us": latency.value_at_quantile(0.50),
@@ -220,6 +225,8 @@ struct Outcome {
     requests: u64,
     errors: u64,
     events: u64,
+    /// Failed requests by gRPC code name.
+    codes: std::collections::BTreeMap<String, u64>,
 }
 
 #[allow(
@@ -242,6 +249,7 @@ async fn run_worker(
         requests: 0,
         errors: 0,
         events: 0,
+        codes: std::collections::BTreeMap::new(),
     };
     let mut health = HealthClient::new(channel.clone());
     let mut orders = OrderServiceClient::new(channel.clone());
@@ -257,34 +265,30 @@ async fn run_worker(
         }
         cursor = cursor.wrapping_add(104_729);
         let started = Instant::now();
-        let ok = match workload {
+        let result: Result<(), tonic::Status> = match workload {
             Workload::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
-                .is_ok(),
+                .map(drop),
             Workload::GetHit | Workload::GetMiss => match ids.get(cursor % ids.len().max(1)) {
                 Some(id) => orders
                     .get_order(GetOrderRequest {
                         order_id: id.clone(),
                     })
                     .await
-                    .is_ok(),
-                None => false,
+                    .map(drop),
+                None => Err(tonic::Status::failed_precondition("no seeded orders")),
             },
-            Workload::Create => orders.create_order(create(cursor)).await.is_ok(),
+            Workload::Create => orders.create_order(create(cursor)).await.map(drop),
             Workload::Publish => {
                 let stream = tokio_stream::iter(
                     (0..batch as u64).map(move |i| event(worker, n * batch as u64 + i)),
                 );
-                match events.publish_events(stream).await {
-                    Ok(reply) => {
-                        outcome.events += reply.into_inner().accepted;
-                        true
-                    }
-                    Err(_) => false,
-                }
+                events.publish_events(stream).await.map(|reply| {
+                    outcome.events += reply.into_inner().accepted;
+                })
             }
         };
         let micros = u64::try_from(started.elapsed().as_micros())
@@ -292,8 +296,12 @@ async fn run_worker(
             .max(1);
         let _ = outcome.latency.record(micros.min(60_000_000));
         outcome.requests += 1;
-        if !ok {
+        if let Err(status) = result {
             outcome.errors += 1;
+            *outcome
+                .codes
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1;
         }
     }
     outcome

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark report: starts the release server (SQLite, then
+# PostgreSQL), seeds data, drives it with `loadgen`, and appends a dated
+# section with every ratio to docs/benchmarks.md. Every figure is a ratio
+# against a baseline measured in the same run. The server is pinned to CPU 0
+# and the load to CPU 1, so the two do not fight over a core.
+#
+# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+root=$PWD
+scratch=$(mktemp -d)
+trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$scratch"' EXIT
+
+cargo build --quiet --release -p server -p loadgen
+bin=$root/target/release/orderflow
+lg=$root/target/release/loadgen
+pg=postgres://postgres@127.0.0.1:5432
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$PID/status"; }
+
+start_server() { # DATABASE_URL [ENV=VALUE...]
+    local url=$1
+    shift
+    local port
+    port=$(free_port)
+    env DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$(free_port)" \
+        RUST_LOG=warn "$@" taskset -c 0 "$bin" >"$scratch/server.log" 2>&1 &
+    PID=$!
+    ADDR=http://127.0.0.1:$port
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start:" >&2
+    cat "$scratch/server.log" >&2
+    exit 1
+}
+stop_server() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
+load() { taskset -c 1 "$lg" --target "$ADDR" --json --duration "${secs}s" "$@"; }
+
+echo "SQLite: cache hits vs Health/Check, latency by concurrency..." >&2
+start_server "$scratch/bench.db"
+health=$(load --workload health --concurrency 16)
+hit16=$(load --workload get-hit --concurrency 16 --seed-orders 10000)
+hit1=$(load --workload get-hit --concurrency 1 --seed-orders 1000)
+hit64=$(load --workload get-hit --concurrency 64 --seed-orders 1000)
+health1=$(load --workload health --concurrency 1)
+health64=$(load --workload health --concurrency 64)
+stop_server
+
+echo "SQLite: PublishEvents through the 12-step pipeline, and memory under 10x overload..." >&2
+start_server "$scratch/events.db" ORDERFLOW_PIPELINE="$root/crates/transform-engine/benches/twelve-steps.toml" \
+    ORDERFLOW_OVERFLOW_POLICY=drop-newest
+publish=$(load --workload publish --concurrency 4 --batch 100)
+before_kb=$(rss_kb)
+peak_kb=$before_kb
+load --workload publish --concurrency 40 --batch 100 >"$scratch/overload.json" &
+loader=$!
+while kill -0 "$loader" 2>/dev/null; do
+    now=$(rss_kb)
+    [ "$now" -gt "$peak_kb" ] && peak_kb=$now
+    sleep 0.5
+done
+overload=$(cat "$scratch/overload.json")
+sleep 2
+after_kb=$(rss_kb)
+stop_server
+
+echo "PostgreSQL: cache misses vs pgbench -S (8 clients)..." >&2
+for db in orderflow_bench orderflow_pgbench; do
+    psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+done
+pgbench -q -i -s 10 -h 127.0.0.1 -U postgres orderflow_pgbench >/dev/null 2>&1
+start_server "$pg/orderflow_bench" ORDERFLOW_CACHE_CAPACITY=1
+miss=$(load --workload get-miss --concurrency 8 --connections 2 --seed-orders 10000)
+stop_server
+pgbench_tps=$(taskset -c 1 pgbench -S -n -c 8 -j 2 -T "$secs" -h 127.0.0.1 -U postgres orderflow_pgbench | awk '/^tps/ { print int($3) }')
+
+# The in-process pipeline figure to compare PublishEvents with (criterion's
+# last run of the engine's path, if it exists).
+estimate=$root/target/criterion/pipeline_12_steps/enum_event_major/new/estimates.json
+inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$estimate" || echo 0)
+
+{
+    echo
+    echo "## End to end, scripts/bench.sh ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m); server on CPU 0, load on CPU 1, ${secs}s per run)"
+    echo
+    echo "| ratio | measured | baseline | ratio | goal |"
+    echo "|---|---|---|---|---|"
+    echo "| GetOrder from cache vs Health/Check, 16 concurrent (SQLite) | $(json "$hit16" rps | cut -d. -f1)/s | $(json "$health" rps | cut -d. -f1)/s | $(ratio "$(json "$hit16" rps)" "$(json "$health" rps)") | ≥ 0.9 |"
+    echo "| GetOrder cache miss (PostgreSQL, 8 concurrent) vs \`pgbench -S -c 8\` (client pinned to CPU 1 like loadgen) | $(json "$miss" rps | cut -d. -f1)/s | ${pgbench_tps}/s | $(ratio "$(json "$miss" rps)" "$pgbench_tps") | ≥ 0.7 |"
+    echo "| PublishEvents, 12-step pipeline, events/s vs the in-process pipeline (one core) | $(json "$publish" events_per_second | cut -d. -f1)/s | ${inproc}/s | $( [ "$inproc" -gt 0 ] && ratio "$(json "$publish" events_per_second)" "$inproc" || echo n/a) | (shows network + decoding cost) |"
+    echo
+    echo "Latency (µs), GetOrder from cache vs Health/Check on the same server:"
+    echo
+    echo "| concurrency | GetOrder p50 | GetOrder p99 | Health p50 | Health p99 |"
+    echo "|---|---|---|---|---|"
+    echo "| 1 | $(json "$hit1" p50_us) | $(json "$hit1" p99_us) | $(json "$health1" p50_us) | $(json "$health1" p99_us) |"
+    echo "| 16 | $(json "$hit16" p50_us) | $(json "$hit16" p99_us) | $(json "$health" p50_us) | $(json "$health" p99_us) |"
+    echo "| 64 | $(json "$hit64" p50_us) | $(json "$hit64" p99_us) | $(json "$health64" p50_us) | $(json "$health64" p99_us) |"
+    echo
+    echo "Server resident memory around a 10x PublishEvents overload (40 streams vs 4; drop-newest):"
+    echo "before $((before_kb / 1024)) MB, peak during $((peak_kb / 1024)) MB, 2 s after $((after_kb / 1024)) MB;"
+    echo "during the overload the server accepted $(json "$overload" events_per_second | cut -d. -f1) events/s and shed the rest."
+} | tee -a docs/benchmarks.md
