@@ -5,7 +5,7 @@
 # against a baseline measured in the same run. The server is pinned to CPU 0
 # and the load to CPU 1, so the two do not fight over a core.
 #
-# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10)
+# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 10 minutes in all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -14,6 +14,15 @@ scratch=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$scratch"' EXIT
 
 cargo build --quiet --release -p server -p loadgen
+
+# The in-process benchmarks first (their figures are compared with below):
+# the order cache and the 12-step pipeline. `SKIP_CRITERION=1` reuses the
+# last results in target/criterion.
+if [ "${SKIP_CRITERION:-0}" != 1 ]; then
+    echo "criterion: cache and pipeline benchmarks..." >&2
+    cargo bench --quiet -p storage --bench cache -- --warm-up-time 2 --measurement-time 8 >&2
+    cargo bench --quiet -p transform-engine --bench pipeline -- --warm-up-time 2 --measurement-time 8 >&2
+fi
 bin=$root/target/release/orderflow
 lg=$root/target/release/loadgen
 pg=postgres://postgres@127.0.0.1:5432
