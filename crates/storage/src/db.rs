@@ -328,6 +328,25 @@ impl Database {
         .await
     }
 
+    /// Inserts `rows` in one write transaction (in chunks of
+    /// [`ROWS_PER_INSERT`]): all of them are stored, in order, or none.
+    pub(crate) async fn insert_all<R>(&self, rows: Vec<R>) -> Result<(), StorageError>
+    where
+        R: Send + 'static,
+        AsyncPgConnection: InsertRows<R>,
+        SqliteConn: InsertRows<R>,
+    {
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                for chunk in chunked(rows) {
+                    c.insert_rows(chunk).await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+        })
+        .await
+    }
+
     /// Runs `sql` on a pooled connection. Used by tests and tools that need
     /// to look at the database directly.
     #[doc(hidden)]
@@ -339,6 +358,20 @@ impl Database {
         })
         .await
     }
+}
+
+/// Rows per INSERT statement: SQLite binds at most 32,766 parameters.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// `rows` in owned chunks of at most [`ROWS_PER_INSERT`].
+fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
+    while rows.len() > ROWS_PER_INSERT {
+        let rest = rows.split_off(ROWS_PER_INSERT);
+        chunks.push(std::mem::replace(&mut rows, rest));
+    }
+    chunks.push(rows);
+    chunks
 }
 
 fn pool_builder<M: bb8::ManageConnection>(config: &StoreConfig) -> bb8::Builder<M> {

@@ -12,11 +12,8 @@ use diesel_async::RunQueryDsl;
 use domain::{DeadLetter, Event};
 
 use crate::StorageError;
-use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
+use crate::db::{Database, insert_rows, with_conn};
 use crate::schema::{dead_letters, events};
-
-/// Rows per INSERT statement: SQLite binds at most 32,766 parameters.
-const ROWS_PER_INSERT: usize = 1_000;
 
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,17 +108,6 @@ struct DeadLetterRow {
 insert_rows!(NewEventRow => events::table);
 insert_rows!(NewDeadLetterRow => dead_letters::table);
 
-/// `rows` in owned chunks of at most [`ROWS_PER_INSERT`].
-fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
-    while rows.len() > ROWS_PER_INSERT {
-        let rest = rows.split_off(ROWS_PER_INSERT);
-        chunks.push(std::mem::replace(&mut rows, rest));
-    }
-    chunks.push(rows);
-    chunks
-}
-
 fn json_of(event: &Event) -> Result<String, StorageError> {
     event
         .to_json()
@@ -144,15 +130,7 @@ impl EventStore for Database {
                 })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.write(move |mut conn| async move {
-            write_transaction!(&mut conn, |c| {
-                for chunk in chunked(rows) {
-                    c.insert_rows(chunk).await?;
-                }
-                Ok::<_, StorageError>(())
-            })
-        })
-        .await
+        self.insert_all(rows).await
     }
 
     async fn read_events(
@@ -200,15 +178,7 @@ impl DeadLetterStore for Database {
                 })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.write(move |mut conn| async move {
-            write_transaction!(&mut conn, |c| {
-                for chunk in chunked(rows) {
-                    c.insert_rows(chunk).await?;
-                }
-                Ok::<_, StorageError>(())
-            })
-        })
-        .await
+        self.insert_all(rows).await
     }
 
     async fn read_dead_letters(
