@@ -31,8 +31,11 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 /// - `synchronous = FULL`: an acknowledged commit survives power loss.
 /// - `busy_timeout`: a writer waits for the write lock instead of failing.
 /// - `foreign_keys`: off by default in SQLite; our schema relies on them.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+/// `busy_timeout` comes first: switching the journal mode takes a lock, and
+/// without the timeout a connection opened beside another fails at once with
+/// "database is locked".
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
 /// Which database a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,11 +67,15 @@ fn migrate_postgres(url: &str) -> Result<usize, StorageError> {
 
 fn migrate_sqlite(path: &str) -> Result<usize, StorageError> {
     let mut conn = SqliteConnection::establish(path)?;
-    // WAL is a property of the file; set it before any table exists.
+    // The timeout first (so a concurrent opener waits instead of failing);
+    // WAL is a property of the file, set before any table exists.
     conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
     )?;
-    apply(&mut conn, SQLITE)
+    // SQLite's counterpart of the advisory lock: the whole run holds the
+    // write lock (`BEGIN EXCLUSIVE`), so instances starting together on one
+    // file migrate one after another and the later ones find nothing pending.
+    conn.exclusive_transaction(|conn| apply(conn, SQLITE))
 }
 
 fn apply<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<usize, StorageError>

@@ -1,4 +1,4 @@
-//! PostgreSQL-specific behaviour: concurrent start-up migrations, an
+//! Backend-specific behaviour: concurrent start-up migrations, an
 //! unreachable server, and a direct look for dangling transactions.
 
 use std::time::{Duration, Instant};
@@ -118,4 +118,19 @@ async fn postgres_unreachable_fails_fast_as_unavailable() {
         started.elapsed()
     );
     assert!(matches!(db.ping().await, Err(StorageError::Unavailable(_))));
+}
+
+/// SQLite too: instances starting together on one file migrate once (the
+/// run holds SQLite's exclusive lock; the others wait, then find nothing
+/// pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_instances_starting_together_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::new(dir.path().join("shared.db").display().to_string());
+    let starts: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(Database::connect(config.clone())))
+        .collect();
+    for start in starts {
+        start.await.unwrap().expect("every instance comes up");
+    }
 }
