@@ -31,6 +31,7 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 /// - `synchronous = FULL`: an acknowledged commit survives power loss.
 /// - `busy_timeout`: a writer waits for the write lock instead of failing.
 /// - `foreign_keys`: off by default in SQLite; our schema relies on them.
+///
 /// `busy_timeout` comes first: switching the journal mode takes a lock, and
 /// without the timeout a connection opened beside another fails at once with
 /// "database is locked".
