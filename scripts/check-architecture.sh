@@ -25,5 +25,13 @@ forbid domain diesel diesel-async tonic prost tokio
 forbid transform-engine diesel diesel-async tonic prost
 forbid storage tonic prost
 forbid transform-engine storage
+# Libraries return typed errors; anyhow is for the binaries only (as a
+# direct dependency: proc macros deep in the graph may use it internally).
+for library in domain storage transform-engine grpc-api; do
+    if cargo tree --quiet -p "$library" -e normal --depth 1 --prefix none --format '{p}' | cut -d' ' -f1 | grep -qx anyhow; then
+        echo "architecture: $library depends on anyhow directly; libraries return thiserror types"
+        failed=1
+    fi
+done
 [ "$failed" -eq 0 ] && echo "architecture: all dependency rules hold"
 exit "$failed"
