@@ -70,7 +70,11 @@ impl From<diesel::result::Error> for StorageError {
                     Kind::ForeignKeyViolation | Kind::CheckViolation | Kind::NotNullViolation => {
                         Self::Invalid(what)
                     }
-                    Kind::ClosedConnection => Self::Unavailable(info.message().to_owned()),
+                    // No answer from the server: the connection broke or closed
+                    // (diesel-async reports I/O failures as UnableToSendCommand).
+                    Kind::ClosedConnection | Kind::UnableToSendCommand => {
+                        Self::Unavailable(info.message().to_owned())
+                    }
                     // SQLite reports a held write lock past busy_timeout as a
                     // plain error; it is load, not a bug.
                     _ if is_sqlite_busy(info.message()) => {
