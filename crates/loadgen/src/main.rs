@@ -33,6 +33,44 @@ enum Workload {
     Create,
     /// PublishEvents streams of `--batch` events.
     Publish,
+    /// A weighted mix of the others, per request (`--mix`).
+    Mix,
+}
+
+/// Parses `get-hit=80,create=10,publish=5,health=5` into (workload, weight).
+fn parse_mix(text: &str) -> anyhow::Result<Vec<(Workload, u32)>> {
+    let mut mix = Vec::new();
+    for part in text.split(',') {
+        let (name, weight) = part
+            .split_once('=')
+            .with_context(|| format!("--mix entry {part:?} is not NAME=WEIGHT"))?;
+        let workload = Workload::from_str(name.trim(), true)
+            .map_err(|e| anyhow::anyhow!("--mix entry {part:?}: {e}"))?;
+        anyhow::ensure!(workload != Workload::Mix, "--mix cannot contain mix");
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .with_context(|| format!("--mix weight in {part:?}"))?;
+        mix.push((workload, weight));
+    }
+    anyhow::ensure!(
+        mix.iter().any(|(_, w)| *w > 0),
+        "--mix needs a positive weight"
+    );
+    Ok(mix)
+}
+
+/// The workload for the request numbered `x` under `mix`.
+fn pick(mix: &[(Workload, u32)], x: usize) -> Workload {
+    let total: u64 = mix.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut point = (x as u64) % total.max(1);
+    for (workload, weight) in mix {
+        if point < u64::from(*weight) {
+            return *workload;
+        }
+        point -= u64::from(*weight);
+    }
+    Workload::Health
 }
 
 #[derive(Debug, Parser)]
@@ -59,6 +97,9 @@ struct Args {
     /// Orders to seed for the get workloads.
     #[arg(long, default_value_t = 10_000)]
     seed_orders: usize,
+    /// The mix for `--workload mix`: NAME=WEIGHT pairs.
+    #[arg(long, default_value = "get-hit=80,create=10,publish=5,health=5")]
+    mix: String,
     /// Events per PublishEvents stream.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -67,9 +108,28 @@ struct Args {
     json: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
         let channel = Channel::from_shared(args.target.clone())
@@ -79,10 +139,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot connect to {}", args.target))?;
         channels.push(channel);
     }
-    let ids = match args.workload {
-        Workload::GetHit | Workload::GetMiss => {
-            Arc::new(seed(&channels, args.seed_orders, args.workload).await?)
-        }
+    let mix = Arc::new(match args.workload {
+        Workload::Mix => parse_mix(&args.mix)?,
+        other => vec![(other, 1)],
+    });
+    let reads = |w: Workload| mix.iter().any(|(m, weight)| *m == w && *weight > 0);
+    let ids = match (reads(Workload::GetHit), reads(Workload::GetMiss)) {
+        (true, _) => Arc::new(seed(&channels, args.seed_orders, Workload::GetHit).await?),
+        (false, true) => Arc::new(seed(&channels, args.seed_orders, Workload::GetMiss).await?),
         _ => Arc::new(Vec::new()),
     };
 
@@ -101,11 +165,12 @@ async fn main() -> anyhow::Result<()> {
             .cloned()
             .context("no channel")?;
         let (ids, stop, issued) = (Arc::clone(&ids), Arc::clone(&stop), Arc::clone(&issued));
-        let (workload, limit, batch) = (args.workload, args.requests, args.batch);
+        let (limit, batch) = (args.requests, args.batch);
+        let mix = Arc::clone(&mix);
         let latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
         workers.push(tokio::spawn(async move {
             run_worker(
-                worker, channel, workload, &ids, &stop, &issued, limit, batch, latency,
+                worker, channel, &mix, &ids, &stop, &issued, limit, batch, latency,
             )
             .await
         }));
@@ -236,7 +301,7 @@ struct Outcome {
 async fn run_worker(
     worker: usize,
     channel: Channel,
-    workload: Workload,
+    mix: &[(Workload, u32)],
     ids: &[String],
     stop: &AtomicBool,
     issued: &AtomicU64,
@@ -265,8 +330,10 @@ async fn run_worker(
         }
         cursor = cursor.wrapping_add(104_729);
         let started = Instant::now();
-        let result: Result<(), tonic::Status> = match workload {
-            Workload::Health => health
+        // One workload, or a pick from the mix by the request's position.
+        let result: Result<(), tonic::Status> = match pick(mix, cursor) {
+            // `pick` never answers Mix.
+            Workload::Health | Workload::Mix => health
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
