@@ -25,7 +25,6 @@ pub mod status;
 pub use catalog::CatalogApi;
 pub use events::EventApi;
 pub use layers::{AuthLayer, DeadlineLayer, LoadShedLayer, MessageSizeLayer, panic_response};
-pub use observe::code_name;
 pub use orders::OrderApi;
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

@@ -356,11 +356,6 @@ impl<R: OrderRepository> CachedOrders<R> {
         &self.inner.cache
     }
 
-    /// The wrapped repository.
-    pub fn inner(&self) -> &R {
-        &self.inner.repo
-    }
-
     /// The order from the cache, or from one shared repository lookup.
     ///
     /// A panic in the repository unwinds into the caller that started the

@@ -98,7 +98,7 @@ impl StoreConfig {
     }
 
     /// The URL SQLite's driver understands (`sqlite://x.db` → `x.db`).
-    fn sqlite_path(&self) -> &str {
+    pub(crate) fn sqlite_path(&self) -> &str {
         self.url.strip_prefix("sqlite://").unwrap_or(&self.url)
     }
 }

@@ -28,11 +28,7 @@ pub async fn run(config: &StoreConfig) -> Result<usize, StorageError> {
     let backend = config.backend();
     let url = match backend {
         Backend::Postgres => config.url.clone(),
-        Backend::Sqlite => config
-            .url
-            .strip_prefix("sqlite://")
-            .unwrap_or(&config.url)
-            .to_owned(),
+        Backend::Sqlite => config.sqlite_path().to_owned(),
     };
     let work = tokio::task::spawn_blocking(move || match backend {
         Backend::Postgres => migrate_postgres(&url),

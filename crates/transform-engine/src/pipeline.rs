@@ -177,11 +177,6 @@ impl Pipeline {
             }
         }
     }
-
-    /// Runs one event through every step.
-    pub fn process_event(&mut self, event: Event, out: &mut BatchOutcome) {
-        self.process_batch_event_major(vec![event], out);
-    }
 }
 
 /// Records a non-`Keep` verdict.
