@@ -62,6 +62,24 @@ fn migrate_postgres(url: &str) -> Result<usize, StorageError> {
 }
 
 fn migrate_sqlite(path: &str) -> Result<usize, StorageError> {
+    // Two connections switching a new file to WAL at once can get SQLITE_BUSY
+    // without the busy handler being consulted (SQLite's deadlock avoidance),
+    // so a locked start is retried a few times before it counts as an error.
+    let mut attempt = 0u32;
+    loop {
+        match migrate_sqlite_once(path) {
+            Err(StorageError::Unavailable(reason)) if attempt < 20 && reason.contains("locked") => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(
+                    u64::from(attempt.min(10)) * 25,
+                ));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn migrate_sqlite_once(path: &str) -> Result<usize, StorageError> {
     let mut conn = SqliteConnection::establish(path)?;
     // The timeout first (so a concurrent opener waits instead of failing);
     // WAL is a property of the file, set before any table exists.

@@ -559,7 +559,7 @@ pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDat
         db,
         &[
             ("ORDERFLOW_OVERFLOW_POLICY", "block"),
-            ("ORDERFLOW_SHUTDOWN_DELAY", "1s"),
+            ("ORDERFLOW_SHUTDOWN_DELAY", "3s"),
         ],
     );
     let mut events = server.events().await;
@@ -575,7 +575,8 @@ pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDat
     }
     // SIGTERM while the stream is open and events are still coming.
     server.signal_term();
-    // Health turns NOT_SERVING while the server still answers (the delay).
+    // Health turns NOT_SERVING while the server still answers (the delay;
+    // wide enough that a busy CI machine still polls inside it).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let check = health
