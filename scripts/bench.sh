@@ -63,7 +63,7 @@ health64=$(load --workload health --concurrency 64)
 stop_server
 
 echo "SQLite: PublishEvents through the 12-step pipeline, and memory under 10x overload..." >&2
-start_server "$scratch/events.db" ORDERFLOW_PIPELINE="$root/crates/transform-engine/benches/twelve-steps.toml" \
+start_server "$scratch/events.db" ORDERFLOW_PIPELINE="$root/crates/test-support/data/twelve-steps.toml" \
     ORDERFLOW_OVERFLOW_POLICY=drop-newest
 publish=$(load --workload publish --concurrency 4 --batch 100)
 before_kb=$(rss_kb)

@@ -21,10 +21,17 @@ forbid() { # forbid CRATE DEP...
     done
 }
 
-forbid domain diesel diesel-async tonic prost tokio
+forbid domain diesel diesel-async tonic prost tokio storage transform-engine
 forbid transform-engine diesel diesel-async tonic prost
 forbid storage tonic prost
+# The two large libraries are siblings on `domain`: neither names the
+# other, so they compile in parallel; `server` adapts one to the other.
 forbid transform-engine storage
+forbid storage transform-engine
+# Test support is a dev-dependency only.
+for krate in domain storage transform-engine grpc-api server loadgen; do
+    forbid "$krate" test-support
+done
 # Libraries return typed errors; anyhow is for the binaries only (as a
 # direct dependency: proc macros deep in the graph may use it internally).
 for library in domain storage transform-engine grpc-api; do

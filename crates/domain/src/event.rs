@@ -59,11 +59,6 @@ impl Event {
         serde_json::from_str(line).map_err(|e| DomainError::MalformedEvent(e.to_string()))
     }
 
-    /// Writes the canonical stored form to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DomainError> {
-        serde_json::to_writer(out, self).map_err(|e| DomainError::MalformedEvent(e.to_string()))
-    }
-
     /// The canonical stored form.
     pub fn to_json(&self) -> Result<String, DomainError> {
         serde_json::to_string(self).map_err(|e| DomainError::MalformedEvent(e.to_string()))

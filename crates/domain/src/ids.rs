@@ -70,11 +70,6 @@ impl OrderId {
     pub fn as_uuid(&self) -> uuid::Uuid {
         self.0
     }
-
-    /// Wraps a UUID read back from storage.
-    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
-        Self(uuid)
-    }
 }
 
 impl fmt::Display for OrderId {
@@ -88,6 +83,26 @@ impl FromStr for OrderId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// One write of a batch of events (an append, a dead-letter batch): the
+/// writer mints it once and sends the same id with every attempt, and the
+/// store records it in the same transaction as the rows, so an attempt
+/// whose outcome was unknown can be repeated without storing anything twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteId(uuid::Uuid);
+
+impl WriteId {
+    /// A fresh id, unique across instances without coordination.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for WriteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `orderflow.v1.EventService`: events into the transform engine.
 
 use tonic::{Request, Response, Status, Streaming};
-use transform_engine::{Admission, DeadLetterSink, Ingest};
+use transform_engine::{Admission, Ingest};
 
 use crate::observe::observe;
 use crate::proto::event_service_server::EventService;
@@ -9,19 +9,19 @@ use crate::proto::{Event, PipelineStats, PublishEventResponse, PublishEventsResp
 use crate::{convert, status};
 
 /// The event service in front of an engine's ingest.
-pub struct EventApi<D> {
-    ingest: Ingest<D>,
+pub struct EventApi {
+    ingest: Ingest,
 }
 
-impl<D: DeadLetterSink> EventApi<D> {
+impl EventApi {
     /// Serves `ingest`.
-    pub fn new(ingest: Ingest<D>) -> Self {
+    pub fn new(ingest: Ingest) -> Self {
         Self { ingest }
     }
 }
 
 #[tonic::async_trait]
-impl<D: DeadLetterSink> EventService for EventApi<D> {
+impl EventService for EventApi {
     async fn publish_events(
         &self,
         request: Request<Streaming<Event>>,
@@ -69,7 +69,7 @@ impl<D: DeadLetterSink> EventService for EventApi<D> {
                     "event queue full: the event was dropped",
                 )),
                 Admission::DeadLettered => Err(Status::resource_exhausted(
-                    "event queue full: the event was written to the dead-letter store",
+                    "event queue full: the event goes to the dead-letter store",
                 )),
             }
         })

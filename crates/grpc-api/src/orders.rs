@@ -1,7 +1,9 @@
-//! `orderflow.v1.OrderService`: orders, with GetOrder served through the
-//! cache.
+//! `orderflow.v1.OrderService`: orders, over any [`OrderRepository`] (the
+//! server passes the cached one, so GetOrder is served from the cache).
 
-use storage::{CachedOrders, OrderRepository};
+use std::borrow::Borrow;
+
+use storage::OrderRepository;
 use tonic::{Request, Response, Status};
 
 use crate::observe::observe;
@@ -12,14 +14,14 @@ use crate::proto::{
 };
 use crate::{convert, status};
 
-/// The order service over a cached repository.
+/// The order service over a repository.
 pub struct OrderApi<R> {
-    orders: CachedOrders<R>,
+    orders: R,
 }
 
 impl<R: OrderRepository> OrderApi<R> {
     /// Serves `orders`.
-    pub fn new(orders: CachedOrders<R>) -> Self {
+    pub fn new(orders: R) -> Self {
         Self { orders }
     }
 }
@@ -50,7 +52,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
             fail::fail_point!("grpc-get-order");
             let id = convert::order_id(&request.get_ref().order_id)?;
             let order = self.orders.find_order(id).await.map_err(status::storage)?;
-            Ok(Response::new(convert::order(&order)))
+            Ok(Response::new(convert::order(order.borrow())))
         })
         .await
     }

@@ -6,8 +6,11 @@
 //! ALREADY_EXISTS for a duplicate key, FAILED_PRECONDITION for a legal
 //! request the data's state forbids (an illegal transition, a product with no
 //! primary warehouse), UNAVAILABLE for a database that cannot be reached
-//! (retry later), RESOURCE_EXHAUSTED for shed events, INTERNAL for
-//! everything else, with a generic message: details are logged, never sent.
+//! (nothing was applied: retry later), UNKNOWN for a write that was sent but
+//! not confirmed (it may have been applied: read before retrying, or retry
+//! with the same idempotency key), RESOURCE_EXHAUSTED for shed events,
+//! INTERNAL for everything else, with a generic message: details are logged,
+//! never sent.
 
 use domain::DomainError;
 use storage::{Conflict, StorageError};
@@ -38,6 +41,13 @@ pub fn storage(error: StorageError) -> Status {
         StorageError::Unavailable(_) => {
             tracing::warn!(%error, "database unavailable");
             Status::unavailable("database unavailable, retry later")
+        }
+        StorageError::OutcomeUnknown(_) => {
+            tracing::warn!(%error, "write outcome unknown");
+            Status::unknown(
+                "the database did not confirm the write in time; it may have been applied \
+                 (read before retrying, or retry with the same idempotency_key)",
+            )
         }
         StorageError::Internal(_) => internal(&error),
     }

@@ -1,13 +1,18 @@
 //! Command line and environment: every setting is a flag with an
 //! environment variable and the contract's default. `orderflow` with no
 //! subcommand serves.
+//!
+//! A default that belongs to a library type is taken from it (the
+//! `DEFAULT_*` constants and `Default` impls), so it is defined once; the
+//! rest belong to this binary and are defined here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use transform_engine::OverflowPolicy;
+use humantime::Duration;
+use storage::{CacheConfig, StoreConfig};
+use transform_engine::{EngineConfig, OverflowPolicy};
 
 /// orderflow: a gRPC order service with an event-transform pipeline.
 #[derive(Debug, Parser)]
@@ -87,32 +92,33 @@ pub struct Settings {
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
     pub service_name: String,
     /// Orders kept in the cache.
-    #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = CacheConfig::DEFAULT_CAPACITY)]
     pub cache_capacity: usize,
     /// How long a cached order is served before it is refetched.
-    #[arg(long, env = "ORDERFLOW_CACHE_TTL", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "ORDERFLOW_CACHE_TTL", default_value_t = CacheConfig::DEFAULT_TTL.into(), value_parser = duration)]
     pub cache_ttl: Duration,
     /// Events the ingest queues hold in total.
-    #[arg(long, env = "ORDERFLOW_QUEUE_CAPACITY", default_value_t = 512)]
+    #[arg(long, env = "ORDERFLOW_QUEUE_CAPACITY", default_value_t = EngineConfig::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
     /// What ingest does when the queue is full: block, block-timeout:MS,
     /// drop-newest or dead-letter.
-    #[arg(
-        long,
-        env = "ORDERFLOW_OVERFLOW_POLICY",
-        default_value = "block-timeout:500ms"
-    )]
+    #[arg(long, env = "ORDERFLOW_OVERFLOW_POLICY", default_value_t = OverflowPolicy::default())]
     pub overflow_policy: OverflowPolicy,
     /// Pipeline workers.
-    #[arg(long, env = "ORDERFLOW_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "ORDERFLOW_WORKERS", default_value_t = EngineConfig::DEFAULT_WORKERS)]
     pub workers: usize,
     /// A TOML pipeline file; unset uses the built-in pipeline.
     #[arg(long, env = "ORDERFLOW_PIPELINE")]
     pub pipeline: Option<PathBuf>,
     /// Budget for one database operation; a dead database fails calls
     /// within it as UNAVAILABLE.
-    #[arg(long, env = "ORDERFLOW_DB_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "ORDERFLOW_DB_TIMEOUT", default_value_t = StoreConfig::DEFAULT_OPERATION_TIMEOUT.into(), value_parser = duration)]
     pub db_timeout: Duration,
+    /// Database connections in the pool (default: 8 on PostgreSQL, 4 on
+    /// SQLite). Requests beyond it wait for a connection within the
+    /// database budget.
+    #[arg(long, env = "ORDERFLOW_DB_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: Option<u32>,
     /// How long start-up retries an unreachable database before giving up.
     #[arg(long, env = "ORDERFLOW_STARTUP_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub startup_timeout: Duration,
@@ -141,6 +147,6 @@ pub struct Settings {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
+    text.parse::<Duration>()
         .map_err(|e| format!("{text:?} is not a duration like 500ms or 30s: {e}"))
 }

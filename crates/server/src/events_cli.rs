@@ -5,9 +5,12 @@
 use std::io::Write as _;
 
 use anyhow::{Context as _, bail};
-use domain::Event;
-use storage::{Database, EventStore};
+use domain::{Event, WriteId};
+use storage::{Database, EventStore, StorageError};
 use tokio::io::AsyncReadExt as _;
+
+/// Attempts at an import whose commit goes unconfirmed.
+const IMPORT_ATTEMPTS: u32 = 3;
 
 /// Imports `file` (`-` for standard input); returns how many were stored.
 pub async fn import(db: &Database, file: &str) -> anyhow::Result<usize> {
@@ -32,10 +35,28 @@ pub async fn import(db: &Database, file: &str) -> anyhow::Result<usize> {
             Err(error) => bail!("line {}: {error}; nothing was imported", index + 1),
         }
     }
-    db.append_events(&events)
-        .await
-        .context("storing the events failed; nothing was imported")?;
-    Ok(events.len())
+    // One write id for every attempt: a repeat after an unconfirmed commit
+    // stores nothing twice.
+    let write = WriteId::generate();
+    let mut attempt = 1;
+    loop {
+        match db.append_events(write, &events).await {
+            Ok(_) => return Ok(events.len()),
+            Err(StorageError::OutcomeUnknown(reason)) if attempt < IMPORT_ATTEMPTS => {
+                tracing::warn!(%reason, attempt, "import not confirmed; repeating it");
+                attempt += 1;
+            }
+            Err(error @ StorageError::OutcomeUnknown(_)) => {
+                return Err(error).context(
+                    "the import was sent but not confirmed: it may have been stored; \
+                     check with `orderflow events export` before importing again",
+                );
+            }
+            Err(error) => {
+                return Err(error).context("storing the events failed; nothing was imported");
+            }
+        }
+    }
 }
 
 /// Writes every stored event to standard output, in storage order.

@@ -1,17 +1,12 @@
 //! The `orderflow` binary: reads configuration, starts telemetry, and runs
-//! the chosen command. Everything else lives in the libraries; this crate
-//! only wires them (and is the only one that uses `anyhow`).
-
-mod config;
-mod events_cli;
-mod serve;
-mod telemetry;
+//! the chosen command. The wiring lives in this crate's library
+//! (`src/lib.rs`), the logic in the other crates.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-
-use crate::config::{Cli, Command, EventsCommand};
+use server::config::{Cli, Command, EventsCommand};
+use server::{events_cli, serve, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

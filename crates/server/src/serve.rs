@@ -22,6 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use transform_engine::{Engine, EngineConfig, PipelineSpec};
 
 use crate::config::Settings;
+use crate::sinks::StoreSink;
 
 /// Services whose health is reported (besides the overall `""`).
 const SERVICES: [&str; 4] = [
@@ -33,12 +34,11 @@ const SERVICES: [&str; 4] = [
 
 /// The database settings these flags describe.
 pub fn store_config(settings: &Settings) -> StoreConfig {
-    let mut config = StoreConfig::new(settings.database_url.clone());
-    config.operation_timeout = settings.db_timeout;
-    config.acquire_timeout = settings
-        .db_timeout
-        .min(Duration::from_secs(2))
-        .max(Duration::from_millis(100));
+    let mut config =
+        StoreConfig::new(settings.database_url.clone()).with_budget(*settings.db_timeout);
+    if let Some(size) = settings.db_pool_size {
+        config.max_connections = size;
+    }
     config
 }
 
@@ -52,7 +52,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Database> {
         match Database::connect(config.clone()).await {
             Ok(db) => return Ok(db),
             Err(StorageError::Unavailable(reason))
-                if started.elapsed() + delay < settings.startup_timeout =>
+                if started.elapsed() + delay < *settings.startup_timeout =>
             {
                 tracing::warn!(%reason, retry_in = ?delay, "database unreachable at start-up; retrying");
                 tokio::time::sleep(delay).await;
@@ -92,9 +92,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         db.clone(),
         CacheConfig {
             capacity: settings.cache_capacity,
-            ttl: settings.cache_ttl,
+            ttl: *settings.cache_ttl,
         },
     );
+    let sink = Arc::new(StoreSink(db.clone()));
     let engine = Arc::new(Engine::start(
         EngineConfig {
             workers: settings.workers,
@@ -103,8 +104,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             pipeline,
             ..EngineConfig::default()
         },
-        Arc::new(db.clone()),
-        Arc::new(db.clone()),
+        Arc::clone(&sink),
+        sink,
     ));
 
     let monitor = tokio::spawn(monitor(
@@ -112,7 +113,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&engine),
         orders.clone(),
         health.clone(),
-        settings.health_interval,
+        *settings.health_interval,
     ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -164,11 +165,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await;
     }
     if !settings.shutdown_delay.is_zero() {
-        tracing::info!(delay = ?settings.shutdown_delay, "NOT_SERVING; still answering until the delay passes");
-        tokio::time::sleep(settings.shutdown_delay).await;
+        tracing::info!(delay = %settings.shutdown_delay, "NOT_SERVING; still answering until the delay passes");
+        tokio::time::sleep(*settings.shutdown_delay).await;
     }
     let _ = stop.send(());
-    let grace = settings.shutdown_grace;
+    let grace = *settings.shutdown_grace;
     let deadline = Instant::now() + grace;
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -193,9 +194,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// Health and metrics, once per interval: SERVING only while the database
 /// answers through the pool the RPCs use and every pipeline worker runs.
-async fn monitor<R: storage::OrderRepository, D: transform_engine::DeadLetterSink>(
+async fn monitor<R: storage::OrderRepository>(
     db: Database,
-    engine: Arc<Engine<D>>,
+    engine: Arc<Engine>,
     orders: CachedOrders<R>,
     health: HealthReporter,
     interval: Duration,

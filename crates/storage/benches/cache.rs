@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use domain::{Cents, Currency, NewOrder, Order, OrderId, OrderLine, ProductId, Quantity, UserId};
-use storage::{CacheConfig, OrderCache, SharedOrder};
+use storage::{CacheConfig, OrderCache, CachedOrder};
 
 const ORDERS: usize = 100_000;
 const THREADS: usize = 2;
@@ -54,9 +54,9 @@ trait Subject: Sync {
     fn write(&self, n: usize);
 }
 
-/// Ours stores `SharedOrder`s (one reference-counted allocation each, like
+/// Ours stores `CachedOrder`s (one reference-counted allocation each, like
 /// `Arc<Order>`); the shared copies are made once, outside the timing.
-struct Ours(OrderCache, Vec<SharedOrder>);
+struct Ours(OrderCache, Vec<CachedOrder>);
 impl Subject for Ours {
     fn read(&self, id: &OrderId) -> bool {
         black_box(self.0.get(id)).is_some()
@@ -164,7 +164,7 @@ fn bench(c: &mut Criterion) {
         OrderCache::new(config),
         orders
             .iter()
-            .map(|o| SharedOrder::new(Order::clone(o)))
+            .map(|o| CachedOrder::new(Order::clone(o)))
             .collect(),
     );
     let locked = Locked(Mutex::new(HashMap::with_capacity(ORDERS)), orders.clone());

@@ -1,7 +1,8 @@
 //! The order cache: lock-free hits, bounded size, a TTL, and coalesced misses.
 //!
-//! The product's seed was an order cache that held a `std::sync::Mutex`
-//! across an `.await` and deadlocked. Here:
+//! The classic failure of an order cache is a `std::sync::Mutex` held across
+//! an `.await` while the miss is fetched: under load every worker thread
+//! blocks on it and the process deadlocks. Here:
 //!
 //! - **Hits take no lock.** Entries live in an [`scc::HashIndex`], whose
 //!   `peek` is lock-free (epoch-based reclamation) and keeps entries inline in
@@ -32,7 +33,11 @@ use std::time::Duration;
 use domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
 use tokio::sync::watch;
 
-use crate::{Created, OrderPage, OrderRepository, SharedOrder, StorageError};
+use crate::{Created, OrderPage, OrderRepository, StorageError};
+
+mod entry;
+
+pub use entry::CachedOrder;
 
 /// Cache sizing and freshness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +51,18 @@ pub struct CacheConfig {
     pub ttl: Duration,
 }
 
+impl CacheConfig {
+    /// The default [`Self::capacity`].
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+    /// The default [`Self::ttl`].
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            capacity: 100_000,
-            ttl: Duration::from_secs(30),
+            capacity: Self::DEFAULT_CAPACITY,
+            ttl: Self::DEFAULT_TTL,
         }
     }
 }
@@ -75,8 +87,8 @@ pub struct CacheStats {
 pub struct OrderCache {
     clock_ms: Clock,
     /// The index holds only the pointer; expiry and the reference bit live
-    /// in the shared allocation (see [`SharedOrder`]).
-    entries: scc::HashIndex<OrderId, SharedOrder>,
+    /// in the shared allocation (see [`CachedOrder`]).
+    entries: scc::HashIndex<OrderId, CachedOrder>,
     /// Keys in admission order for the CLOCK sweep. May hold keys already
     /// gone from `entries` (invalidated) or twice (re-admitted); the sweep
     /// skips those. Its length bounds the number of entries.
@@ -122,7 +134,7 @@ impl OrderCache {
     /// The cached order, if present and fresh, counted as a hit or a miss.
     /// Lock-free.
     #[inline]
-    pub fn get(&self, id: &OrderId) -> Option<SharedOrder> {
+    pub fn get(&self, id: &OrderId) -> Option<CachedOrder> {
         let found = self.peek(id);
         match found {
             Some(_) => self.hits.add(),
@@ -133,7 +145,7 @@ impl OrderCache {
 
     /// Like [`Self::get`], without counting.
     #[inline]
-    fn peek(&self, id: &OrderId) -> Option<SharedOrder> {
+    fn peek(&self, id: &OrderId) -> Option<CachedOrder> {
         let now = self.clock_ms.now();
         self.entries
             .peek_with(id, |_, order| {
@@ -155,7 +167,7 @@ impl OrderCache {
     }
 
     /// Stores `order` unless a newer version is already cached.
-    pub fn store(&self, order: SharedOrder) {
+    pub fn store(&self, order: CachedOrder) {
         let id = order.id();
         let expires_at = self.clock_ms.after(self.config.ttl);
         let slot = order.slot();
@@ -314,7 +326,7 @@ impl Clock {
 }
 
 /// What waiters of one in-flight lookup receive: `None` until it finishes.
-type FlightResult = Option<Result<SharedOrder, StorageError>>;
+type FlightResult = Option<Result<CachedOrder, StorageError>>;
 
 /// An [`OrderRepository`] that serves `find_order` from an [`OrderCache`]
 /// and keeps it current on writes. Cheap to clone.
@@ -361,7 +373,7 @@ impl<R: OrderRepository> CachedOrders<R> {
     /// A panic in the repository unwinds into the caller that started the
     /// lookup (the gRPC panic layer answers it); callers that were waiting
     /// for it get `StorageError::Internal`, and the next call starts afresh.
-    pub async fn get_or_fetch(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
+    pub async fn get_or_fetch(&self, id: OrderId) -> Result<CachedOrder, StorageError> {
         if let Some(order) = self.inner.cache.get(&id) {
             return Ok(order);
         }
@@ -391,7 +403,12 @@ impl<R: OrderRepository> CachedOrders<R> {
             return Ok(order);
         }
         let lookup = tokio::spawn(async move {
-            let result = flight.inner.repo.find_order(id).await;
+            let result = flight
+                .inner
+                .repo
+                .find_order(id)
+                .await
+                .map(|found| CachedOrder::new(found.into()));
             if let Ok(order) = &result {
                 flight.inner.cache.store(order.clone());
             }
@@ -426,7 +443,7 @@ impl<R> Drop for Flight<R> {
 async fn wait_for(
     mut receiver: watch::Receiver<FlightResult>,
     id: OrderId,
-) -> Result<SharedOrder, StorageError> {
+) -> Result<CachedOrder, StorageError> {
     // The borrow is cloned out at once; nothing is held across an await.
     match receiver.wait_for(Option::is_some).await {
         Ok(done) => done.clone().unwrap_or_else(|| Err(lookup_failed(id))),
@@ -440,8 +457,12 @@ fn lookup_failed(id: OrderId) -> StorageError {
     ))
 }
 
+/// The cache is itself a repository: hits hand out the cached snapshot
+/// without copying it.
 impl<R: OrderRepository> OrderRepository for CachedOrders<R> {
-    async fn find_order(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
+    type Found = CachedOrder;
+
+    async fn find_order(&self, id: OrderId) -> Result<CachedOrder, StorageError> {
         self.get_or_fetch(id).await
     }
 
@@ -449,7 +470,7 @@ impl<R: OrderRepository> OrderRepository for CachedOrders<R> {
         let created = self.inner.repo.create_order(new).await?;
         self.inner
             .cache
-            .store(SharedOrder::new(created.order.clone()));
+            .store(CachedOrder::new(created.order.clone()));
         Ok(created)
     }
 
@@ -466,7 +487,7 @@ impl<R: OrderRepository> OrderRepository for CachedOrders<R> {
             .await
         {
             Ok(order) => {
-                self.inner.cache.store(SharedOrder::new(order.clone()));
+                self.inner.cache.store(CachedOrder::new(order.clone()));
                 Ok(order)
             }
             Err(error) => {

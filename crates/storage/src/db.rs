@@ -12,16 +12,19 @@
 //! size.
 
 use std::future::Future;
-use std::time::Duration;
 
-use diesel::SqliteConnection;
+use chrono::Utc;
+use diesel::{ExpressionMethods, QueryDsl, SqliteConnection};
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use domain::WriteId;
 
 use crate::StorageError;
+use crate::config::{Backend, StoreConfig};
 use crate::migrate;
+use crate::schema::applied_writes;
 
 /// The SQLite connection type.
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
@@ -37,71 +40,6 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 /// "database is locked".
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
-
-/// Which database a URL selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `postgres://…` or `postgresql://…`
-    Postgres,
-    /// Anything else: a file path, `sqlite://path` or `file:` URI.
-    Sqlite,
-}
-
-impl Backend {
-    /// The backend `url` selects.
-    pub fn of(url: &str) -> Self {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Self::Postgres
-        } else {
-            Self::Sqlite
-        }
-    }
-}
-
-/// How to reach the database and how long to wait for it.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// `postgres://…` for PostgreSQL; otherwise a SQLite path.
-    pub url: String,
-    /// Pool size: the most connections (and, for SQLite, blocking threads)
-    /// in use at once. Callers beyond it wait up to `acquire_timeout`.
-    pub max_connections: u32,
-    /// How long a caller waits for a pooled connection (which includes
-    /// connecting) before the operation fails as `Unavailable`.
-    pub acquire_timeout: Duration,
-    /// Budget for a whole operation, connection included: a dead or hung
-    /// database fails the call in this time instead of hanging it.
-    pub operation_timeout: Duration,
-}
-
-impl StoreConfig {
-    /// Defaults sized for a 2-core instance: 8 PostgreSQL connections (the
-    /// database does the work; more only queue there), 4 SQLite connections
-    /// (one writer at a time anyway, readers in parallel under WAL).
-    pub fn new(url: impl Into<String>) -> Self {
-        let url = url.into();
-        let max_connections = match Backend::of(&url) {
-            Backend::Postgres => 8,
-            Backend::Sqlite => 4,
-        };
-        Self {
-            url,
-            max_connections,
-            acquire_timeout: Duration::from_secs(2),
-            operation_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// The backend the URL selects.
-    pub fn backend(&self) -> Backend {
-        Backend::of(&self.url)
-    }
-
-    /// The URL SQLite's driver understands (`sqlite://x.db` → `x.db`).
-    pub(crate) fn sqlite_path(&self) -> &str {
-        self.url.strip_prefix("sqlite://").unwrap_or(&self.url)
-    }
-}
 
 /// A pooled connection to either backend.
 #[allow(
@@ -308,44 +246,96 @@ impl Database {
     /// never goes back to the pool with a transaction open, and a write is
     /// either wholly applied or not at all. (The pool also discards any
     /// connection whose transaction manager reports an open transaction.)
+    ///
+    /// The budget splits the failure in two. Before the task starts (no
+    /// connection within the budget) nothing was sent: `Unavailable`, safe to
+    /// retry. Once it has started, a budget that runs out leaves the task
+    /// running to its end, so the write may still commit: `OutcomeUnknown`,
+    /// which only an idempotent write may retry blindly.
     pub(crate) async fn write<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
     where
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
         T: Send + 'static,
     {
-        self.timed(async {
-            let conn = self.acquire().await?;
-            match tokio::spawn(work(conn)).await {
-                Ok(result) => result,
-                Err(join) if join.is_panic() => {
-                    tracing::error!("a storage write panicked; the transaction was rolled back");
-                    Err(StorageError::Internal(
-                        "the write failed unexpectedly".to_owned(),
-                    ))
-                }
-                Err(join) => Err(StorageError::Unavailable(format!(
-                    "the write task was cancelled: {join}"
-                ))),
+        let budget = self.inner.config.operation_timeout;
+        let deadline = tokio::time::Instant::now() + budget;
+        let conn = tokio::time::timeout_at(deadline, self.acquire())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(format!(
+                    "no connection within {budget:?}"
+                )))
+            })?;
+        let task = tokio::spawn(work(conn));
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) if join.is_panic() => {
+                tracing::error!("a storage write panicked; the transaction was rolled back");
+                Err(StorageError::Internal(
+                    "the write failed unexpectedly".to_owned(),
+                ))
             }
-        })
-        .await
+            // Only a runtime shutting down cancels the task: it may have
+            // committed before it was stopped.
+            Ok(Err(join)) => Err(StorageError::OutcomeUnknown(format!(
+                "the write task was cancelled: {join}"
+            ))),
+            Err(_) => Err(StorageError::OutcomeUnknown(format!(
+                "the write was sent but not confirmed within {budget:?}"
+            ))),
+        }
     }
 
-    /// Inserts `rows` in one write transaction (in chunks of
+    /// Inserts `rows` into `target` in one write transaction (in chunks of
     /// [`ROWS_PER_INSERT`]): all of them are stored, in order, or none.
-    pub(crate) async fn insert_all<R>(&self, rows: Vec<R>) -> Result<(), StorageError>
+    ///
+    /// Idempotent per `write`: the id is claimed in `applied_writes` in the
+    /// same transaction, and an attempt that finds it claimed stores nothing
+    /// and says where the earlier one went. A repeat after
+    /// [`StorageError::OutcomeUnknown`] is therefore safe; if the first
+    /// attempt is still in flight, the repeat waits for it on the id's key
+    /// (PostgreSQL) or the write lock (SQLite).
+    pub(crate) async fn insert_all<R>(
+        &self,
+        write: WriteId,
+        target: &'static str,
+        rows: Vec<R>,
+    ) -> Result<Written, StorageError>
     where
         R: Send + 'static,
         AsyncPgConnection: InsertRows<R>,
         SqliteConn: InsertRows<R>,
     {
+        let write_id = write.to_string();
         self.write(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
+                let claimed = diesel::insert_into(applied_writes::table)
+                    .values((
+                        applied_writes::write_id.eq(&write_id),
+                        applied_writes::target.eq(target),
+                        applied_writes::applied_at.eq(Utc::now().naive_utc()),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(c)
+                    .await?;
+                if claimed == 0 {
+                    let earlier: String = applied_writes::table
+                        .find(&write_id)
+                        .select(applied_writes::target)
+                        .first(c)
+                        .await?;
+                    tracing::debug!(%write_id, %earlier, "write already applied; stored nothing");
+                    return Ok(if earlier == target {
+                        Written::AlreadyStored
+                    } else {
+                        Written::StoredElsewhere
+                    });
+                }
                 for chunk in chunked(rows) {
                     c.insert_rows(chunk).await?;
                 }
-                Ok::<_, StorageError>(())
+                Ok::<_, StorageError>(Written::Stored)
             })
         })
         .await
@@ -364,11 +354,26 @@ impl Database {
     }
 }
 
+/// What an idempotent batch write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The rows were stored now.
+    Stored,
+    /// An earlier attempt with the same write id stored them here.
+    AlreadyStored,
+    /// An earlier write with the same id went to the other store (the event
+    /// append this dead-letter write stood in for did commit after all).
+    StoredElsewhere,
+}
+
 /// Rows per INSERT statement: SQLite binds at most 32,766 parameters.
 const ROWS_PER_INSERT: usize = 1_000;
 
-/// `rows` in owned chunks of at most [`ROWS_PER_INSERT`].
+/// `rows` in owned chunks of at most [`ROWS_PER_INSERT`]; none for none.
 fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
     let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
     while rows.len() > ROWS_PER_INSERT {
         let rest = rows.split_off(ROWS_PER_INSERT);

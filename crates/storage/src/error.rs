@@ -1,12 +1,13 @@
 //! The storage crate's one error type.
 //!
-//! Policy: callers act on four things (the thing is missing, someone else
-//! changed it, the input broke a database rule, the database cannot be
-//! reached), so those are the variants they match on; the rest is internal.
+//! Policy: one variant per thing a caller acts on differently: the thing is
+//! missing (`NotFound`), someone else changed it first (`Conflict`), the
+//! input broke a database rule (`Invalid`) or a domain rule (`Domain`), the
+//! database cannot be reached and nothing was applied (`Unavailable`, the one
+//! class safe to retry), a write was sent but not confirmed
+//! (`OutcomeUnknown`: retry only what is idempotent); the rest is `Internal`.
 //! Every diesel and pool error is classified here, in [`From`] impls, and
 //! nowhere else. Messages are lower case and name the entity or constraint.
-//! `Unavailable` is the one retryable class: connection refused, pool
-//! exhausted, an operation over its time budget.
 
 use domain::DomainError;
 
@@ -31,9 +32,15 @@ pub enum StorageError {
     /// stored data broke an invariant that this operation needs.
     #[error(transparent)]
     Domain(#[from] DomainError),
-    /// The database cannot be reached or did not answer in time. Retryable.
+    /// The database cannot be reached, or did not answer in time before a
+    /// write was sent: nothing was applied. Retryable.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A write was sent but its commit was not confirmed within the budget:
+    /// it may or may not have been applied. Not safe to retry unless the
+    /// write is idempotent (an idempotency key, an event batch's write id).
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// Anything else: a bug or corrupt data. Not retryable.
     #[error("storage error: {0}")]
     Internal(String),

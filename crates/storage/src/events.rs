@@ -9,10 +9,10 @@ use std::future::Future;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use domain::{DeadLetter, Event};
+use domain::{DeadLetter, Event, WriteId};
 
 use crate::StorageError;
-use crate::db::{Database, insert_rows, with_conn};
+use crate::db::{Database, Written, insert_rows, with_conn};
 use crate::schema::{dead_letters, events};
 
 /// An event as stored.
@@ -41,11 +41,14 @@ pub struct StoredDeadLetter {
 
 /// Where processed events go.
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends `events` in one transaction: all are stored, in order, or none.
+    /// Appends `events` in one transaction: all are stored, in order, or
+    /// none. Idempotent per `write`: repeating a call with the same id (after
+    /// `OutcomeUnknown`, say) stores nothing the first call stored.
     fn append_events(
         &self,
+        write: WriteId,
         events: &[Event],
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    ) -> impl Future<Output = Result<Written, StorageError>> + Send;
 
     /// Up to `limit` events stored after `after` (a position; `None` from the
     /// start), in storage order.
@@ -58,11 +61,15 @@ pub trait EventStore: Send + Sync + 'static {
 
 /// Where events that could not be processed go.
 pub trait DeadLetterStore: Send + Sync + 'static {
-    /// Stores `letters` in one transaction.
+    /// Stores `letters` in one transaction; idempotent per `write`, as
+    /// [`EventStore::append_events`]. A batch whose append failed goes here
+    /// under the append's write id: [`Written::StoredElsewhere`] then says
+    /// the append committed after all, and nothing was dead-lettered.
     fn dead_letter(
         &self,
+        write: WriteId,
         letters: &[DeadLetter],
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    ) -> impl Future<Output = Result<Written, StorageError>> + Send;
 
     /// Up to `limit` dead letters after `after`, oldest first.
     fn read_dead_letters(
@@ -115,10 +122,11 @@ fn json_of(event: &Event) -> Result<String, StorageError> {
 }
 
 impl EventStore for Database {
-    async fn append_events(&self, batch: &[Event]) -> Result<(), StorageError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    async fn append_events(
+        &self,
+        write: WriteId,
+        batch: &[Event],
+    ) -> Result<Written, StorageError> {
         let received_at = Utc::now().trunc_subsecs(6).naive_utc();
         let rows = batch
             .iter()
@@ -130,7 +138,7 @@ impl EventStore for Database {
                 })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.insert_all(rows).await
+        self.insert_all(write, "events", rows).await
     }
 
     async fn read_events(
@@ -163,10 +171,11 @@ impl EventStore for Database {
 }
 
 impl DeadLetterStore for Database {
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), StorageError> {
-        if letters.is_empty() {
-            return Ok(());
-        }
+    async fn dead_letter(
+        &self,
+        write: WriteId,
+        letters: &[DeadLetter],
+    ) -> Result<Written, StorageError> {
         let created_at = Utc::now().trunc_subsecs(6).naive_utc();
         let rows = letters
             .iter()
@@ -178,7 +187,7 @@ impl DeadLetterStore for Database {
                 })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.insert_all(rows).await
+        self.insert_all(write, "dead_letters", rows).await
     }
 
     async fn read_dead_letters(
@@ -208,34 +217,5 @@ impl DeadLetterStore for Database {
                 .collect())
         })
         .await
-    }
-}
-
-impl StorageError {
-    /// As a pipeline sink error: only `Unavailable` is worth retrying.
-    fn into_sink_error(self) -> transform_engine::SinkError {
-        let retryable = matches!(self, StorageError::Unavailable(_));
-        transform_engine::SinkError {
-            message: self.to_string(),
-            retryable,
-        }
-    }
-}
-
-/// The pipeline writes processed events here.
-impl transform_engine::EventSink for Database {
-    async fn append(&self, events: &[Event]) -> Result<(), transform_engine::SinkError> {
-        self.append_events(events)
-            .await
-            .map_err(StorageError::into_sink_error)
-    }
-}
-
-/// The pipeline writes events it cannot process here.
-impl transform_engine::DeadLetterSink for Database {
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), transform_engine::SinkError> {
-        DeadLetterStore::dead_letter(self, letters)
-            .await
-            .map_err(StorageError::into_sink_error)
     }
 }

@@ -4,22 +4,23 @@
 //!
 //! Callers depend on the traits ([`OrderRepository`], [`CatalogRepository`],
 //! [`EventStore`], [`DeadLetterStore`]); [`Database`] implements all of them
-//! for both backends. This crate knows nothing of gRPC.
+//! for both backends. This crate knows nothing of gRPC or of the transform
+//! engine: the server adapts these stores to the engine's sinks.
 
 pub mod cache;
 mod catalog;
+mod config;
 mod db;
 mod error;
 mod events;
 pub mod migrate;
 mod orders;
 mod schema;
-mod shared;
 
-pub use cache::{CacheConfig, CacheStats, CachedOrders, OrderCache};
+pub use cache::{CacheConfig, CacheStats, CachedOrder, CachedOrders, OrderCache};
 pub use catalog::CatalogRepository;
-pub use db::{Backend, Database, StoreConfig};
+pub use config::{Backend, StoreConfig};
+pub use db::{Database, Written};
 pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
 pub use orders::{Created, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OrderPage, OrderRepository};
-pub use shared::SharedOrder;

@@ -1,6 +1,7 @@
 //! Orders: the [`OrderRepository`] trait the gRPC layer and the cache use, and
 //! its diesel implementation on [`Database`].
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use domain::{
 
 use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
 use crate::schema::{order_idempotency_keys, order_lines, orders};
-use crate::{Conflict, SharedOrder, StorageError};
+use crate::{Conflict, StorageError};
 
 /// Most orders one page may hold; larger requests are clamped to it.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -42,12 +43,15 @@ pub struct OrderPage {
 
 /// Orders as the rest of the system sees them.
 pub trait OrderRepository: Send + Sync + 'static {
-    /// The order with `id`, shared: a cache hands out the same snapshot to
-    /// every reader without copying it.
+    /// How [`Self::find_order`] hands out an order: the plain [`Order`] from
+    /// a database; a shared snapshot from a cache, so a hit copies nothing.
+    type Found: Borrow<Order> + Into<Order> + Send + 'static;
+
+    /// The order with `id`.
     fn find_order(
         &self,
         id: OrderId,
-    ) -> impl Future<Output = Result<SharedOrder, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Self::Found, StorageError>> + Send;
 
     /// Stores a new PENDING order. With an idempotency key already used by
     /// this user, returns the order that key made and creates nothing.
@@ -80,10 +84,12 @@ pub trait OrderRepository: Send + Sync + 'static {
 /// A shared repository is a repository (the server hands one `Arc` to the
 /// cache and the health check).
 impl<R: OrderRepository> OrderRepository for Arc<R> {
+    type Found = R::Found;
+
     fn find_order(
         &self,
         id: OrderId,
-    ) -> impl Future<Output = Result<SharedOrder, StorageError>> + Send {
+    ) -> impl Future<Output = Result<R::Found, StorageError>> + Send {
         (**self).find_order(id)
     }
 
@@ -276,7 +282,9 @@ impl Database {
 }
 
 impl OrderRepository for Database {
-    async fn find_order(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
+    type Found = Order;
+
+    async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
         fail::fail_point!("storage-find-order", |_| Err(StorageError::Unavailable(
             "failpoint storage-find-order".to_owned()
         )));
@@ -304,7 +312,7 @@ impl OrderRepository for Database {
             let lines = std::iter::once(first)
                 .chain(rows.map(|(_, line)| line))
                 .collect();
-            restore(order, lines).map(SharedOrder::new)
+            restore(order, lines)
         })
         .await
     }

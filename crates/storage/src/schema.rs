@@ -72,6 +72,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    applied_writes (write_id) {
+        write_id -> Text,
+        target -> Text,
+        applied_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(order_idempotency_keys -> orders (order_id));
 diesel::joinable!(warehouses -> products (product_id));
@@ -84,4 +92,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     warehouses,
     events,
     dead_letters,
+    applied_writes,
 );

@@ -1,7 +1,9 @@
 //! Events per second per core through the twelve-step pipeline
-//! (`twelve-steps.toml`: all five kinds) over the legacy events, in batches
-//! of 64 as the engine runs them, and the same steps behind
-//! `Vec<Box<dyn Transform>>`, kept here only as the baseline.
+//! (`test_support::TWELVE_STEPS`: all five kinds) over the legacy events, in batches
+//! of 64 as the engine runs them, against two baselines that live only here:
+//! the same steps behind `Vec<Box<dyn Transform>>`, and the step-major loop
+//! order (each step over the whole batch). Before timing, every loop is
+//! checked to give the library's outcome.
 //!
 //! Run: `cargo bench -p transform-engine --bench pipeline`; figures go to
 //! docs/benchmarks.md.
@@ -22,7 +24,7 @@ use transform_engine::{BatchOutcome, Pipeline, PipelineSpec, TransformStep, Verd
 
 const EVENTS: usize = 10_000;
 const BATCH: usize = 64;
-const STEPS: &str = include_str!("twelve-steps.toml");
+use test_support::TWELVE_STEPS as STEPS;
 
 /// The dynamic-dispatch baseline.
 trait Transform {
@@ -77,6 +79,67 @@ fn dyn_event_major(steps: &mut [Box<dyn Transform>], batch: Vec<Event>, out: &mu
     }
 }
 
+/// Step-major: each step over the whole batch with one `match` per step
+/// per batch (each arm's loop is monomorphic), survivors moved between two
+/// buffers after every step.
+fn enum_step_major(
+    steps: &mut [TransformStep],
+    buffers: &mut (Vec<Verdict>, Vec<Event>),
+    mut events: Vec<Event>,
+    out: &mut BatchOutcome,
+) {
+    let (verdicts, survivors) = buffers;
+    for step in steps.iter_mut() {
+        if events.is_empty() {
+            break;
+        }
+        verdicts.clear();
+        match step {
+            TransformStep::Enrich(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
+            TransformStep::Filter(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
+            TransformStep::Rename(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
+            TransformStep::Deduplicate(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
+            TransformStep::Aggregate(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
+        }
+        survivors.clear();
+        for (event, verdict) in events.drain(..).zip(verdicts.drain(..)) {
+            match verdict {
+                Verdict::Keep => survivors.push(event),
+                Verdict::Filtered => out.filtered += 1,
+                Verdict::Duplicate => out.deduplicated += 1,
+                Verdict::Failed(reason) => out.dead.push(domain::DeadLetter { event, reason }),
+            }
+        }
+        std::mem::swap(&mut events, survivors);
+    }
+    publish(steps);
+    out.kept.append(&mut events);
+}
+
+/// Makes a batch's aggregate changes visible, as the library's loop does.
+fn publish(steps: &mut [TransformStep]) {
+    for step in steps {
+        if let TransformStep::Aggregate(aggregate) = step {
+            aggregate.publish();
+        }
+    }
+}
+
+/// What `run` makes of the fixture twice over (the second copy all
+/// repeats): kept events, dead events and the counts.
+fn outcome_of(
+    fixture: &[Event],
+    mut run: impl FnMut(Vec<Event>, &mut BatchOutcome),
+) -> (Vec<Event>, Vec<Event>, u64, u64) {
+    let mut out = BatchOutcome::default();
+    let twice: Vec<Event> = fixture.iter().chain(fixture).cloned().collect();
+    for chunk in twice.chunks(BATCH) {
+        run(chunk.to_vec(), &mut out);
+    }
+    let dead = out.dead.into_iter().map(|letter| letter.event).collect();
+    (out.kept, dead, out.filtered, out.deduplicated)
+}
+
 /// Fresh input: the fixture cycled to `EVENTS`, ids unique per round so
 /// de-duplication sees realistic traffic (not the previous round again),
 /// cut into engine-sized batches.
@@ -117,10 +180,7 @@ fn timed(
 }
 
 fn bench(c: &mut Criterion) {
-    let fixture: Vec<Event> = include_str!("../../domain/tests/data/legacy-events.jsonl")
-        .lines()
-        .map(|l| Event::from_json(l).unwrap())
-        .collect();
+    let fixture = test_support::legacy_events();
     let spec = PipelineSpec::from_toml(STEPS).unwrap();
     assert_eq!(spec.len(), 12);
 
@@ -132,12 +192,32 @@ fn bench(c: &mut Criterion) {
         ..BatchOutcome::default()
     };
 
-    let mut pipeline: Pipeline = spec.build();
+    // The baselines compute what the library computes.
+    let expected = {
+        let mut pipeline = spec.build();
+        outcome_of(&fixture, |batch, out| pipeline.process_batch(batch, out))
+    };
+    let (mut steps, mut buffers) = (spec.build().into_steps(), Default::default());
+    let step_major = outcome_of(&fixture, |batch, out| {
+        enum_step_major(&mut steps, &mut buffers, batch, out);
+    });
+    assert!(
+        step_major == expected,
+        "step-major differs from the library"
+    );
+    let mut boxed_steps: Vec<Box<dyn Transform>> =
+        spec.build().into_steps().into_iter().map(boxed).collect();
+    let dynamic = outcome_of(&fixture, |batch, out| {
+        dyn_event_major(&mut boxed_steps, batch, out);
+    });
+    assert!(dynamic == expected, "dyn dispatch differs from the library");
+
+    let (mut steps, mut buffers) = (spec.build().into_steps(), Default::default());
     group.bench_function("enum_step_major", |b| {
         b.iter_custom(|iters| {
             timed(iters, &mut round, &fixture, &mut out, |batches, out| {
                 for batch in batches {
-                    pipeline.process_batch(batch, out);
+                    enum_step_major(&mut steps, &mut buffers, batch, out);
                 }
             })
         })
@@ -148,7 +228,7 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed(iters, &mut round, &fixture, &mut out, |batches, out| {
                 for batch in batches {
-                    pipeline.process_batch_event_major(batch, out);
+                    pipeline.process_batch(batch, out);
                 }
             })
         })

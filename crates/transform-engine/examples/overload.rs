@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::{Action, DeadLetter, Event, EventId, UserId};
+use domain::{Action, DeadLetter, Event, EventId, UserId, WriteId};
 use transform_engine::{
-    DeadLetterSink, Engine, EngineConfig, EventSink, OverflowPolicy, SinkError,
+    DeadLetterSink, Engine, EngineConfig, EventSink, OverflowPolicy, SinkError, Written,
 };
 
 /// A slow store that keeps nothing (so only the engine's memory shows):
@@ -29,20 +29,24 @@ struct SlowDiscard {
 }
 
 impl EventSink for SlowDiscard {
-    async fn append(&self, events: &[Event]) -> Result<(), SinkError> {
+    async fn append(&self, _write: WriteId, events: &[Event]) -> Result<Written, SinkError> {
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.written
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Written::Stored)
     }
 }
 
 impl DeadLetterSink for SlowDiscard {
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+    async fn dead_letter(
+        &self,
+        _write: WriteId,
+        letters: &[DeadLetter],
+    ) -> Result<Written, SinkError> {
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.written
             .fetch_add(letters.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Written::Stored)
     }
 }
 

@@ -1,18 +1,19 @@
 //! The engine: N workers draining the ingest queues through their own
-//! pipelines into the sinks, and the shutdown that drains them.
+//! pipelines into the sinks, a dead-letter worker for events shed under
+//! [`OverflowPolicy::DeadLetter`], and the shutdown that drains them all.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use domain::{DeadLetter, Event};
+use domain::{DeadLetter, Event, WriteId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::PipelineSpec;
 use crate::ingest::{Ingest, OverflowPolicy};
 use crate::pipeline::BatchOutcome;
-use crate::sink::{DeadLetterSink, EventSink, SinkError};
+use crate::sink::{DeadLetterSink, EventSink, SinkError, Written};
 use crate::stats::{Counters, PipelineStats, Settled};
 use crate::steps::{AggregateTable, Totals};
 
@@ -26,7 +27,9 @@ pub struct EngineConfig {
     /// Events the queues hold in total. Default 512: four batches of slack
     /// per worker keeps workers busy across a store round trip, while a full
     /// queue holds only ~256 KB of 500-byte events. (A 100,000-slot queue
-    /// held 52 MB in the seed's overload; see docs/benchmarks.md.)
+    /// peaked at 110 MB under overload; see docs/benchmarks.md.) Under
+    /// [`OverflowPolicy::DeadLetter`] the overflow queue holds as many as one
+    /// worker's queue.
     pub queue_capacity: usize,
     /// Most events a worker takes per batch (and per store transaction).
     pub batch_size: usize,
@@ -36,12 +39,21 @@ pub struct EngineConfig {
     pub pipeline: PipelineSpec,
 }
 
+impl EngineConfig {
+    /// The default [`Self::workers`].
+    pub const DEFAULT_WORKERS: usize = 2;
+    /// The default [`Self::queue_capacity`].
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 512;
+    /// The default [`Self::batch_size`].
+    pub const DEFAULT_BATCH_SIZE: usize = 64;
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            workers: 2,
-            queue_capacity: 512,
-            batch_size: 64,
+            workers: Self::DEFAULT_WORKERS,
+            queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
             policy: OverflowPolicy::default(),
             pipeline: PipelineSpec::default(),
         }
@@ -54,8 +66,8 @@ const SINK_ATTEMPTS: u32 = 3;
 const SINK_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A running engine.
-pub struct Engine<D> {
-    ingest: Ingest<D>,
+pub struct Engine {
+    ingest: Ingest,
     counters: Arc<Counters>,
     workers: Vec<JoinHandle<()>>,
     /// Tells workers to stop taking new events and drain what is queued.
@@ -74,16 +86,20 @@ pub struct AggregateRow {
     pub totals: Totals,
 }
 
-impl<D: DeadLetterSink> Engine<D> {
+impl Engine {
     /// Starts the workers on the current tokio runtime.
-    pub fn start<S: EventSink>(config: EngineConfig, sink: Arc<S>, dead: Arc<D>) -> Self {
+    pub fn start<S: EventSink, D: DeadLetterSink>(
+        config: EngineConfig,
+        sink: Arc<S>,
+        dead: Arc<D>,
+    ) -> Self {
         let workers = config.workers.max(1);
         let batch_size = config.batch_size.max(1);
         let per_queue = (config.queue_capacity / workers).max(1);
         let counters = Arc::new(Counters::default());
         let (shutdown, stop) = watch::channel(false);
         let mut queues = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers + 1);
         let mut aggregates = Vec::new();
         for id in 0..workers {
             let (tx, rx) = mpsc::channel(per_queue);
@@ -101,7 +117,18 @@ impl<D: DeadLetterSink> Engine<D> {
             };
             handles.push(tokio::spawn(worker.run(stop.clone())));
         }
-        let ingest = Ingest::new(queues, config.policy, Arc::clone(&counters), dead);
+        let overflow = (config.policy == OverflowPolicy::DeadLetter).then(|| {
+            let (tx, rx) = mpsc::channel(per_queue);
+            let worker = DeadLetterWorker {
+                rx,
+                dead,
+                counters: Arc::clone(&counters),
+                batch_size,
+            };
+            handles.push(tokio::spawn(worker.run(stop.clone())));
+            tx
+        });
+        let ingest = Ingest::new(queues, overflow, config.policy, Arc::clone(&counters));
         Self {
             ingest,
             counters,
@@ -112,7 +139,7 @@ impl<D: DeadLetterSink> Engine<D> {
     }
 
     /// The producer handle.
-    pub fn ingest(&self) -> Ingest<D> {
+    pub fn ingest(&self) -> Ingest {
         self.ingest.clone()
     }
 
@@ -128,7 +155,8 @@ impl<D: DeadLetterSink> Engine<D> {
         }
     }
 
-    /// Whether every worker is still running (health checks ask this).
+    /// Whether every worker (the dead-letter worker included) is still
+    /// running (health checks ask this).
     pub fn is_alive(&self) -> bool {
         !self.workers.is_empty() && self.workers.iter().all(|w| !w.is_finished())
     }
@@ -228,9 +256,8 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
         // Steps do not panic by construction (lints, checked arithmetic);
         // if one ever does, the batch's unaccounted events are counted as
         // dropped and the worker lives on.
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            pipeline.process_batch_event_major(events, out)
-        }));
+        let run =
+            std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.process_batch(events, out)));
         let mut settled = Settled {
             filtered: out.filtered,
             deduplicated: out.deduplicated,
@@ -246,43 +273,118 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
             settled.dropped += lost;
         }
         if !out.kept.is_empty() {
-            match with_retries(|| self.sink.append(&out.kept)).await {
-                Ok(()) => settled.processed += out.kept.len() as u64,
+            // One id for every attempt, and for the dead-letter fallback: the
+            // batch lands in exactly one store however the attempts end.
+            let write = WriteId::generate();
+            let count = out.kept.len() as u64;
+            match with_retries(|| self.sink.append(write, &out.kept)).await {
+                Ok(_) => settled.processed += count,
                 Err(error) => {
                     let reason = format!("event store unavailable: {error}");
-                    out.dead.extend(out.kept.drain(..).map(|event| DeadLetter {
-                        event,
-                        reason: reason.clone(),
-                    }));
+                    let letters: Vec<DeadLetter> = out
+                        .kept
+                        .drain(..)
+                        .map(|event| DeadLetter {
+                            event,
+                            reason: reason.clone(),
+                        })
+                        .collect();
+                    match with_retries(|| self.dead.dead_letter(write, &letters)).await {
+                        // The append committed after all (its outcome was
+                        // unknown): the events are stored, not dead.
+                        Ok(Written::StoredElsewhere) => settled.processed += count,
+                        Ok(_) => settled.dead_lettered += count,
+                        Err(error) => {
+                            tracing::error!(%error, count, "neither store took these events; they are lost");
+                            settled.dropped += count;
+                        }
+                    }
                 }
             }
         }
         if !out.dead.is_empty() {
-            let count = out.dead.len() as u64;
-            match with_retries(|| self.dead.dead_letter(&out.dead)).await {
-                Ok(()) => settled.dead_lettered += count,
-                Err(error) => {
-                    tracing::error!(%error, count, "neither store took these events; they are lost");
-                    settled.dropped += count;
-                }
-            }
+            settled += dead_letter(&*self.dead, &out.dead).await;
         }
         settled
     }
 }
 
-async fn with_retries<F, Fut>(mut write: F) -> Result<(), SinkError>
+/// Drains the overflow queue under [`OverflowPolicy::DeadLetter`] into the
+/// dead-letter store, a batch per write.
+struct DeadLetterWorker<D> {
+    rx: mpsc::Receiver<Event>,
+    dead: Arc<D>,
+    counters: Arc<Counters>,
+    batch_size: usize,
+}
+
+impl<D: DeadLetterSink> DeadLetterWorker<D> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut letters = Vec::with_capacity(self.batch_size);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                received = self.rx.recv_many(&mut batch, self.batch_size) => {
+                    if received == 0 {
+                        break; // closed and empty: drained
+                    }
+                }
+                changed = stop.changed(), if !draining => {
+                    let _ = changed;
+                    self.rx.close();
+                    draining = true;
+                    continue;
+                }
+            }
+            letters.extend(batch.drain(..).map(|event| DeadLetter {
+                event,
+                reason: "ingest queue full".to_owned(),
+            }));
+            let settled = dead_letter(&*self.dead, &letters).await;
+            self.counters.settle(settled);
+            letters.clear();
+        }
+        tracing::debug!("dead-letter worker drained");
+    }
+}
+
+/// Writes `letters` (one write id for every attempt) and says how they
+/// settled: dead-lettered, or dropped (logged) when the store would not
+/// take them.
+async fn dead_letter<D: DeadLetterSink>(dead: &D, letters: &[DeadLetter]) -> Settled {
+    let write = WriteId::generate();
+    let count = letters.len() as u64;
+    match with_retries(|| dead.dead_letter(write, letters)).await {
+        Ok(_) => Settled {
+            dead_lettered: count,
+            ..Settled::default()
+        },
+        Err(error) => {
+            tracing::error!(%error, count, "the dead-letter store did not take these events; they are lost");
+            Settled {
+                dropped: count,
+                ..Settled::default()
+            }
+        }
+    }
+}
+
+/// Runs `write` until it succeeds, fails for good, or has been tried
+/// [`SINK_ATTEMPTS`] times. Every attempt is the same write (same id), so
+/// repeating one whose outcome was unknown cannot store it twice.
+async fn with_retries<F, Fut>(mut write: F) -> Result<Written, SinkError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), SinkError>>,
+    Fut: std::future::Future<Output = Result<Written, SinkError>>,
 {
     let mut delay = SINK_BACKOFF;
     let mut attempt = 1;
     loop {
         match write().await {
-            Ok(()) => return Ok(()),
-            Err(error) if error.retryable && attempt < SINK_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "sink write failed; retrying");
+            Ok(written) => return Ok(written),
+            Err(error) if error.retryable() && attempt < SINK_ATTEMPTS => {
+                tracing::warn!(%error, kind = ?error.kind, attempt, "sink write failed; repeating it");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::{DeadLetter, Event};
+use domain::Event;
 use foldhash::fast::FixedState;
 use tokio::sync::mpsc;
 
-use crate::sink::DeadLetterSink;
-use crate::stats::{Counters, Settled};
+use crate::stats::Counters;
 
 /// What ingest does with an event when the queue is full. Each choice
 /// trades producer latency against completeness differently; none lets
@@ -32,9 +31,12 @@ pub enum OverflowPolicy {
     /// once a second (never per event). Lowest producer latency; loses data
     /// under overload, visibly.
     DropNewest,
-    /// Never wait: write the event to the dead-letter store instead, for
-    /// replay later. Loses nothing while that store is up, but moves the
-    /// overload onto it (one write per shed event).
+    /// Never wait: hand the event to a small bounded overflow queue that a
+    /// dead-letter worker drains into the dead-letter store in batches, for
+    /// replay later. Loses nothing while that store keeps up; when the
+    /// overflow queue is full too, the event is dropped (counted, warned).
+    /// A shed event's count is final once written: if the dead-letter store
+    /// fails as well, it is counted dropped (logged as an error).
     DeadLetter,
 }
 
@@ -83,9 +85,9 @@ impl FromStr for OverflowPolicy {
 pub enum Admission {
     /// Queued for the pipeline.
     Accepted,
-    /// Shed by the overflow policy (or lost with both stores down).
+    /// Shed by the overflow policy.
     Dropped,
-    /// Queue full: written to the dead-letter store.
+    /// Queue full: queued for the dead-letter store (policy `DeadLetter`).
     DeadLettered,
 }
 
@@ -98,45 +100,41 @@ pub enum IngestError {
 }
 
 /// The producer side of the engine. Cheap to clone.
-pub struct Ingest<D> {
-    inner: Arc<Inner<D>>,
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
 }
 
-impl<D> Clone for Ingest<D> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
-struct Inner<D> {
+struct Inner {
     /// One bounded queue per worker; an event goes to the worker its id (or
     /// user id) hashes to, so repeats of one id always meet the same
     /// de-duplication window. Each holds `queue_capacity / workers` events:
     /// the bound on memory, and what a full queue means.
     queues: Vec<mpsc::Sender<Event>>,
+    /// Under [`OverflowPolicy::DeadLetter`], where shed events wait for the
+    /// dead-letter worker: bounded like a worker queue (a full one drops
+    /// the event), and never waited on. `None` under the other policies.
+    overflow: Option<mpsc::Sender<Event>>,
     policy: OverflowPolicy,
     counters: Arc<Counters>,
-    dead: Arc<D>,
     closed: AtomicBool,
     hasher: FixedState,
     warn: DropWarning,
 }
 
-impl<D: DeadLetterSink> Ingest<D> {
+impl Ingest {
     pub(crate) fn new(
         queues: Vec<mpsc::Sender<Event>>,
+        overflow: Option<mpsc::Sender<Event>>,
         policy: OverflowPolicy,
         counters: Arc<Counters>,
-        dead: Arc<D>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 queues,
+                overflow,
                 policy,
                 counters,
-                dead,
                 closed: AtomicBool::new(false),
                 hasher: FixedState::default(),
                 warn: DropWarning::new(),
@@ -150,9 +148,7 @@ impl<D: DeadLetterSink> Ingest<D> {
     }
 
     /// Offers one event. Cancel-safe: if the caller gives up while waiting
-    /// for room, the event was never counted or queued; once a shed event's
-    /// dead-letter write has started, it finishes and is counted even if the
-    /// caller goes away.
+    /// for room, the event was never counted or queued.
     pub async fn submit(&self, event: Event) -> Result<Admission, IngestError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -171,12 +167,12 @@ impl<D: DeadLetterSink> Ingest<D> {
             OverflowPolicy::BlockTimeout(wait) => {
                 match tokio::time::timeout(wait, queue.reserve()).await {
                     Ok(permit) => permit.map_err(|_| IngestError::ShuttingDown)?,
-                    Err(_) => return Ok(self.shed(event).await),
+                    Err(_) => return Ok(self.shed(event)),
                 }
             }
             OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => match queue.try_reserve() {
                 Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(())) => return Ok(self.shed(event).await),
+                Err(mpsc::error::TrySendError::Full(())) => return Ok(self.shed(event)),
                 Err(mpsc::error::TrySendError::Closed(())) => {
                     return Err(IngestError::ShuttingDown);
                 }
@@ -198,42 +194,19 @@ impl<D: DeadLetterSink> Ingest<D> {
         queues.get(index)
     }
 
-    /// Sheds one event by policy.
-    async fn shed(&self, event: Event) -> Admission {
+    /// Sheds one event by policy; never waits.
+    fn shed(&self, event: Event) -> Admission {
         let inner = &self.inner;
-        if inner.policy != OverflowPolicy::DeadLetter {
-            inner.counters.shed();
-            inner.warn.dropped();
-            return Admission::Dropped;
+        if let Some(overflow) = &inner.overflow
+            && let Ok(permit) = overflow.try_reserve()
+        {
+            inner.counters.admit();
+            permit.send(event);
+            return Admission::DeadLettered;
         }
-        inner.counters.admit();
-        let (dead, counters) = (Arc::clone(&inner.dead), Arc::clone(&inner.counters));
-        // Its own task: the write and its accounting finish even if the
-        // caller is cancelled meanwhile.
-        let write = tokio::spawn(async move {
-            let letter = DeadLetter {
-                event,
-                reason: "ingest queue full".to_owned(),
-            };
-            match dead.dead_letter(std::slice::from_ref(&letter)).await {
-                Ok(()) => {
-                    counters.settle(Settled {
-                        dead_lettered: 1,
-                        ..Settled::default()
-                    });
-                    Admission::DeadLettered
-                }
-                Err(error) => {
-                    tracing::error!(%error, "queue full and the dead-letter store failed; event dropped");
-                    counters.settle(Settled {
-                        dropped: 1,
-                        ..Settled::default()
-                    });
-                    Admission::Dropped
-                }
-            }
-        });
-        write.await.unwrap_or(Admission::Dropped)
+        inner.counters.shed();
+        inner.warn.dropped();
+        Admission::Dropped
     }
 
     /// Counters and queue state now (what GetPipelineStats answers).
@@ -251,18 +224,19 @@ impl<D: DeadLetterSink> Ingest<D> {
         self.inner.closed.store(true, Ordering::Release);
     }
 
-    /// Events queued now, and the total capacity.
+    /// Events queued now, and the total capacity (the overflow queue
+    /// included).
     pub(crate) fn depth(&self) -> (u64, u64) {
-        self.inner
-            .queues
-            .iter()
-            .fold((0, 0), |(depth, capacity), queue| {
+        self.inner.queues.iter().chain(&self.inner.overflow).fold(
+            (0, 0),
+            |(depth, capacity), queue| {
                 let max = queue.max_capacity() as u64;
                 (
                     depth + max.saturating_sub(queue.capacity() as u64),
                     capacity + max,
                 )
-            })
+            },
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! This crate knows nothing of gRPC or databases: it depends on `domain`
 //! and writes through the [`EventSink`] and [`DeadLetterSink`] traits, which
-//! `storage` implements and the server wires.
+//! the server implements over the database.
 //!
 //! Hot-path dispatch is an enum ([`TransformStep`]) with one `match`; trait
 //! objects appear only at the configuration seam.
@@ -22,7 +22,7 @@ pub use config::{ConfigError, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_KEYS, PipelineSp
 pub use engine::{AggregateRow, Engine, EngineConfig};
 pub use ingest::{Admission, Ingest, IngestError, OverflowPolicy};
 pub use pipeline::{BatchOutcome, Pipeline};
-pub use sink::{DeadLetterSink, EventSink, MemorySink, SinkError};
+pub use sink::{DeadLetterSink, EventSink, MemorySink, SinkError, SinkErrorKind, Written};
 pub use stats::PipelineStats;
 pub use steps::{
     Aggregate, AggregateTable, Condition, Deduplicate, Enrich, Filter, KeySource, Rename, Totals,

@@ -1,12 +1,10 @@
 //! A pipeline: steps in order, run over batches of events.
 //!
-//! Two loop orders are offered because which is faster is a measurement, not
-//! a guess (docs/benchmarks.md): event-major
-//! ([`Pipeline::process_batch_event_major`], what the engine uses) takes each
-//! event through all steps in place; step-major ([`Pipeline::process_batch`])
-//! runs each step over the whole batch, matching on the step kind once per
-//! batch, but moves every surviving event between buffers after every step,
-//! and that copying outweighs the saved dispatch.
+//! The loop is event-major: each event goes through all steps in place and
+//! is moved once. The step-major order (each step over the whole batch, one
+//! `match` per step per batch) measured slower, because it moves every
+//! surviving event between buffers after every step; the benchmark
+//! (`benches/pipeline.rs`) keeps it as a baseline (docs/benchmarks.md).
 
 use std::sync::{Arc, Mutex};
 
@@ -20,9 +18,6 @@ pub struct Pipeline {
     steps: Vec<TransformStep>,
     /// `steps[2] (rename)`, one per step.
     labels: Vec<Arc<str>>,
-    /// Reused between steps so a batch moves between two buffers.
-    spare: Vec<Event>,
-    verdicts: Vec<Verdict>,
 }
 
 /// What became of a batch. Reused across batches; [`Self::clear`] keeps
@@ -62,12 +57,7 @@ impl Pipeline {
             .enumerate()
             .map(|(n, step)| Arc::from(format!("steps[{n}] ({})", step.kind())))
             .collect();
-        Self {
-            steps,
-            labels,
-            spare: Vec::new(),
-            verdicts: Vec::new(),
-        }
+        Self { steps, labels }
     }
 
     /// The steps.
@@ -75,8 +65,7 @@ impl Pipeline {
         &self.steps
     }
 
-    /// The steps, owned (the dispatch benchmark boxes them as trait objects
-    /// to measure the enum against).
+    /// The steps, owned (the benchmark runs them in its baseline loops).
     pub fn into_steps(self) -> Vec<TransformStep> {
         self.steps
     }
@@ -94,49 +83,10 @@ impl Pipeline {
             .collect()
     }
 
-    /// Runs `events` through every step, step by step; results go to `out`
-    /// (which is not cleared first).
-    pub fn process_batch(&mut self, mut events: Vec<Event>, out: &mut BatchOutcome) {
-        for (step, label) in self.steps.iter_mut().zip(&self.labels) {
-            if events.is_empty() {
-                break;
-            }
-            let verdicts = &mut self.verdicts;
-            verdicts.clear();
-            // The one match per step per batch; each arm's loop is monomorphic.
-            match step {
-                TransformStep::Enrich(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
-                TransformStep::Filter(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
-                TransformStep::Rename(s) => verdicts.extend(events.iter_mut().map(|e| s.apply(e))),
-                TransformStep::Deduplicate(s) => {
-                    verdicts.extend(events.iter_mut().map(|e| s.apply(e)))
-                }
-                TransformStep::Aggregate(s) => {
-                    verdicts.extend(events.iter_mut().map(|e| s.apply(e)))
-                }
-            }
-            let survivors = &mut self.spare;
-            survivors.clear();
-            for (event, verdict) in events.drain(..).zip(verdicts.drain(..)) {
-                match verdict {
-                    Verdict::Keep => survivors.push(event),
-                    other => settle(other, event, label, out),
-                }
-            }
-            std::mem::swap(&mut events, survivors);
-        }
-        out.kept.append(&mut events);
-        self.publish();
-        // Hand the emptied buffer back for the next batch.
-        if self.spare.capacity() < events.capacity() {
-            self.spare = events;
-        }
-    }
-
     /// Runs `events` through the pipeline one event at a time, in place:
     /// an event is moved once (into `out.kept`, in bulk) rather than into
-    /// and out of each call. (The engine's choice: it measured fastest.)
-    pub fn process_batch_event_major(&mut self, mut events: Vec<Event>, out: &mut BatchOutcome) {
+    /// and out of each call. Results go to `out`, which is not cleared first.
+    pub fn process_batch(&mut self, mut events: Vec<Event>, out: &mut BatchOutcome) {
         let steps = &mut self.steps;
         let labels = &self.labels;
         events.retain_mut(|event| {
@@ -176,18 +126,5 @@ impl Pipeline {
                 aggregate.publish();
             }
         }
-    }
-}
-
-/// Records a non-`Keep` verdict.
-fn settle(verdict: Verdict, event: Event, label: &str, out: &mut BatchOutcome) {
-    match verdict {
-        Verdict::Keep => out.kept.push(event),
-        Verdict::Filtered => out.filtered += 1,
-        Verdict::Duplicate => out.deduplicated += 1,
-        Verdict::Failed(reason) => out.dead.push(DeadLetter {
-            event,
-            reason: format!("{label}: {reason}"),
-        }),
     }
 }

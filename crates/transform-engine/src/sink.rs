@@ -1,13 +1,14 @@
-//! Where the engine writes: the sink traits `storage` implements for the
-//! real event and dead-letter stores, and in-memory sinks for tests,
+//! Where the engine writes: the sink traits the server implements over the
+//! real event and dead-letter stores, and an in-memory sink for tests,
 //! benchmarks and the overload example.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use domain::{DeadLetter, Event};
+use domain::{DeadLetter, Event, WriteId};
 
 /// A sink write that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,23 +16,65 @@ use domain::{DeadLetter, Event};
 pub struct SinkError {
     /// What went wrong.
     pub message: String,
-    /// Whether trying again may help (the store was unreachable).
-    pub retryable: bool,
+    /// What the failure says about the write.
+    pub kind: SinkErrorKind,
+}
+
+/// What a failed write says about its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// Nothing was written (the store was unreachable): trying again may help.
+    Unavailable,
+    /// The write was sent but not confirmed: it may have been applied. The
+    /// engine repeats it only under the same [`WriteId`], which the sink
+    /// must treat idempotently, so the repeat settles the outcome instead of
+    /// writing twice.
+    OutcomeUnknown,
+    /// The store refused the rows; trying again will not help.
+    Rejected,
+}
+
+impl SinkError {
+    /// Whether repeating the same write (same [`WriteId`]) may succeed.
+    pub fn retryable(&self) -> bool {
+        self.kind != SinkErrorKind::Rejected
+    }
+}
+
+/// What a successful sink write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Stored now.
+    Stored,
+    /// An earlier attempt with the same write id stored it here.
+    AlreadyStored,
+    /// An earlier write with the same id went to the other sink: a
+    /// dead-letter write standing in for an append that did commit after all.
+    StoredElsewhere,
 }
 
 /// Where processed events go: appended in order, all of a batch or none.
 pub trait EventSink: Send + Sync + 'static {
-    /// Appends `events` atomically.
-    fn append(&self, events: &[Event]) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Appends `events` atomically, idempotently per `write`: a repeat with
+    /// the same id stores nothing again.
+    fn append(
+        &self,
+        write: WriteId,
+        events: &[Event],
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send;
 }
 
 /// Where events that cannot be processed go, with the reason.
 pub trait DeadLetterSink: Send + Sync + 'static {
-    /// Stores `letters` atomically.
+    /// Stores `letters` atomically, idempotently per `write`. The engine
+    /// dead-letters a batch whose append failed under the append's id; a
+    /// sink that shares one record of ids between the two answers
+    /// [`Written::StoredElsewhere`] if the append had committed after all.
     fn dead_letter(
         &self,
+        write: WriteId,
         letters: &[DeadLetter],
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send;
 }
 
 /// An in-memory sink that can be made slow or failing on demand.
@@ -39,10 +82,14 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 pub struct MemorySink {
     events: Mutex<Vec<Event>>,
     letters: Mutex<Vec<DeadLetter>>,
+    /// Write ids applied so far, and whether each went to the events.
+    applied: Mutex<HashMap<WriteId, bool>>,
     /// Pause before each write (a slow consumer).
     delay: Mutex<Duration>,
     /// Fail this many upcoming writes (retryable).
     failures: AtomicUsize,
+    /// Apply this many upcoming writes but answer `OutcomeUnknown`.
+    unconfirmed: AtomicUsize,
 }
 
 impl MemorySink {
@@ -62,6 +109,13 @@ impl MemorySink {
     /// The next `n` writes fail as retryable.
     pub fn fail_next(&self, n: usize) {
         self.failures.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are applied but answered as
+    /// [`SinkErrorKind::OutcomeUnknown`] (a commit whose confirmation was
+    /// lost).
+    pub fn unconfirm_next(&self, n: usize) {
+        self.unconfirmed.store(n, Ordering::SeqCst);
     }
 
     /// Events appended so far.
@@ -103,46 +157,93 @@ impl MemorySink {
         if failed {
             return Err(SinkError {
                 message: "memory sink told to fail".to_owned(),
-                retryable: true,
+                kind: SinkErrorKind::Unavailable,
             });
         }
         Ok(())
     }
+
+    /// What a write that was applied (now or earlier) answers.
+    fn confirm(&self, written: Written) -> Result<Written, SinkError> {
+        let lost = self
+            .unconfirmed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            return Err(SinkError {
+                message: "memory sink told to lose the confirmation".to_owned(),
+                kind: SinkErrorKind::OutcomeUnknown,
+            });
+        }
+        Ok(written)
+    }
+
+    /// Claims `write` for the events (`to_events`) or the dead letters, as
+    /// the database does in `applied_writes`; `None` if newly claimed.
+    fn claim(&self, write: WriteId, to_events: bool) -> Option<Written> {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match applied.get(&write) {
+            Some(&earlier) if earlier == to_events => Some(Written::AlreadyStored),
+            Some(_) => Some(Written::StoredElsewhere),
+            None => {
+                applied.insert(write, to_events);
+                None
+            }
+        }
+    }
 }
 
 impl EventSink for MemorySink {
-    async fn append(&self, events: &[Event]) -> Result<(), SinkError> {
+    async fn append(&self, write: WriteId, events: &[Event]) -> Result<Written, SinkError> {
         self.gate().await?;
+        if let Some(earlier) = self.claim(write, true) {
+            return self.confirm(earlier);
+        }
         self.events
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend_from_slice(events);
-        Ok(())
+        self.confirm(Written::Stored)
     }
 }
 
 impl DeadLetterSink for MemorySink {
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+    async fn dead_letter(
+        &self,
+        write: WriteId,
+        letters: &[DeadLetter],
+    ) -> Result<Written, SinkError> {
         self.gate().await?;
+        if let Some(earlier) = self.claim(write, false) {
+            return self.confirm(earlier);
+        }
         self.letters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend_from_slice(letters);
-        Ok(())
+        self.confirm(Written::Stored)
     }
 }
 
 impl<T: EventSink> EventSink for std::sync::Arc<T> {
-    fn append(&self, events: &[Event]) -> impl Future<Output = Result<(), SinkError>> + Send {
-        (**self).append(events)
+    fn append(
+        &self,
+        write: WriteId,
+        events: &[Event],
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send {
+        (**self).append(write, events)
     }
 }
 
 impl<T: DeadLetterSink> DeadLetterSink for std::sync::Arc<T> {
     fn dead_letter(
         &self,
+        write: WriteId,
         letters: &[DeadLetter],
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        (**self).dead_letter(letters)
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send {
+        (**self).dead_letter(write, letters)
     }
 }

@@ -83,6 +83,16 @@ impl Settled {
     }
 }
 
+impl std::ops::AddAssign for Settled {
+    fn add_assign(&mut self, other: Self) {
+        self.processed += other.processed;
+        self.filtered += other.filtered;
+        self.deduplicated += other.deduplicated;
+        self.dropped += other.dropped;
+        self.dead_lettered += other.dead_lettered;
+    }
+}
+
 /// The shared counters.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

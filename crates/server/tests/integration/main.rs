@@ -11,35 +11,12 @@
 
 mod otlp;
 mod outage;
+mod pipeline;
 mod startup;
 mod suite;
 mod support;
 
-/// Generates `sqlite::$name` and `postgres::$name` for each suite function.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::TestDatabase::sqlite();
-                    crate::suite::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = crate::support::TestDatabase::postgres().await else { return };
-                    crate::suite::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-backend_tests!(
+test_support::backend_tests!(
     orders_happy_path_and_every_error_code,
     idempotent_create_and_optimistic_concurrency,
     catalog_primary_warehouse_gap_is_failed_precondition_and_the_connection_survives,
@@ -53,4 +30,6 @@ backend_tests!(
     oversized_messages_are_resource_exhausted,
     expired_deadlines_answer_deadline_exceeded,
     requests_past_the_concurrency_limit_are_shed,
+    acknowledged_orders_survive_sigkill,
+    engine_writes_through_the_real_stores,
 );

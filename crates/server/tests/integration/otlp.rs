@@ -14,7 +14,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::support::{Server, TestDatabase};
+use test_support::TestDb;
+
+use crate::support::Server;
 
 /// A received span: its trace id and name.
 type SpanSeen = (Vec<u8>, String);
@@ -53,7 +55,7 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let db = TestDatabase::sqlite();
+    let db = TestDb::sqlite().await;
     // The bare `host:port` form operators write; it must mean plain http.
     let endpoint = address.to_string();
     let server = Server::start(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);

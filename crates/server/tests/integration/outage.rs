@@ -14,7 +14,9 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{Server, TestDatabase};
+use test_support::TestDb;
+
+use crate::support::Server;
 
 /// Forwards connections to PostgreSQL while `up`; when cut, closes every
 /// open connection and refuses new ones.
@@ -96,25 +98,20 @@ async fn wait_for(client: &mut HealthClient<tonic::transport::Channel>, want: i3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_not_serving_unavailable_and_recovers() {
-    let Some(db) = TestDatabase::postgres().await else {
+    let Some(db) = TestDb::postgres().await else {
         return;
     };
     let proxy = Proxy::start("127.0.0.1:5432").await;
     // The same database and schema, reached through the proxy.
     let through = db
-        .url
+        .url()
         .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1);
     assert_ne!(
-        through, db.url,
+        through,
+        db.url(),
         "the test database must be on 127.0.0.1:5432"
     );
-    // No schema of its own: `db` owns (and drops) the schema.
-    let routed = TestDatabase {
-        url: through,
-        dir: None,
-        schema: None,
-    };
-    let server = Server::start(&routed, &[("ORDERFLOW_DB_TIMEOUT", "1s")]);
+    let server = Server::start_url(&through, &[("ORDERFLOW_DB_TIMEOUT", "1s")]);
     let mut health_client = HealthClient::new(server.channel().await);
     wait_for(&mut health_client, 1, "start").await;
 

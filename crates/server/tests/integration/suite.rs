@@ -8,9 +8,13 @@ use grpc_api::proto::{
 };
 use tonic::{Code, Request};
 
-use crate::support::{Server, TestDatabase, run};
+use test_support::TestDb;
 
-const FIXTURE: &str = include_str!("../../../domain/tests/data/legacy-events.jsonl");
+use crate::support::{Server, run};
+
+use test_support::LEGACY_EVENTS as FIXTURE;
+
+pub use crate::pipeline::engine_writes_through_the_real_stores;
 
 fn create(user: &str, key: &str) -> CreateOrderRequest {
     CreateOrderRequest {
@@ -37,7 +41,7 @@ fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Co
     (status.code(), status.message().to_owned())
 }
 
-pub async fn orders_happy_path_and_every_error_code(db: &TestDatabase) {
+pub async fn orders_happy_path_and_every_error_code(db: &TestDb) {
     let server = Server::start(db, &[]);
     let mut orders = server.orders().await;
     let order = orders
@@ -170,7 +174,7 @@ pub async fn orders_happy_path_and_every_error_code(db: &TestDatabase) {
     }
 }
 
-pub async fn idempotent_create_and_optimistic_concurrency(db: &TestDatabase) {
+pub async fn idempotent_create_and_optimistic_concurrency(db: &TestDb) {
     let server = Server::start(db, &[]);
     let mut orders = server.orders().await;
     let first = orders
@@ -252,7 +256,7 @@ fn product(id: &str, warehouses: &[(&str, bool)]) -> Product {
 }
 
 pub async fn catalog_primary_warehouse_gap_is_failed_precondition_and_the_connection_survives(
-    db: &TestDatabase,
+    db: &TestDb,
 ) {
     let server = Server::start(db, &[]);
     let mut catalog = server.catalog().await;
@@ -320,7 +324,7 @@ fn event(n: usize) -> Event {
     }
 }
 
-pub async fn events_are_counted_exactly_per_stream(db: &TestDatabase) {
+pub async fn events_are_counted_exactly_per_stream(db: &TestDb) {
     let server = Server::start(db, &[("ORDERFLOW_OVERFLOW_POLICY", "block")]);
     let mut events = server.events().await;
     let stream = tokio_stream::iter((0..300).map(event));
@@ -369,7 +373,7 @@ pub async fn events_are_counted_exactly_per_stream(db: &TestDatabase) {
     }
 }
 
-pub async fn auth_guards_mutations_only(db: &TestDatabase) {
+pub async fn auth_guards_mutations_only(db: &TestDb) {
     let server = Server::start(db, &[("ORDERFLOW_AUTH_TOKEN", "s3cret")]);
     let mut orders = server.orders().await;
     let (code, _) = code_and_message(orders.create_order(create("u", "")).await);
@@ -398,7 +402,7 @@ pub async fn auth_guards_mutations_only(db: &TestDatabase) {
     assert_eq!(code, Code::Unauthenticated);
 }
 
-pub async fn a_panicking_handler_answers_internal_and_the_channel_keeps_serving(db: &TestDatabase) {
+pub async fn a_panicking_handler_answers_internal_and_the_channel_keeps_serving(db: &TestDb) {
     let server = Server::start(db, &[("FAILPOINTS", "grpc-get-order=1*panic(boom)")]);
     let mut orders = server.orders().await;
     let order = orders
@@ -464,7 +468,7 @@ async fn scrape(server: &Server) -> String {
         .unwrap_or_default()
 }
 
-pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDatabase) {
+pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDb) {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let server = Server::start(db, &[]);
@@ -554,7 +558,7 @@ pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDataba
     );
 }
 
-pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDatabase) {
+pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDb) {
     let server = Server::start(
         db,
         &[
@@ -611,7 +615,7 @@ pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDat
     assert_eq!(String::from_utf8(stdout).unwrap().lines().count(), 400);
 }
 
-pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDatabase) {
+pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDb) {
     let (ok, _, stderr) = run(db, &["events", "import", "-"], Some(FIXTURE.as_bytes()));
     assert!(ok.success(), "{stderr}");
     let (ok, stdout, stderr) = run(db, &["events", "export"], None);
@@ -633,7 +637,7 @@ pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDa
     );
 }
 
-pub async fn metrics_pass_promtool(db: &TestDatabase) {
+pub async fn metrics_pass_promtool(db: &TestDb) {
     let server = Server::start(db, &[]);
     let mut orders = server.orders().await;
     let order = orders
@@ -689,7 +693,7 @@ pub async fn metrics_pass_promtool(db: &TestDatabase) {
     );
 }
 
-pub async fn oversized_messages_are_resource_exhausted(db: &TestDatabase) {
+pub async fn oversized_messages_are_resource_exhausted(db: &TestDb) {
     let server = Server::start(db, &[("ORDERFLOW_MAX_MESSAGE_BYTES", "2048")]);
     let mut orders = server.orders().await;
     let big = CreateOrderRequest {
@@ -717,7 +721,7 @@ pub async fn oversized_messages_are_resource_exhausted(db: &TestDatabase) {
     orders.create_order(create("u", "")).await.unwrap();
 }
 
-pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDatabase) {
+pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDb) {
     let server = Server::start(db, &[]);
     let mut events = server.events().await;
     // A stream that sends one event and then stays open past its deadline.
@@ -743,7 +747,7 @@ pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDatabase) {
     );
 }
 
-pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDatabase) {
+pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDb) {
     let server = Server::start(db, &[("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1")]);
     let mut events = server.events().await;
     // One open stream holds the only slot.
@@ -770,4 +774,47 @@ pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDatabase) {
     assert_eq!(open.await.unwrap().unwrap().into_inner().accepted, 1);
     // The slot is free again.
     orders.create_order(create("u", "")).await.unwrap();
+}
+
+/// Acknowledged order writes are on disk, not in the process: a server
+/// killed with SIGKILL right after answering, restarted on the same
+/// database, serves every one of them at the version acknowledged.
+pub async fn acknowledged_orders_survive_sigkill(db: &TestDb) {
+    let server = Server::start(db, &[]);
+    let mut orders = server.orders().await;
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let mut order = orders
+            .create_order(create(&format!("u-kill-{n}"), ""))
+            .await
+            .unwrap()
+            .into_inner();
+        if n % 2 == 0 {
+            order = orders
+                .update_order_status(UpdateOrderStatusRequest {
+                    order_id: order.order_id.clone(),
+                    status: OrderStatus::Paid.into(),
+                    expected_version: order.version,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        }
+        acknowledged.push(order);
+    }
+    drop(orders);
+    server.kill();
+
+    let restarted = Server::start(db, &[]);
+    let mut orders = restarted.orders().await;
+    for order in acknowledged {
+        let read = orders
+            .get_order(GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read, order);
+    }
 }

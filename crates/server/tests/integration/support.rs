@@ -8,78 +8,10 @@ use std::time::{Duration, Instant};
 use grpc_api::proto::catalog_service_client::CatalogServiceClient;
 use grpc_api::proto::event_service_client::EventServiceClient;
 use grpc_api::proto::order_service_client::OrderServiceClient;
+use test_support::TestDb;
 use tonic::transport::Channel;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
-
-/// A database for one test: a temp SQLite file or a PostgreSQL schema.
-pub struct TestDatabase {
-    pub url: String,
-    #[allow(dead_code, reason = "held for its Drop, which removes the temp dir")]
-    pub dir: Option<tempfile::TempDir>,
-    pub schema: Option<(String, String)>,
-}
-
-impl TestDatabase {
-    pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("orderflow.db").display().to_string();
-        Self {
-            url,
-            dir: Some(dir),
-            schema: None,
-        }
-    }
-
-    pub async fn postgres() -> Option<Self> {
-        let base = match std::env::var("ORDERFLOW_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ if std::env::var("ORDERFLOW_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-                panic!("ORDERFLOW_REQUIRE_POSTGRES=1 but ORDERFLOW_TEST_DATABASE_URL is unset")
-            }
-            _ => {
-                eprintln!("skipped: set ORDERFLOW_TEST_DATABASE_URL to run the PostgreSQL tests");
-                return None;
-            }
-        };
-        let schema = format!("orderflow_e2e_{}", rand::random::<u64>());
-        psql(&base, &format!("CREATE SCHEMA {schema}"));
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        Some(Self {
-            url,
-            dir: None,
-            schema: Some((base, schema)),
-        })
-    }
-}
-
-/// Runs SQL through the storage crate's own connection (no psql needed).
-fn psql(url: &str, sql: &str) {
-    let url = url.to_owned();
-    let sql = sql.to_owned();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let db = storage::Database::open(storage::StoreConfig::new(url));
-            db.execute_raw(&sql).await
-        })
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Some((base, schema)) = &self.schema {
-            psql(base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    }
-}
 
 /// A running `orderflow` process.
 pub struct Server {
@@ -100,12 +32,17 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts the binary on `db` with extra environment, and waits until it
     /// serves.
-    pub fn start(db: &TestDatabase, env: &[(&str, &str)]) -> Self {
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        Self::start_url(db.url(), env)
+    }
+
+    /// Starts the binary on the database at `url`.
+    pub fn start_url(url: &str, env: &[(&str, &str)]) -> Self {
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(BINARY);
         command
             .env_clear()
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", url)
             .env("ORDERFLOW_LISTEN", "127.0.0.1:0")
             .env("ORDERFLOW_METRICS_LISTEN", &metrics)
             .env("ORDERFLOW_LOG_FORMAT", "json")
@@ -168,6 +105,12 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
@@ -202,14 +145,14 @@ impl Drop for Server {
 
 /// Runs the binary to completion with `args` on `db`; returns (status, stdout, stderr).
 pub fn run(
-    db: &TestDatabase,
+    db: &TestDb,
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> (std::process::ExitStatus, Vec<u8>, String) {
     use std::io::Write as _;
     let mut child = Command::new(BINARY)
         .env_clear()
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")
         .args(args)
         .stdin(Stdio::piped())

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
 use storage::{
-    CacheConfig, CachedOrders, Conflict, Created, OrderPage, OrderRepository, SharedOrder,
+    CacheConfig, CachedOrder, CachedOrders, Conflict, Created, OrderPage, OrderRepository,
     StorageError,
 };
 
@@ -64,7 +64,9 @@ impl FakeRepo {
 }
 
 impl OrderRepository for FakeRepo {
-    async fn find_order(&self, id: OrderId) -> Result<SharedOrder, StorageError> {
+    type Found = Order;
+
+    async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
         *self.calls.lock().unwrap().entry(id).or_default() += 1;
         tokio::time::sleep(self.delay).await;
         let first_failure = self.failed.fetch_add(1, Ordering::SeqCst) == 0;
@@ -76,7 +78,7 @@ impl OrderRepository for FakeRepo {
             _ => {}
         }
         let found = self.orders.lock().unwrap().get(&id).cloned();
-        found.map(SharedOrder::new).ok_or(StorageError::NotFound {
+        found.ok_or(StorageError::NotFound {
             entity: "order",
             id: id.to_string(),
         })
@@ -177,7 +179,7 @@ fn thousand_concurrent_misses_on_one_thread_finish_with_one_lookup_per_key() {
 
 /// moka#240: every caller's deadline is shorter than the lookup. The lookup
 /// still finishes and fills the cache, so the next caller hits.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn callers_with_short_deadlines_still_let_the_lookup_fill_the_cache() {
     let (cache, repo) = cached(200, Lookup::Normal);
     let id = repo.seed(1)[0];
@@ -196,7 +198,7 @@ async fn callers_with_short_deadlines_still_let_the_lookup_fill_the_cache() {
 
 /// The caller that started a lookup is cancelled; those waiting on it are not
 /// stranded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn cancelling_the_leading_caller_does_not_strand_its_waiters() {
     let (cache, repo) = cached(100, Lookup::Normal);
     let id = repo.seed(1)[0];
@@ -226,7 +228,7 @@ async fn cancelling_the_leading_caller_does_not_strand_its_waiters() {
 
 /// A panicking lookup reaches the caller that started it; its waiters get an
 /// error instead of hanging; the next call for the key works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_lookup_reaches_only_its_caller_and_the_key_recovers() {
     let (cache, repo) = cached(50, Lookup::PanicOnce);
     let id = repo.seed(1)[0];
@@ -256,7 +258,7 @@ async fn a_panicking_lookup_reaches_only_its_caller_and_the_key_recovers() {
     assert_eq!(repo.calls(id), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn errors_are_not_cached() {
     let (cache, repo) = cached(0, Lookup::UnavailableOnce);
     let id = repo.seed(1)[0];
@@ -275,7 +277,7 @@ async fn errors_are_not_cached() {
     assert_eq!(repo.calls(missing), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writes_through_the_cache_are_read_back_without_a_lookup() {
     let (cache, repo) = cached(0, Lookup::Normal);
     let created = cache
@@ -309,7 +311,7 @@ async fn writes_through_the_cache_are_read_back_without_a_lookup() {
 
 /// A lookup that read version 1 finishes after a write stored version 2: the
 /// cache keeps version 2.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_slow_lookup_never_overwrites_a_newer_write() {
     let (cache, repo) = cached(100, Lookup::Normal);
     let id = repo.seed(1)[0];
@@ -324,7 +326,7 @@ async fn a_slow_lookup_never_overwrites_a_newer_write() {
     let newer = order
         .with_status(OrderStatus::Paid, chrono::Utc::now())
         .unwrap();
-    cache.cache().store(SharedOrder::new(newer.clone()));
+    cache.cache().store(CachedOrder::new(newer.clone()));
     let looked_up = lookup.await.unwrap().unwrap();
     assert_eq!(looked_up.version(), 1, "the repository still had version 1");
     assert_eq!(*cache.cache().get(&id).unwrap(), newer);
@@ -341,7 +343,7 @@ fn capacity_is_bounded_and_recently_read_entries_survive() {
     let orders = repo.orders.lock().unwrap().clone();
     let hot = ids[0];
     for id in &ids {
-        cache.store(SharedOrder::new(orders[id].clone()));
+        cache.store(CachedOrder::new(orders[id].clone()));
         // Keep reading the hot key: CLOCK gives it a second chance each sweep.
         assert!(cache.get(&hot).is_some(), "the hot entry was evicted");
     }
@@ -363,20 +365,20 @@ fn entries_expire_after_the_ttl() {
     let repo = FakeRepo::new(Duration::ZERO, Lookup::Normal);
     let id = repo.seed(1)[0];
     let order = repo.orders.lock().unwrap()[&id].clone();
-    cache.store(SharedOrder::new(order.clone()));
+    cache.store(CachedOrder::new(order.clone()));
     time.increment(Duration::from_secs(29));
     assert!(cache.get(&id).is_some(), "fresh until the TTL");
     time.increment(Duration::from_secs(2));
     assert!(cache.get(&id).is_none(), "expired entries are misses");
     // Storing again (a refetch) makes it fresh again.
-    cache.store(SharedOrder::new(order));
+    cache.store(CachedOrder::new(order));
     assert!(cache.get(&id).is_some());
 }
 
 /// The cache over the real SQLite repository, end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_over_real_sqlite() {
-    let db = crate::support::TestDb::sqlite().await;
+    let db = test_support::TestDb::sqlite().await;
     let cache = CachedOrders::new(storage::Database::open(db.config()), CacheConfig::default());
     let order = db
         .create_order(new_order("u-real", None, &[7]))

@@ -1,5 +1,5 @@
 //! The behaviour every backend must have. Each function runs against SQLite
-//! and PostgreSQL (see `backend_tests!` in main.rs).
+//! and PostgreSQL (`test_support::backend_tests!` in main.rs).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,16 +7,13 @@ use std::sync::Arc;
 use domain::{
     Cents, Currency, DeadLetter, DomainError, Event, IdempotencyKey, NewOrder, OrderId, OrderLine,
     OrderStatus, Product, ProductId, ProductName, Quantity, Sku, UserId, Warehouse, WarehouseId,
-    WarehouseName,
+    WarehouseName, WriteId,
 };
 use storage::{
-    CatalogRepository, Conflict, Database, DeadLetterStore, EventStore, OrderRepository,
-    StorageError, migrate,
+    Backend, CatalogRepository, Conflict, Database, DeadLetterStore, EventStore, OrderRepository,
+    StorageError, StoreConfig, Written, migrate,
 };
-
-use crate::support::TestDb;
-
-const LEGACY: &str = include_str!("../../../domain/tests/data/legacy-events.jsonl");
+use test_support::{LEGACY_EVENTS as LEGACY, TestDb};
 
 pub fn new_order(user: &str, key: Option<&str>, prices: &[i64]) -> NewOrder {
     let lines = prices
@@ -68,7 +65,7 @@ pub async fn created_order_reads_back_equal(db: &TestDb) {
     assert_eq!(order.status(), OrderStatus::Pending);
     assert_eq!(order.version(), 1);
     assert_eq!(order.total(), Cents::new(250 + 2 * 1_000));
-    assert_eq!(*db.find_order(order.id()).await.unwrap(), order);
+    assert_eq!(db.find_order(order.id()).await.unwrap(), order);
 }
 
 pub async fn missing_order_is_not_found(db: &TestDb) {
@@ -132,7 +129,7 @@ pub async fn status_update_checks_version_and_transition(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!((paid.status(), paid.version()), (OrderStatus::Paid, 2));
-    assert_eq!(*db.find_order(order.id()).await.unwrap(), paid);
+    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
 
     let stale = db
         .update_status(order.id(), OrderStatus::Shipped, 1)
@@ -166,7 +163,7 @@ pub async fn status_update_checks_version_and_transition(db: &TestDb) {
         "{missing:?}"
     );
     // Failed updates changed nothing.
-    assert_eq!(*db.find_order(order.id()).await.unwrap(), paid);
+    assert_eq!(db.find_order(order.id()).await.unwrap(), paid);
 }
 
 pub async fn list_orders_pages_newest_first(db: &TestDb) {
@@ -294,8 +291,8 @@ pub async fn events_round_trip_byte_for_byte_in_order(db: &TestDb) {
         .map(|l| Event::from_json(l).unwrap())
         .collect();
     let (first, second) = events.split_at(200);
-    db.append_events(first).await.unwrap();
-    db.append_events(second).await.unwrap();
+    db.append_events(WriteId::generate(), first).await.unwrap();
+    db.append_events(WriteId::generate(), second).await.unwrap();
     let mut out = String::new();
     let mut after = None;
     loop {
@@ -312,20 +309,128 @@ pub async fn events_round_trip_byte_for_byte_in_order(db: &TestDb) {
 
 pub async fn large_event_batches_are_one_transaction(db: &TestDb) {
     let event = Event::from_json(r#"{"user_id":"u","action":"login"}"#).unwrap();
-    let batch = vec![event.clone(); 2_500]; // several INSERT chunks
-    db.append_events(&batch).await.unwrap();
+    let batch = vec![event.clone(); 2_500]; // three INSERT chunks
+    db.append_events(WriteId::generate(), &batch).await.unwrap();
     assert_eq!(db.read_events(None, 10_000).await.unwrap().len(), 2_500);
-    // A batch whose last chunk fails stores nothing: a row with a body that
-    // violates the CHECK cannot be made from an Event, so break the table.
-    db.execute_raw("DROP TABLE dead_letters").await.unwrap();
-    let letters = vec![
-        DeadLetter {
-            event,
-            reason: "x".into()
-        };
-        1_500
-    ];
-    assert!(db.dead_letter(&letters).await.is_err());
+    // A database rule that refuses one marked event, placed in the last
+    // chunk of the next batch: its earlier chunks must not stay stored.
+    let refuse_poison = match db.backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON events \
+             WHEN NEW.event_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END;"
+        }
+        Backend::Postgres => {
+            "ALTER TABLE events ADD CONSTRAINT refuse_poison \
+             CHECK (event_id IS DISTINCT FROM 'poison')"
+        }
+    };
+    db.execute_raw(refuse_poison).await.unwrap();
+    let mut poisoned = vec![event; 2_500];
+    poisoned
+        .push(Event::from_json(r#"{"event_id":"poison","user_id":"u","action":"login"}"#).unwrap());
+    let refused = db.append_events(WriteId::generate(), &poisoned).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        db.read_events(None, 10_000).await.unwrap().len(),
+        2_500,
+        "no chunk of the refused batch was kept"
+    );
+}
+
+/// The same write id stores once, however often it is sent, and a
+/// dead-letter write under an append's id learns that the append went
+/// through.
+pub async fn batch_writes_are_idempotent_per_write_id(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(10)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let write = WriteId::generate();
+    assert_eq!(
+        db.append_events(write, &events).await.unwrap(),
+        Written::Stored
+    );
+    assert_eq!(
+        db.append_events(write, &events).await.unwrap(),
+        Written::AlreadyStored
+    );
+    let letters: Vec<DeadLetter> = events
+        .iter()
+        .map(|event| DeadLetter {
+            event: event.clone(),
+            reason: "fallback".into(),
+        })
+        .collect();
+    assert_eq!(
+        db.dead_letter(write, &letters).await.unwrap(),
+        Written::StoredElsewhere
+    );
+    assert_eq!(db.read_events(None, 100).await.unwrap().len(), 10);
+    assert!(db.read_dead_letters(None, 100).await.unwrap().is_empty());
+}
+
+/// A commit held past the operation budget: the caller hears
+/// `OutcomeUnknown` (never `Unavailable`, which promises nothing was
+/// written), the write still commits once the hold ends, and repeating it
+/// under the same write id stores nothing twice.
+pub async fn a_write_held_past_its_budget_is_outcome_unknown_and_stored_once(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(3)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let mut config = db.config();
+    config.operation_timeout = std::time::Duration::from_millis(300);
+    let impatient = Database::open(config);
+    // A second session holds the events table's write lock.
+    let holder = Database::open(StoreConfig {
+        max_connections: 1,
+        ..db.config()
+    });
+    let hold = match db.backend() {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN; LOCK TABLE events IN EXCLUSIVE MODE",
+    };
+    holder.execute_raw(hold).await.unwrap();
+
+    let write = WriteId::generate();
+    let held = impatient.append_events(write, &events).await;
+    assert!(
+        matches!(held, Err(StorageError::OutcomeUnknown(_))),
+        "{held:?}"
+    );
+    // The write is still waiting for the lock: release it.
+    holder.execute_raw("COMMIT").await.unwrap();
+
+    // The repeat and the first attempt race for the lock; whichever claims
+    // the write id stores the rows, the other stores nothing. (PostgreSQL:
+    // the first attempt already holds the id's key, so the repeat waits for
+    // it and always finds it applied.)
+    let repeated = db.append_events(write, &events).await.unwrap();
+    if db.backend() == Backend::Postgres {
+        assert_eq!(repeated, Written::AlreadyStored);
+    } else {
+        assert!(
+            matches!(repeated, Written::Stored | Written::AlreadyStored),
+            "{repeated:?}"
+        );
+    }
+    // Watch until the first attempt has finished too (it holds a pooled
+    // connection of `impatient` until then): never more than one copy.
+    for _ in 0..40 {
+        let stored = db.read_events(None, 100).await.unwrap().len();
+        assert!(stored <= 3, "stored twice: {stored}");
+        if impatient.ping().await.is_ok() && stored == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        db.read_events(None, 100).await.unwrap().len(),
+        3,
+        "stored exactly once"
+    );
 }
 
 pub async fn dead_letters_are_stored_with_their_reason(db: &TestDb) {
@@ -340,7 +445,7 @@ pub async fn dead_letters_are_stored_with_their_reason(db: &TestDb) {
             reason: "queue full".into(),
         },
     ];
-    db.dead_letter(&letters).await.unwrap();
+    db.dead_letter(WriteId::generate(), &letters).await.unwrap();
     let stored = db.read_dead_letters(None, 10).await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].json, LEGACY.lines().nth(4).unwrap());
@@ -354,19 +459,22 @@ pub async fn dead_letters_are_stored_with_their_reason(db: &TestDb) {
     );
 }
 
-pub async fn acknowledged_write_survives_a_new_pool(db: &TestDb) {
+/// What a commit leaves is visible to a pool that shares nothing with the
+/// writer's. (Surviving a killed process is the server suite's
+/// `acknowledged_orders_survive_sigkill`.)
+pub async fn committed_writes_are_read_by_a_new_pool(db: &TestDb) {
     let order = db
         .create_order(new_order("u-durable", None, &[42]))
         .await
         .unwrap()
         .order;
     let event = Event::from_json(LEGACY.lines().next().unwrap()).unwrap();
-    db.append_events(std::slice::from_ref(&event))
+    db.append_events(WriteId::generate(), std::slice::from_ref(&event))
         .await
         .unwrap();
     // A new pool: nothing cached in a connection, only what was committed.
     let reopened = Database::connect(db.config()).await.unwrap();
-    assert_eq!(*reopened.find_order(order.id()).await.unwrap(), order);
+    assert_eq!(reopened.find_order(order.id()).await.unwrap(), order);
     assert_eq!(
         reopened.read_events(None, 10).await.unwrap()[0].json,
         event.to_json().unwrap()
@@ -415,7 +523,7 @@ pub async fn cancelled_writes_never_leave_an_open_transaction(db: &TestDb) {
         .unwrap()
         .order;
     let independent = Database::open(db.config());
-    assert_eq!(*independent.find_order(last.id()).await.unwrap(), last);
+    assert_eq!(independent.find_order(last.id()).await.unwrap(), last);
     // A second writer is not blocked by a dangling transaction's locks.
     let paid = independent
         .update_status(order.id(), OrderStatus::Paid, 1)
@@ -491,7 +599,7 @@ pub async fn concurrent_tasks_create_read_and_update_consistently(db: &TestDb) {
             assert_eq!(retry.order.id(), first.order.id());
             assert!(first.created && !retry.created);
             let read = db.find_order(first.order.id()).await.unwrap();
-            assert_eq!(*read, first.order);
+            assert_eq!(read, first.order);
             let paid = db
                 .update_status(read.id(), OrderStatus::Paid, read.version())
                 .await

@@ -70,9 +70,10 @@ async fn overload(
                     stats.queue_depth <= stats.queue_capacity,
                     "queue over capacity: {stats:?}"
                 );
-                // Queued + one batch per worker being written + at most one
-                // shed event being dead-lettered by the single producer.
-                let bound = (CAPACITY + WORKERS * BATCH + 1) as u64;
+                // Queued (the overflow queue included) + one batch per
+                // worker being written (the dead-letter worker included).
+                let writers = WORKERS + usize::from(policy == OverflowPolicy::DeadLetter);
+                let bound = stats.queue_capacity + (writers * BATCH) as u64;
                 assert!(
                     stats.in_flight <= bound,
                     "in flight {} > {bound}",
@@ -260,8 +261,46 @@ async fn an_unavailable_store_dead_letters_and_both_down_counts_dropped() {
     );
 }
 
+/// A write whose confirmation is lost is repeated under the same write id,
+/// so it is stored once; if no confirmation ever comes, the dead-letter
+/// fallback under that id learns the append did commit, and nothing is
+/// dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn unconfirmed_writes_are_stored_exactly_once() {
+    // One sink for both roles, so it keeps one record of write ids, as the
+    // database's `applied_writes` does.
+    let sink = Arc::new(MemorySink::new());
+    let cfg = EngineConfig {
+        workers: 1,
+        batch_size: 8,
+        pipeline: PipelineSpec::default(),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(cfg, Arc::clone(&sink), Arc::clone(&sink));
+    let ingest = engine.ingest();
+
+    // The first attempt commits but is not confirmed; the repeat confirms.
+    sink.unconfirm_next(1);
+    for event in events(8) {
+        ingest.submit(event).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.event_count(), 8, "stored once, not twice");
+
+    // No attempt is ever confirmed: the fallback finds the batch stored.
+    sink.unconfirm_next(3);
+    for event in events(16).into_iter().skip(8) {
+        ingest.submit(event).await.unwrap();
+    }
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(sink.event_count(), 16);
+    assert!(sink.letters().is_empty(), "{:?}", sink.letters());
+    assert_eq!((stats.processed, stats.dead_lettered), (16, 0));
+}
+
 #[tokio::test]
-async fn workers_report_alive_until_shutdown_and_aggregates_read_while_running() {
+async fn workers_stay_alive_while_running_and_aggregates_read_while_running() {
     let store = Arc::new(MemorySink::new());
     let engine = Engine::start(
         EngineConfig::default(),
@@ -281,6 +320,7 @@ async fn workers_report_alive_until_shutdown_and_aggregates_read_while_running()
         count, 500,
         "per_action counted every event across both workers: {rows:?}"
     );
+    assert!(engine.is_alive(), "workers still running after the work");
     let stats = engine.shutdown().await;
     assert_eq!(stats.processed, 500);
 }

@@ -1,6 +1,6 @@
-//! The transform engine's integration tests: configuration, the pipeline's
-//! two loop orders, and the running engine under overload and shutdown,
-//! with in-memory sinks (the real stores are exercised from `storage`).
+//! The transform engine's integration tests: configuration, the pipeline,
+//! and the running engine under overload and shutdown, with in-memory sinks
+//! (the server's tests run it over the real stores).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,15 +13,4 @@ mod config;
 mod engine;
 mod pipeline;
 
-use domain::Event;
-
-/// The legacy fixture, as realistic events.
-pub fn legacy_events() -> Vec<Event> {
-    include_str!("../../../domain/tests/data/legacy-events.jsonl")
-        .lines()
-        .map(|line| Event::from_json(line).unwrap())
-        .collect()
-}
-
-/// Twelve steps of all five kinds, as the benchmark uses.
-pub const TWELVE_STEPS: &str = include_str!("../../benches/twelve-steps.toml");
+pub use test_support::{TWELVE_STEPS, legacy_events};

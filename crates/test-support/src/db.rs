@@ -4,7 +4,6 @@
 use std::ops::Deref;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use storage::{Database, StoreConfig};
 
 /// A migrated database that cleans up after itself.
@@ -34,7 +33,13 @@ fn test_config(url: String) -> StoreConfig {
     config
 }
 
+#[allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test support: set-up failures fail the test"
+)]
 impl TestDb {
+    /// A migrated SQLite database in a temp directory.
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = test_config(dir.path().join("orderflow.db").display().to_string());
@@ -46,14 +51,14 @@ impl TestDb {
         }
     }
 
-    /// `None` (test skipped, with a notice) when no PostgreSQL is configured,
-    /// unless `ORDERFLOW_REQUIRE_POSTGRES=1`, which makes that a failure.
+    /// A migrated PostgreSQL schema of its own; `None` (test skipped, with a
+    /// notice) when no PostgreSQL is configured, unless
+    /// `ORDERFLOW_REQUIRE_POSTGRES=1`, which makes that a failure.
     pub async fn postgres() -> Option<Self> {
         let base_url = postgres_url()?;
         let schema = format!("orderflow_test_{}", rand::random::<u64>());
-        let mut admin = AsyncPgConnection::establish(&base_url).await.unwrap();
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        Database::open(StoreConfig::new(base_url.clone()))
+            .execute_raw(&format!("CREATE SCHEMA {schema}"))
             .await
             .unwrap();
         let config = test_config(schema_url(&base_url, &schema));
@@ -65,9 +70,15 @@ impl TestDb {
         })
     }
 
-    /// The configuration, to open a second, independent pool on the same data.
+    /// The configuration, to open a second, independent pool on the same
+    /// data (or to hand its URL to a process).
     pub fn config(&self) -> StoreConfig {
         self.config.clone()
+    }
+
+    /// The database URL (`DATABASE_URL` for the binary).
+    pub fn url(&self) -> &str {
+        &self.config.url
     }
 
     /// The schema name on PostgreSQL (also the connections' application_name).
@@ -80,6 +91,10 @@ impl TestDb {
 }
 
 /// The PostgreSQL URL for tests, or `None` to skip.
+///
+/// # Panics
+/// When `ORDERFLOW_REQUIRE_POSTGRES=1` and no URL is configured.
+#[allow(clippy::panic, reason = "test support: a required database is missing")]
 pub fn postgres_url() -> Option<String> {
     match std::env::var("ORDERFLOW_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -109,13 +124,10 @@ impl Drop for TestDb {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .unwrap();
+                    .map_err(|e| e.to_string())?;
                 runtime.block_on(async {
-                    let mut admin = AsyncPgConnection::establish(&base_url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    admin
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    Database::open(StoreConfig::new(base_url))
+                        .execute_raw(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                         .await
                         .map_err(|e| e.to_string())
                 })

@@ -1,4 +1,4 @@
-//! [`SharedOrder`]: how repositories hand out orders.
+//! [`CachedOrder`]: how the cache holds and hands out orders.
 //!
 //! An order is an immutable snapshot once read, so readers share one copy by
 //! reference count. The allocation also carries the cache's per-entry
@@ -8,6 +8,7 @@
 //! entry size and cost hits about a third of their throughput
 //! (docs/benchmarks.md).
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 
 use domain::Order;
 
-/// A reference-counted, read-only order. Dereferences to [`Order`].
+/// A cached, reference-counted, read-only order. Dereferences to [`Order`];
+/// cloning it shares the snapshot.
 #[derive(Clone)]
-pub struct SharedOrder(Arc<Slot>);
+pub struct CachedOrder(Arc<Slot>);
 
 /// `repr(C)` with the bookkeeping first: it then shares the first cache
 /// line with the `Arc`'s reference counts, which a hit touches anyway. (Left
@@ -32,7 +34,7 @@ pub(crate) struct Slot {
     pub(crate) order: Order,
 }
 
-impl SharedOrder {
+impl CachedOrder {
     /// Shares `order`.
     pub fn new(order: Order) -> Self {
         Self(Arc::new(Slot {
@@ -47,13 +49,24 @@ impl SharedOrder {
     }
 }
 
-impl From<Order> for SharedOrder {
+impl From<Order> for CachedOrder {
     fn from(order: Order) -> Self {
         Self::new(order)
     }
 }
 
-impl Deref for SharedOrder {
+/// The order itself: moved out when this was the last reference, copied
+/// otherwise (a repository stacked on a cache needs an owned order).
+impl From<CachedOrder> for Order {
+    fn from(cached: CachedOrder) -> Self {
+        match Arc::try_unwrap(cached.0) {
+            Ok(slot) => slot.order,
+            Err(shared) => shared.order.clone(),
+        }
+    }
+}
+
+impl Deref for CachedOrder {
     type Target = Order;
 
     fn deref(&self) -> &Order {
@@ -61,16 +74,22 @@ impl Deref for SharedOrder {
     }
 }
 
-impl fmt::Debug for SharedOrder {
+impl Borrow<Order> for CachedOrder {
+    fn borrow(&self) -> &Order {
+        &self.0.order
+    }
+}
+
+impl fmt::Debug for CachedOrder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0.order, f)
     }
 }
 
-impl PartialEq for SharedOrder {
+impl PartialEq for CachedOrder {
     fn eq(&self, other: &Self) -> bool {
         self.0.order == other.0.order
     }
 }
 
-impl Eq for SharedOrder {}
+impl Eq for CachedOrder {}

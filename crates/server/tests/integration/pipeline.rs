@@ -1,17 +1,18 @@
-//! The transform engine end to end over the real stores: events through the
-//! twelve-step pipeline into SQLite and PostgreSQL.
+//! The transform engine over the real stores, through the server's
+//! adapters: events through the twelve-step pipeline into SQLite and
+//! PostgreSQL.
 
 use std::sync::Arc;
 
 use domain::Event;
+use server::sinks::StoreSink;
 use storage::{Database, DeadLetterStore, EventStore};
+use test_support::{LEGACY_EVENTS as LEGACY, TWELVE_STEPS, TestDb};
 use transform_engine::{Admission, Engine, EngineConfig, OverflowPolicy, PipelineSpec};
 
-const TWELVE_STEPS: &str = include_str!("../../../transform-engine/benches/twelve-steps.toml");
-const LEGACY: &str = include_str!("../../../domain/tests/data/legacy-events.jsonl");
-
-pub async fn engine_writes_through_the_real_stores(db: &crate::support::TestDb) {
-    let database = Arc::new(Database::open(db.config()));
+pub async fn engine_writes_through_the_real_stores(db: &TestDb) {
+    let database = Database::open(db.config());
+    let sink = Arc::new(StoreSink(database.clone()));
     let toml = format!(
         "{TWELVE_STEPS}\n[[steps]]\nkind = \"rename\"\nfrom = \"note\"\nto = \"memo\"\nrequired = true\n"
     );
@@ -20,7 +21,7 @@ pub async fn engine_writes_through_the_real_stores(db: &crate::support::TestDb) 
         pipeline: PipelineSpec::from_toml(&toml).unwrap(),
         ..EngineConfig::default()
     };
-    let engine = Engine::start(config, Arc::clone(&database), Arc::clone(&database));
+    let engine = Engine::start(config, Arc::clone(&sink), sink);
     let ingest = engine.ingest();
     for line in LEGACY.lines() {
         let admitted = ingest

@@ -1,0 +1,67 @@
+//! What the workspace's test suites share, in one place: the fixtures
+//! ([`LEGACY_EVENTS`], [`TWELVE_STEPS`]), and with the `db` feature the
+//! test databases ([`TestDb`]: a temp SQLite file, or a PostgreSQL schema of
+//! its own dropped afterwards) and [`backend_tests!`], which runs one suite
+//! on both backends.
+//!
+//! Only ever a dev-dependency: `scripts/check-architecture.sh` checks the
+//! normal graph, which never contains it.
+
+#[cfg(feature = "db")]
+mod db;
+
+#[cfg(feature = "db")]
+pub use db::{TestDb, postgres_url, schema_url};
+
+/// The project's copy of the legacy event fixture: 500 stored events, each
+/// of which must load and write back byte for byte.
+pub const LEGACY_EVENTS: &str = include_str!("../data/legacy-events.jsonl");
+
+/// Twelve pipeline steps of all five kinds: what the benchmarks, the
+/// overload tests and `scripts/bench.sh` run.
+pub const TWELVE_STEPS: &str = include_str!("../data/twelve-steps.toml");
+
+/// [`LEGACY_EVENTS`], parsed.
+///
+/// # Panics
+/// If a fixture line no longer parses (the golden test says which).
+#[allow(
+    clippy::expect_used,
+    reason = "test support: a broken fixture fails the test"
+)]
+pub fn legacy_events() -> Vec<domain::Event> {
+    LEGACY_EVENTS
+        .lines()
+        .map(|line| domain::Event::from_json(line).expect("the fixture parses"))
+        .collect()
+}
+
+/// Generates `sqlite::$name` and `postgres::$name` for each function of the
+/// invoking crate's `suite` module (invoke it at the crate root); each
+/// receives a fresh, migrated [`TestDb`]. A PostgreSQL test without a
+/// configured server is skipped with a notice (failed under
+/// `ORDERFLOW_REQUIRE_POSTGRES=1`).
+#[cfg(feature = "db")]
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::sqlite().await;
+                    super::suite::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::postgres().await else { return };
+                    super::suite::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
