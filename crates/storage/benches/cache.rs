@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use domain::{Cents, Currency, NewOrder, Order, OrderId, OrderLine, ProductId, Quantity, UserId};
-use storage::{CacheConfig, OrderCache, CachedOrder};
+use storage::{CacheConfig, CachedOrder, OrderCache};
 
 const ORDERS: usize = 100_000;
 const THREADS: usize = 2;

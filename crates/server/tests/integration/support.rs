@@ -5,7 +5,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grpc_api::proto::catalog_service_client::CatalogServiceClient;
 use grpc_api::proto::event_service_client::EventServiceClient;
 use grpc_api::proto::order_service_client::OrderServiceClient;
 use test_support::TestDb;
@@ -91,10 +90,6 @@ impl Server {
 
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
         OrderServiceClient::new(self.channel().await)
-    }
-
-    pub async fn catalog(&self) -> CatalogServiceClient<Channel> {
-        CatalogServiceClient::new(self.channel().await)
     }
 
     pub async fn events(&self) -> EventServiceClient<Channel> {

@@ -1,0 +1,124 @@
+//! The layers, through real RPCs: a panicking handler answers INTERNAL and
+//! the connection keeps serving; `grpc-timeout` in each unit the spec
+//! allows.
+
+use std::time::Duration;
+
+use domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
+use grpc_api::proto::GetOrderRequest;
+use storage::{Created, Database, OrderPage, OrderRepository, StorageError};
+use test_support::TestDb;
+use tonic::{Code, Request};
+
+use crate::support::InProcess;
+
+/// The database, except that a lookup panics the first `panics` times, or
+/// takes `delay`.
+struct Rigged {
+    db: Database,
+    panics: std::sync::atomic::AtomicUsize,
+    delay: Duration,
+}
+
+impl Rigged {
+    fn new(db: &TestDb, panics: usize, delay: Duration) -> Self {
+        Self {
+            db: Database::open(db.config()),
+            panics: panics.into(),
+            delay,
+        }
+    }
+}
+
+impl OrderRepository for Rigged {
+    type Found = Order;
+
+    async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
+        let panicking = self
+            .panics
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        assert!(!panicking, "rigged to panic: secret detail");
+        tokio::time::sleep(self.delay).await;
+        self.db.find_order(id).await
+    }
+
+    async fn create_order(&self, new: NewOrder) -> Result<Created, StorageError> {
+        self.db.create_order(new).await
+    }
+
+    async fn update_status(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        expected_version: u64,
+    ) -> Result<Order, StorageError> {
+        self.db.update_status(id, status, expected_version).await
+    }
+
+    async fn list_orders(
+        &self,
+        user_id: &UserId,
+        page_size: u32,
+        after: Option<OrderId>,
+    ) -> Result<OrderPage, StorageError> {
+        self.db.list_orders(user_id, page_size, after).await
+    }
+}
+
+fn unknown_id() -> GetOrderRequest {
+    GetOrderRequest {
+        order_id: OrderId::generate().to_string(),
+    }
+}
+
+pub async fn a_panicking_handler_answers_internal_and_the_connection_keeps_serving(db: &TestDb) {
+    let server = InProcess::start_with(db, Rigged::new(db, 1, Duration::ZERO), &[]).await;
+    let mut orders = server.orders().await;
+    let status = orders.get_order(unknown_id()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error", "no panic text leaks");
+    // The same client, the same connection: the next call is answered.
+    let status = orders.get_order(unknown_id()).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test]
+async fn grpc_timeout_is_read_in_every_unit() {
+    let db = TestDb::sqlite().await;
+    // Each lookup takes 3 s; every deadline below is shorter, in a
+    // different unit, so each must be parsed to be honoured.
+    let server = InProcess::start_with(&db, Rigged::new(&db, 0, Duration::from_secs(3)), &[]).await;
+    let mut orders = server.orders().await;
+    for header in ["90000000n", "400000u", "400m", "1S"] {
+        let mut request = Request::new(unknown_id());
+        // The header alone: `set_timeout` would also arm the client's own
+        // timer, which answers CANCELLED locally.
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", header.parse().unwrap());
+        let started = std::time::Instant::now();
+        let status = orders.get_order(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "{header}: {status:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{header}: not honoured"
+        );
+    }
+    // Too many digits: not a deadline the server can honour, so none is
+    // applied (the lookup runs to its end).
+    let mut request = Request::new(unknown_id());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "123456789m".parse().unwrap());
+    let status = orders.get_order(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}

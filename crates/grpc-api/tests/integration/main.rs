@@ -1,0 +1,29 @@
+//! The gRPC crate's integration tests, in process: every RPC behaviour a
+//! client relies on (field paths in validation messages, the status
+//! mapping, auth, deadlines, message size, load shedding), on both backends,
+//! without starting the binary. What only a process can show (signals,
+//! start-up, health over an outage, telemetry) stays in `server`'s tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
+)]
+
+mod layers;
+mod status;
+mod suite;
+mod support;
+
+test_support::backend_tests!(
+    orders_happy_path_and_every_error_code,
+    idempotent_create_and_optimistic_concurrency,
+    catalog_primary_warehouse_gap_is_failed_precondition_and_the_connection_survives,
+    events_are_counted_exactly_per_stream,
+    auth_guards_mutations_only,
+    oversized_messages_are_resource_exhausted,
+    expired_deadlines_answer_deadline_exceeded,
+    requests_past_the_concurrency_limit_are_shed,
+    a_panicking_handler_answers_internal_and_the_connection_keeps_serving,
+);

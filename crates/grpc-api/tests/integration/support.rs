@@ -1,0 +1,132 @@
+//! [`InProcess`]: the three services over a test database, behind the layers
+//! the server stacks (load shedding, panic catching, auth, deadlines,
+//! message size) plus health, on a loopback port inside the test process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use grpc_api::proto::catalog_service_client::CatalogServiceClient;
+use grpc_api::proto::catalog_service_server::CatalogServiceServer;
+use grpc_api::proto::event_service_client::EventServiceClient;
+use grpc_api::proto::event_service_server::EventServiceServer;
+use grpc_api::proto::order_service_client::OrderServiceClient;
+use grpc_api::proto::order_service_server::OrderServiceServer;
+use grpc_api::{
+    AuthLayer, CatalogApi, DeadlineLayer, EventApi, LoadShedLayer, MessageSizeLayer, OrderApi,
+};
+use storage::{CacheConfig, CachedOrders, Database, OrderRepository};
+use test_support::TestDb;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
+use transform_engine::{Engine, EngineConfig, MemorySink, OverflowPolicy};
+
+/// A served stack; stops serving when dropped.
+pub struct InProcess {
+    address: SocketAddr,
+    /// Held for its life: dropping an engine stops its workers.
+    _engine: Engine,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Serves over `db` with the settings `env` names, spelled as the
+    /// binary's environment (`ORDERFLOW_AUTH_TOKEN`,
+    /// `ORDERFLOW_MAX_MESSAGE_BYTES`, `ORDERFLOW_MAX_CONCURRENT_REQUESTS`,
+    /// `ORDERFLOW_OVERFLOW_POLICY`), so a test reads as the end-to-end one did.
+    pub async fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        let orders = CachedOrders::new(Database::open(db.config()), CacheConfig::default());
+        Self::start_with(db, orders, env).await
+    }
+
+    /// As [`Self::start`], with `orders` behind the order service.
+    pub async fn start_with<R: OrderRepository>(
+        db: &TestDb,
+        orders: R,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let setting = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let auth = setting("ORDERFLOW_AUTH_TOKEN");
+        let max_message =
+            setting("ORDERFLOW_MAX_MESSAGE_BYTES").map_or(4 << 20, |v| v.parse().unwrap());
+        let max_concurrent =
+            setting("ORDERFLOW_MAX_CONCURRENT_REQUESTS").map_or(1024, |v| v.parse().unwrap());
+        let policy: OverflowPolicy = setting("ORDERFLOW_OVERFLOW_POLICY")
+            .map_or_else(OverflowPolicy::default, |v| v.parse().unwrap());
+
+        let database = Database::open(db.config());
+        let sink = Arc::new(MemorySink::new());
+        // In-memory sinks: what is stored is the engine's and the server
+        // suite's business; here only what the client hears counts.
+        let engine = Engine::start(
+            EngineConfig {
+                policy,
+                ..EngineConfig::default()
+            },
+            Arc::clone(&sink),
+            sink,
+        );
+        let (_, health) = tonic_health::server::health_reporter();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = tonic::transport::Server::builder()
+            .layer(LoadShedLayer::new(max_concurrent))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                grpc_api::panic_response,
+            ))
+            .layer(AuthLayer::new(auth))
+            .layer(DeadlineLayer)
+            .layer(MessageSizeLayer)
+            .add_service(health)
+            .add_service(
+                OrderServiceServer::new(OrderApi::new(orders))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                CatalogServiceServer::new(CatalogApi::new(database))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                EventServiceServer::new(EventApi::new(engine.ingest()))
+                    .max_decoding_message_size(max_message),
+            );
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        Self {
+            address,
+            _engine: engine,
+            server,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn orders(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(self.channel().await)
+    }
+
+    pub async fn catalog(&self) -> CatalogServiceClient<Channel> {
+        CatalogServiceClient::new(self.channel().await)
+    }
+
+    pub async fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
