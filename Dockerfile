@@ -10,11 +10,11 @@
 #   runtime  Debian slim with the binary, a non-root user, nothing else.
 #
 # The builder needs only the Rust image: SQLite is bundled, protobuf is
-# compiled by protox (no protoc), and the linker is the toolchain's bundled
-# rust-lld (.cargo/config.toml). `scripts/check-docker-recipe.sh` proves the
+# compiled by protox (no protoc), and the linker is the toolchain's default,
+# its bundled rust-lld (.cargo/config.toml says why it sets no linker). `scripts/check-docker-recipe.sh` proves the
 # recipe with the same cargo-chef commands where no Docker engine runs.
 
-# Keep in step with rust-version in Cargo.toml.
+# The channel in rust-toolchain.toml (scripts/ci.sh checks they agree).
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef

@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 
 section() { printf '\n=== %s (%ss)\n' "$1" "$SECONDS"; }
 
+section "toolchain pinned once (rust-toolchain.toml)"
+pinned=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+drift=0
+grep -q "^ARG RUST_VERSION=$pinned\$" Dockerfile || { echo "Dockerfile RUST_VERSION is not $pinned"; drift=1; }
+grep -q "toolchain: \"$pinned\"" .github/workflows/ci.yml || { echo ".github/workflows/ci.yml toolchain is not $pinned"; drift=1; }
+grep -q "^rust-version = \"${pinned%.*}\"\$" Cargo.toml || { echo "Cargo.toml rust-version is not ${pinned%.*}"; drift=1; }
+[ "$drift" -eq 0 ] && echo "toolchain $pinned everywhere"
+[ "$drift" -eq 0 ]
+
 section "fmt"
 cargo fmt --all -- --check
 
@@ -19,6 +28,9 @@ scripts/check-unwrap.sh
 
 section "lints bite"
 scripts/check-lints-bite.sh
+
+section "unused dependencies (cargo machete)"
+cargo machete
 
 section "architecture"
 scripts/check-architecture.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Resident memory while a producer outruns the pipeline, with the default
-# queue and with the seed's 100,000-slot queue. Prints a Markdown table for
+# queue and with a 100,000-slot queue (sized by throughput instead of memory). Prints a Markdown table for
 # docs/benchmarks.md.
 #
 # Usage: scripts/overload-memory.sh [SECONDS]   (default 60 each)

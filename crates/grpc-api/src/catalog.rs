@@ -24,13 +24,13 @@ impl<C: CatalogRepository> CatalogApi<C> {
 impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
     async fn upsert_product(&self, request: Request<Product>) -> Result<Response<Product>, Status> {
         observe("UpsertProduct", async {
-            let product = convert::product(request.into_inner())?;
+            let product = convert::product_from_wire(request.into_inner())?;
             let stored = self
                 .catalog
                 .upsert_product(product)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::wire_product(&stored)))
+            Ok(Response::new(convert::product_to_wire(&stored)))
         })
         .await
     }
@@ -40,13 +40,13 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
         request: Request<GetProductRequest>,
     ) -> Result<Response<Product>, Status> {
         observe("GetProduct", async {
-            let id = convert::product_id(request.into_inner().product_id)?;
+            let id = convert::product_id_from_wire(request.into_inner().product_id)?;
             let product = self
                 .catalog
                 .get_product(&id)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::wire_product(&product)))
+            Ok(Response::new(convert::product_to_wire(&product)))
         })
         .await
     }
@@ -56,14 +56,14 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
         request: Request<GetPrimaryWarehouseRequest>,
     ) -> Result<Response<Warehouse>, Status> {
         observe("GetPrimaryWarehouse", async {
-            let id = convert::product_id(request.into_inner().product_id)?;
+            let id = convert::product_id_from_wire(request.into_inner().product_id)?;
             let product = self
                 .catalog
                 .get_product(&id)
                 .await
                 .map_err(status::storage)?;
             let primary = product.primary_warehouse().map_err(status::domain)?;
-            Ok(Response::new(convert::warehouse(primary)))
+            Ok(Response::new(convert::warehouse_to_wire(primary)))
         })
         .await
     }

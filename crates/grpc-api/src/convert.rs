@@ -24,23 +24,23 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
 }
 
 /// An order id from a request field.
-pub fn order_id(value: &str) -> Parsed<OrderId> {
+pub fn order_id_from_wire(value: &str) -> Parsed<OrderId> {
     OrderId::parse(value).map_err(status::domain)
 }
 
 /// A user id from a request field.
-pub fn user_id(value: String) -> Parsed<UserId> {
+pub fn user_id_from_wire(value: String) -> Parsed<UserId> {
     UserId::parse(value).map_err(status::domain)
 }
 
 /// A product id from a request field.
-pub fn product_id(value: String) -> Parsed<ProductId> {
+pub fn product_id_from_wire(value: String) -> Parsed<ProductId> {
     ProductId::parse(value).map_err(status::domain)
 }
 
 /// CreateOrder's request, validated.
-pub fn new_order(request: proto::CreateOrderRequest) -> Parsed<NewOrder> {
-    let user = user_id(request.user_id)?;
+pub fn new_order_from_wire(request: proto::CreateOrderRequest) -> Parsed<NewOrder> {
+    let user = user_id_from_wire(request.user_id)?;
     let lines = request
         .lines
         .into_iter()
@@ -67,7 +67,7 @@ pub fn new_order(request: proto::CreateOrderRequest) -> Parsed<NewOrder> {
 }
 
 /// A status from the wire; UNSPECIFIED and unknown numbers are rejected.
-pub fn order_status(value: i32) -> Parsed<OrderStatus> {
+pub fn order_status_from_wire(value: i32) -> Parsed<OrderStatus> {
     match proto::OrderStatus::try_from(value) {
         Ok(proto::OrderStatus::Pending) => Ok(OrderStatus::Pending),
         Ok(proto::OrderStatus::Paid) => Ok(OrderStatus::Paid),
@@ -97,7 +97,7 @@ fn wire_time(at: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// An order for the wire.
-pub fn order(order: &Order) -> proto::Order {
+pub fn order_to_wire(order: &Order) -> proto::Order {
     proto::Order {
         order_id: order.id().to_string(),
         user_id: order.user_id().to_string(),
@@ -121,7 +121,7 @@ pub fn order(order: &Order) -> proto::Order {
 
 /// A product from the wire, validated (more than one primary warehouse is
 /// INVALID_ARGUMENT).
-pub fn product(product: proto::Product) -> Parsed<Product> {
+pub fn product_from_wire(product: proto::Product) -> Parsed<Product> {
     let warehouses = product
         .warehouses
         .into_iter()
@@ -140,7 +140,7 @@ pub fn product(product: proto::Product) -> Parsed<Product> {
         })
         .collect::<Parsed<Vec<_>>>()?;
     Product::new(
-        product_id(product.product_id)?,
+        product_id_from_wire(product.product_id)?,
         Sku::parse(product.sku).map_err(status::domain)?,
         ProductName::parse(product.name).map_err(status::domain)?,
         warehouses,
@@ -149,7 +149,7 @@ pub fn product(product: proto::Product) -> Parsed<Product> {
 }
 
 /// A warehouse for the wire.
-pub fn warehouse(warehouse: &Warehouse) -> proto::Warehouse {
+pub fn warehouse_to_wire(warehouse: &Warehouse) -> proto::Warehouse {
     proto::Warehouse {
         warehouse_id: warehouse.id.to_string(),
         name: warehouse.name.to_string(),
@@ -158,18 +158,18 @@ pub fn warehouse(warehouse: &Warehouse) -> proto::Warehouse {
 }
 
 /// A product for the wire.
-pub fn wire_product(product: &Product) -> proto::Product {
+pub fn product_to_wire(product: &Product) -> proto::Product {
     proto::Product {
         product_id: product.id().to_string(),
         sku: product.sku().to_string(),
         name: product.name().to_string(),
-        warehouses: product.warehouses().iter().map(warehouse).collect(),
+        warehouses: product.warehouses().iter().map(warehouse_to_wire).collect(),
     }
 }
 
 /// An event from the wire, validated; `prefix` names it in errors
 /// (`events[3].`) on a stream.
-pub fn event(event: proto::Event, prefix: &str) -> Parsed<Event> {
+pub fn event_from_wire(event: proto::Event, prefix: &str) -> Parsed<Event> {
     let field = |name: &str| format!("{prefix}{name}");
     let event_id = match event.event_id.as_str() {
         "" => None,

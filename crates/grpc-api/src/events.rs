@@ -37,8 +37,8 @@ impl EventService for EventApi {
             {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
-                let event =
-                    convert::event(message, &format!("events[{index}].")).map_err(|status| {
+                let event = convert::event_from_wire(message, &format!("events[{index}]."))
+                    .map_err(|status| {
                         Status::invalid_argument(format!(
                             "{} ({} events accepted before it)",
                             status.message(),
@@ -62,7 +62,7 @@ impl EventService for EventApi {
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
         observe("PublishEvent", async {
-            let event = convert::event(request.into_inner(), "")?;
+            let event = convert::event_from_wire(request.into_inner(), "")?;
             match self.ingest.submit(event).await.map_err(status::ingest)? {
                 Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
                 Admission::Dropped => Err(Status::resource_exhausted(

@@ -33,13 +33,13 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         observe("CreateOrder", async {
-            let new = convert::new_order(request.into_inner())?;
+            let new = convert::new_order_from_wire(request.into_inner())?;
             let created = self
                 .orders
                 .create_order(new)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::order(&created.order)))
+            Ok(Response::new(convert::order_to_wire(&created.order)))
         })
         .await
     }
@@ -50,9 +50,9 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     ) -> Result<Response<Order>, Status> {
         observe("GetOrder", async {
             fail::fail_point!("grpc-get-order");
-            let id = convert::order_id(&request.get_ref().order_id)?;
+            let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
             let order = self.orders.find_order(id).await.map_err(status::storage)?;
-            Ok(Response::new(convert::order(order.borrow())))
+            Ok(Response::new(convert::order_to_wire(order.borrow())))
         })
         .await
     }
@@ -63,10 +63,10 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     ) -> Result<Response<ListOrdersResponse>, Status> {
         observe("ListOrders", async {
             let request = request.into_inner();
-            let user = convert::user_id(request.user_id)?;
+            let user = convert::user_id_from_wire(request.user_id)?;
             let after = match request.page_token.as_str() {
                 "" => None,
-                token => Some(convert::order_id(token).map_err(|_| {
+                token => Some(convert::order_id_from_wire(token).map_err(|_| {
                     Status::invalid_argument(format!(
                         "invalid page_token: {token:?} is not a token this server issued"
                     ))
@@ -78,7 +78,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .await
                 .map_err(status::storage)?;
             Ok(Response::new(ListOrdersResponse {
-                orders: page.orders.iter().map(convert::order).collect(),
+                orders: page.orders.iter().map(convert::order_to_wire).collect(),
                 next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
             }))
         })
@@ -91,14 +91,14 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     ) -> Result<Response<Order>, Status> {
         observe("UpdateOrderStatus", async {
             let request = request.into_inner();
-            let id = convert::order_id(&request.order_id)?;
-            let next = convert::order_status(request.status)?;
+            let id = convert::order_id_from_wire(&request.order_id)?;
+            let next = convert::order_status_from_wire(request.status)?;
             let order = self
                 .orders
                 .update_status(id, next, request.expected_version)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::order(&order)))
+            Ok(Response::new(convert::order_to_wire(&order)))
         })
         .await
     }

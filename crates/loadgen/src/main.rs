@@ -60,17 +60,41 @@ fn parse_mix(text: &str) -> anyhow::Result<Vec<(Workload, u32)>> {
     Ok(mix)
 }
 
-/// The workload for the request numbered `x` under `mix`.
-fn pick(mix: &[(Workload, u32)], x: usize) -> Workload {
-    let total: u64 = mix.iter().map(|(_, w)| u64::from(*w)).sum();
+/// What one request does: the workloads, less `mix` (which picks among
+/// these per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Health,
+    GetOrder,
+    Create,
+    Publish,
+}
+
+impl Call {
+    /// The call a single workload makes; `None` for `mix`.
+    fn of(workload: Workload) -> Option<Self> {
+        match workload {
+            Workload::Health => Some(Self::Health),
+            Workload::GetHit | Workload::GetMiss => Some(Self::GetOrder),
+            Workload::Create => Some(Self::Create),
+            Workload::Publish => Some(Self::Publish),
+            Workload::Mix => None,
+        }
+    }
+}
+
+/// The call for the request numbered `x` under `calls` (weighted; the
+/// weights sum to more than zero).
+fn pick(calls: &[(Call, u32)], x: usize) -> Call {
+    let total: u64 = calls.iter().map(|(_, w)| u64::from(*w)).sum();
     let mut point = (x as u64) % total.max(1);
-    for (workload, weight) in mix {
+    for (call, weight) in calls {
         if point < u64::from(*weight) {
-            return *workload;
+            return *call;
         }
         point -= u64::from(*weight);
     }
-    Workload::Health
+    Call::Health
 }
 
 #[derive(Debug, Parser)]
@@ -149,6 +173,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (false, true) => Arc::new(seed(&channels, args.seed_orders, Workload::GetMiss).await?),
         _ => Arc::new(Vec::new()),
     };
+    let mix: Arc<Vec<(Call, u32)>> = Arc::new(
+        mix.iter()
+            .filter_map(|(workload, weight)| Some((Call::of(*workload)?, *weight)))
+            .collect(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
@@ -301,7 +330,7 @@ struct Outcome {
 async fn run_worker(
     worker: usize,
     channel: Channel,
-    mix: &[(Workload, u32)],
+    mix: &[(Call, u32)],
     ids: &[String],
     stop: &AtomicBool,
     issued: &AtomicU64,
@@ -332,14 +361,13 @@ async fn run_worker(
         let started = Instant::now();
         // One workload, or a pick from the mix by the request's position.
         let result: Result<(), tonic::Status> = match pick(mix, cursor) {
-            // `pick` never answers Mix.
-            Workload::Health | Workload::Mix => health
+            Call::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
                 .map(drop),
-            Workload::GetHit | Workload::GetMiss => match ids.get(cursor % ids.len().max(1)) {
+            Call::GetOrder => match ids.get(cursor % ids.len().max(1)) {
                 Some(id) => orders
                     .get_order(GetOrderRequest {
                         order_id: id.clone(),
@@ -348,8 +376,8 @@ async fn run_worker(
                     .map(drop),
                 None => Err(tonic::Status::failed_precondition("no seeded orders")),
             },
-            Workload::Create => orders.create_order(create(cursor)).await.map(drop),
-            Workload::Publish => {
+            Call::Create => orders.create_order(create(cursor)).await.map(drop),
+            Call::Publish => {
                 let stream = tokio_stream::iter(
                     (0..batch as u64).map(move |i| event(worker, n * batch as u64 + i)),
                 );

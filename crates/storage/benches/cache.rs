@@ -1,6 +1,6 @@
 //! The order cache against its baselines, same run: two threads, 95% hits /
-//! 5% writes over 100,000 orders. Baselines: `Mutex<HashMap>` (the seed's
-//! shape) and `moka::sync::Cache` (bounded + TTL, like ours). Ours runs with
+//! 5% writes over 100,000 orders. Baselines: `Mutex<HashMap>` (the naive
+//! shape, a lock around a map) and `moka::sync::Cache` (bounded + TTL, like ours). Ours runs with
 //! bounding (capacity = the data set), TTL and the CLOCK bookkeeping on; the
 //! hit path measured is the one `CachedOrders::get_or_fetch` takes first.
 //!

@@ -263,14 +263,17 @@ impl OrderCache {
 /// a few milliseconds.
 ///
 /// Expiry times are compared with wrapping arithmetic (as TCP compares
-/// sequence numbers), which is exact while a TTL is under 2^31 ms (24.8
-/// days); longer TTLs are clamped to [`MAX_TTL`].
+/// sequence numbers), which is exact while a read and the expiry it checks
+/// are less than 2^31 ms (24.8 days) apart. TTLs are clamped to [`MAX_TTL`]
+/// (2^30 ms, 12.4 days), so a fresh entry always reads as fresh, and an
+/// expired one reads as expired for at least 12.4 days after it expired
+/// (an entry neither read nor evicted for longer would wrap).
 struct Clock {
     source: quanta::Clock,
     epoch: quanta::Instant,
 }
 
-/// The longest TTL the wrapping clock can represent.
+/// The longest TTL: half the wrapping clock's exact range (2^30 ms).
 const MAX_TTL: Duration = Duration::from_millis(i32::MAX as u64 / 2);
 
 /// How often the coarse clock is refreshed.

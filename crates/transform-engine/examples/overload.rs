@@ -62,7 +62,8 @@ fn resident_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// A ~500-byte event, like the seed's tasks.
+/// A ~500-byte event, the size the queue's capacity is reasoned on
+/// (`EngineConfig::queue_capacity`).
 fn event(n: u64) -> Event {
     let mut event = Event::new(
         UserId::parse(format!("u-{}", n % 10_000)).unwrap(),

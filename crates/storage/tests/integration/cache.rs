@@ -141,7 +141,8 @@ fn cached(delay_ms: u64, behaviour: Lookup) -> (CachedOrders<Arc<FakeRepo>>, Arc
     )
 }
 
-/// The seed's deadlock, as a regression test: one thread, 1,000 concurrent
+/// The classic cache deadlock (a lock held across the lookup's await), as a
+/// regression test: one thread, 1,000 concurrent
 /// lookups on five keys against a lookup that awaits. With a lock held
 /// across that await this never finishes; here it does, with one lookup per key.
 #[test]
