@@ -65,11 +65,6 @@ impl OrderId {
             .map(Self)
             .map_err(|_| invalid())
     }
-
-    /// The underlying UUID, for storage layers that keep it natively.
-    pub fn as_uuid(&self) -> uuid::Uuid {
-        self.0
-    }
 }
 
 impl fmt::Display for OrderId {

@@ -71,11 +71,6 @@ impl Timestamp {
         })
     }
 
-    /// The instant.
-    pub fn as_datetime(&self) -> DateTime<Utc> {
-        self.at
-    }
-
     /// How many fraction digits this timestamp writes.
     pub fn fraction_digits(&self) -> u8 {
         self.fraction_digits

@@ -11,6 +11,7 @@ use domain::{
     WarehouseId, WarehouseName,
 };
 use tonic::Status;
+use transform_engine::{LogBatch, MAX_BATCH_EVENTS};
 
 use crate::proto;
 use crate::status;
@@ -198,6 +199,42 @@ pub fn event_from_wire(event: proto::Event, prefix: &str) -> Parsed<Event> {
     out.amount_cents = event.amount_cents.map(Cents::new);
     out.attributes = attributes.into_iter().collect();
     Ok(out)
+}
+
+/// Longest `producer_id`, in characters.
+const MAX_PRODUCER_ID: usize = 128;
+
+/// A batch for acknowledged ingest from the wire, validated whole: any
+/// invalid event rejects the batch, naming `events[i].field`.
+pub fn event_batch_from_wire(batch: proto::EventBatch) -> Parsed<LogBatch> {
+    let producer_chars = batch.producer_id.chars().count();
+    if producer_chars > MAX_PRODUCER_ID {
+        return Err(invalid(
+            "producer_id",
+            format!("{producer_chars} characters, at most {MAX_PRODUCER_ID}"),
+        ));
+    }
+    if batch.sequence == 0 {
+        return Err(invalid("sequence", "must be at least 1"));
+    }
+    match batch.events.len() {
+        0 => return Err(invalid("events", "a batch needs at least one event")),
+        n if n > MAX_BATCH_EVENTS => {
+            return Err(invalid(
+                "events",
+                format!("{n} events, at most {MAX_BATCH_EVENTS} per batch"),
+            ));
+        }
+        _ => {}
+    }
+    let events = batch
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| event_from_wire(event, &format!("events[{i}].")))
+        .collect::<Parsed<Vec<_>>>()?;
+    let producer = (!batch.producer_id.is_empty()).then_some((batch.producer_id, batch.sequence));
+    Ok(LogBatch { producer, events })
 }
 
 /// The reason part of a domain error's message (`invalid X: reason`).

@@ -1,23 +1,61 @@
-//! `orderflow.v1.EventService`: events into the transform engine.
+//! `orderflow.v1.EventService`: events into the transform engine, queued
+//! (PublishEvent, PublishEvents) or acknowledged once durable in the event
+//! log (PublishEventBatch, StreamEventBatches).
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use transform_engine::{Admission, Ingest};
+use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
 use crate::observe::observe;
 use crate::proto::event_service_server::EventService;
-use crate::proto::{Event, PipelineStats, PublishEventResponse, PublishEventsResponse};
+use crate::proto::{
+    Event, EventBatch, EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
+};
 use crate::{convert, status};
+
+/// Batches a stream may have in flight (enqueued, not yet acknowledged):
+/// the stream reads ahead this far while earlier batches are appended.
+const STREAM_WINDOW: usize = 32;
 
 /// The event service in front of an engine's ingest.
 pub struct EventApi {
     ingest: Ingest,
+    log: Option<(LogIngest, Option<Duration>)>,
 }
 
 impl EventApi {
-    /// Serves `ingest`.
+    /// Serves `ingest`; the acknowledged RPCs answer UNIMPLEMENTED until a
+    /// log is attached with [`Self::with_log`].
     pub fn new(ingest: Ingest) -> Self {
-        Self { ingest }
+        Self { ingest, log: None }
     }
+
+    /// Serves acknowledged ingest through `log`. A unary PublishEventBatch
+    /// waits up to `wait` for room in a full backlog (`None`: as long as it
+    /// takes), then answers RESOURCE_EXHAUSTED; a stream waits as long as
+    /// it takes, and stops reading meanwhile.
+    #[must_use]
+    pub fn with_log(mut self, log: LogIngest, wait: Option<Duration>) -> Self {
+        self.log = Some((log, wait));
+        self
+    }
+
+    fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
+        self.log
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("acknowledged ingest is not configured"))
+    }
+}
+
+/// One place in a stream's ack order.
+enum Next {
+    /// A batch on its way into the log, with its sequence.
+    Ack(u64, Pending),
+    /// The stream's end: this status after every ack before it.
+    Fail(Status),
 }
 
 #[tonic::async_trait]
@@ -76,6 +114,88 @@ impl EventService for EventApi {
         .await
     }
 
+    async fn publish_event_batch(
+        &self,
+        request: Request<EventBatch>,
+    ) -> Result<Response<EventBatchAck>, Status> {
+        observe("PublishEventBatch", async {
+            let (log, wait) = self.log()?;
+            let message = request.into_inner();
+            let sequence = message.sequence;
+            let batch = convert::event_batch_from_wire(message)?;
+            let ack = log.submit(batch, *wait).await.map_err(status::log)?;
+            Ok(Response::new(EventBatchAck {
+                sequence,
+                accepted: ack.accepted,
+                duplicate: ack.duplicate,
+            }))
+        })
+        .await
+    }
+
+    type StreamEventBatchesStream = ReceiverStream<Result<EventBatchAck, Status>>;
+
+    async fn stream_event_batches(
+        &self,
+        request: Request<Streaming<EventBatch>>,
+    ) -> Result<Response<Self::StreamEventBatchesStream>, Status> {
+        observe("StreamEventBatches", async {
+            let (log, _) = self.log()?;
+            let log = log.clone();
+            let mut inbound = request.into_inner();
+            let (next, mut in_order) = mpsc::channel::<Next>(STREAM_WINDOW);
+            let (acks, outbound) = mpsc::channel(STREAM_WINDOW);
+            // Reads, validates and enqueues in order. Waiting for room in a
+            // full backlog stops the reading, so HTTP/2 flow control pushes
+            // back on the client.
+            tokio::spawn(async move {
+                loop {
+                    let step = match inbound.message().await {
+                        Ok(Some(message)) => {
+                            let sequence = message.sequence;
+                            match convert::event_batch_from_wire(message) {
+                                Ok(batch) => match log.enqueue(batch, None).await {
+                                    Ok(pending) => Next::Ack(sequence, pending),
+                                    Err(error) => Next::Fail(status::log(error)),
+                                },
+                                Err(invalid) => Next::Fail(invalid),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => Next::Fail(crate::layers::stream_error(error)),
+                    };
+                    let last = matches!(step, Next::Fail(_));
+                    if next.send(step).await.is_err() || last {
+                        break;
+                    }
+                }
+            });
+            // Answers in the order sent, each once durable.
+            tokio::spawn(async move {
+                while let Some(step) = in_order.recv().await {
+                    let answer = match step {
+                        Next::Ack(sequence, pending) => pending
+                            .durable()
+                            .await
+                            .map(|ack| EventBatchAck {
+                                sequence,
+                                accepted: ack.accepted,
+                                duplicate: ack.duplicate,
+                            })
+                            .map_err(status::log),
+                        Next::Fail(status) => Err(status),
+                    };
+                    let last = answer.is_err();
+                    if acks.send(answer).await.is_err() || last {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(outbound)))
+        })
+        .await
+    }
+
     async fn get_pipeline_stats(
         &self,
         _request: Request<()>,
@@ -91,6 +211,7 @@ impl EventService for EventApi {
                 dead_lettered: s.dead_lettered,
                 queue_depth: s.queue_depth,
                 queue_capacity: s.queue_capacity,
+                log_backlog: self.log.as_ref().map_or(0, |(log, _)| log.backlog()),
             }))
         })
         .await

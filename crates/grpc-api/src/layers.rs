@@ -15,12 +15,14 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// RPCs that change state; with a token configured they need
 /// `authorization: Bearer <token>`. Reads, health and reflection stay open.
-const MUTATING: [&str; 5] = [
+const MUTATING: [&str; 7] = [
     "/orderflow.v1.OrderService/CreateOrder",
     "/orderflow.v1.OrderService/UpdateOrderStatus",
     "/orderflow.v1.CatalogService/UpsertProduct",
     "/orderflow.v1.EventService/PublishEvents",
     "/orderflow.v1.EventService/PublishEvent",
+    "/orderflow.v1.EventService/PublishEventBatch",
+    "/orderflow.v1.EventService/StreamEventBatches",
 ];
 
 /// Requires the bearer token on mutating RPCs when one is configured.

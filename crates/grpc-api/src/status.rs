@@ -15,7 +15,7 @@
 use domain::DomainError;
 use storage::{Conflict, StorageError};
 use tonic::Status;
-use transform_engine::IngestError;
+use transform_engine::{IngestError, LogError, SinkErrorKind};
 
 /// The status for a domain rule violation.
 pub fn domain(error: DomainError) -> Status {
@@ -57,6 +57,28 @@ pub fn storage(error: StorageError) -> Status {
 pub fn ingest(error: IngestError) -> Status {
     match error {
         IngestError::ShuttingDown => Status::unavailable(error.to_string()),
+    }
+}
+
+/// The status for an acknowledged batch that was not acknowledged.
+pub fn log(error: LogError) -> Status {
+    match error {
+        LogError::Full(_) => Status::resource_exhausted(error.to_string()),
+        LogError::ShuttingDown => Status::unavailable(error.to_string()),
+        LogError::Log(sink) => match sink.kind {
+            SinkErrorKind::Unavailable => {
+                tracing::warn!(error = %sink, "event log unavailable");
+                Status::unavailable("event log unavailable, retry the batch with the same sequence")
+            }
+            SinkErrorKind::OutcomeUnknown => {
+                tracing::warn!(error = %sink, "event log append outcome unknown");
+                Status::unknown(
+                    "the event log did not confirm the append in time; retry the batch with the \
+                     same producer_id and sequence (a durable one answers duplicate)",
+                )
+            }
+            SinkErrorKind::Rejected => internal(&sink),
+        },
     }
 }
 

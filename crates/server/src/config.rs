@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use humantime::Duration;
 use storage::{CacheConfig, StoreConfig};
-use transform_engine::{EngineConfig, OverflowPolicy};
+use transform_engine::{EngineConfig, LogConfig, OverflowPolicy};
 
 /// orderflow: a gRPC order service with an event-transform pipeline.
 #[derive(Debug, Parser)]
@@ -104,6 +104,12 @@ pub struct Settings {
     /// drop-newest or dead-letter.
     #[arg(long, env = "ORDERFLOW_OVERFLOW_POLICY", default_value_t = OverflowPolicy::default())]
     pub overflow_policy: OverflowPolicy,
+    /// Most events acknowledged (durable in the event log) but not yet
+    /// processed; at the bound, StreamEventBatches stops reading and
+    /// PublishEventBatch waits as the overflow policy lets it, then answers
+    /// RESOURCE_EXHAUSTED. At least 10,000 (one whole batch).
+    #[arg(long, env = "ORDERFLOW_LOG_MAX_BACKLOG", default_value_t = LogConfig::DEFAULT_MAX_BACKLOG)]
+    pub log_max_backlog: usize,
     /// Pipeline workers.
     #[arg(long, env = "ORDERFLOW_WORKERS", default_value_t = EngineConfig::DEFAULT_WORKERS)]
     pub workers: usize,

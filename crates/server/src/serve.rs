@@ -19,10 +19,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use transform_engine::{Engine, EngineConfig, PipelineSpec};
+use transform_engine::{Engine, EngineConfig, LogConfig, OverflowPolicy, PipelineSpec};
 
 use crate::config::Settings;
-use crate::sinks::StoreSink;
+use crate::sinks::{DatabaseLog, StoreSink};
 
 /// Services whose health is reported (besides the overall `""`).
 const SERVICES: [&str; 4] = [
@@ -96,7 +96,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
     );
     let sink = Arc::new(StoreSink(db.clone()));
-    let engine = Arc::new(Engine::start(
+    let mut engine = Engine::start(
         EngineConfig {
             workers: settings.workers,
             queue_capacity: settings.queue_capacity,
@@ -106,7 +106,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         Arc::clone(&sink),
         sink,
-    ));
+    );
+    let log = engine
+        .attach_log(
+            Arc::new(DatabaseLog(db.clone())),
+            LogConfig {
+                max_backlog: settings.log_max_backlog,
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .context("cannot open the event log")?;
+    // A unary acknowledged publish waits for room as long as the policy
+    // lets a queued publish wait.
+    let log_wait = match settings.overflow_policy {
+        OverflowPolicy::Block => None,
+        OverflowPolicy::BlockTimeout(wait) => Some(wait),
+        OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => Some(Duration::ZERO),
+    };
+    let events = EventApi::new(engine.ingest()).with_log(log, log_wait);
+    let engine = Arc::new(engine);
 
     let monitor = tokio::spawn(monitor(
         db.clone(),
@@ -142,9 +161,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .add_service(
             CatalogServiceServer::new(CatalogApi::new(db.clone())).max_decoding_message_size(max),
         )
-        .add_service(
-            EventServiceServer::new(EventApi::new(engine.ingest())).max_decoding_message_size(max),
-        );
+        .add_service(EventServiceServer::new(events).max_decoding_message_size(max));
 
     let address = listener.local_addr()?;
     tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?db.backend(), "serving gRPC");

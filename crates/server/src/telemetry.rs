@@ -183,6 +183,10 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         "orderflow_events_in_flight",
         "accepted events not yet settled"
     );
+    describe_gauge!(
+        "orderflow_log_backlog",
+        "events acknowledged (durable in the event log) and not yet processed"
+    );
     // Present from the start, at zero, so alerts can rate() them.
     metrics::counter!("orderflow_panics_total").increment(0);
     Ok(())

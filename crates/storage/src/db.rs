@@ -370,7 +370,7 @@ pub enum Written {
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// `rows` in owned chunks of at most [`ROWS_PER_INSERT`]; none for none.
-fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
+pub(crate) fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
     if rows.is_empty() {
         return Vec::new();
     }

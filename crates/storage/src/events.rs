@@ -81,7 +81,7 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = events)]
-struct NewEventRow {
+pub(crate) struct NewEventRow {
     event_id: Option<String>,
     body: String,
     received_at: NaiveDateTime,
@@ -97,7 +97,7 @@ struct EventRow {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = dead_letters)]
-struct NewDeadLetterRow {
+pub(crate) struct NewDeadLetterRow {
     body: String,
     reason: String,
     created_at: NaiveDateTime,
@@ -115,10 +115,42 @@ struct DeadLetterRow {
 insert_rows!(NewEventRow => events::table);
 insert_rows!(NewDeadLetterRow => dead_letters::table);
 
-fn json_of(event: &Event) -> Result<String, StorageError> {
+pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
     event
         .to_json()
         .map_err(|e| StorageError::Internal(e.to_string()))
+}
+
+/// The rows that store `events`, stamped now.
+pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEventRow>, StorageError> {
+    let received_at = Utc::now().trunc_subsecs(6).naive_utc();
+    events
+        .iter()
+        .map(|event| {
+            Ok(NewEventRow {
+                event_id: event.event_id.as_ref().map(ToString::to_string),
+                body: json_of(event)?,
+                received_at,
+            })
+        })
+        .collect()
+}
+
+/// The rows that store `letters`, stamped now.
+pub(crate) fn dead_letter_rows(
+    letters: &[DeadLetter],
+) -> Result<Vec<NewDeadLetterRow>, StorageError> {
+    let created_at = Utc::now().trunc_subsecs(6).naive_utc();
+    letters
+        .iter()
+        .map(|letter| {
+            Ok(NewDeadLetterRow {
+                body: json_of(&letter.event)?,
+                reason: letter.reason.clone(),
+                created_at,
+            })
+        })
+        .collect()
 }
 
 impl EventStore for Database {
@@ -127,17 +159,7 @@ impl EventStore for Database {
         write: WriteId,
         batch: &[Event],
     ) -> Result<Written, StorageError> {
-        let received_at = Utc::now().trunc_subsecs(6).naive_utc();
-        let rows = batch
-            .iter()
-            .map(|event| {
-                Ok(NewEventRow {
-                    event_id: event.event_id.as_ref().map(ToString::to_string),
-                    body: json_of(event)?,
-                    received_at,
-                })
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
+        let rows = event_rows(batch)?;
         self.insert_all(write, "events", rows).await
     }
 
@@ -176,17 +198,7 @@ impl DeadLetterStore for Database {
         write: WriteId,
         letters: &[DeadLetter],
     ) -> Result<Written, StorageError> {
-        let created_at = Utc::now().trunc_subsecs(6).naive_utc();
-        let rows = letters
-            .iter()
-            .map(|letter| {
-                Ok(NewDeadLetterRow {
-                    body: json_of(&letter.event)?,
-                    reason: letter.reason.clone(),
-                    created_at,
-                })
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
+        let rows = dead_letter_rows(letters)?;
         self.insert_all(write, "dead_letters", rows).await
     }
 

@@ -80,6 +80,30 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    event_log (position) {
+        position -> BigInt,
+        producer_id -> Nullable<Text>,
+        sequence -> Nullable<BigInt>,
+        event_count -> Integer,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    log_producers (producer_id) {
+        producer_id -> Text,
+        last_sequence -> BigInt,
+    }
+}
+
+diesel::table! {
+    log_cursors (consumer) {
+        consumer -> Text,
+        position -> BigInt,
+    }
+}
+
 diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(order_idempotency_keys -> orders (order_id));
 diesel::joinable!(warehouses -> products (product_id));
@@ -93,4 +117,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     dead_letters,
     applied_writes,
+    event_log,
+    log_producers,
+    log_cursors,
 );

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::PipelineSpec;
 use crate::ingest::{Ingest, OverflowPolicy};
+use crate::log::{EventLog, LogConfig, LogIngest};
 use crate::pipeline::BatchOutcome;
 use crate::sink::{DeadLetterSink, EventSink, SinkError, Written};
 use crate::stats::{Counters, PipelineStats, Settled};
@@ -68,10 +69,16 @@ const SINK_BACKOFF: Duration = Duration::from_millis(100);
 /// A running engine.
 pub struct Engine {
     ingest: Ingest,
+    /// The acknowledged path, once a log is attached.
+    log: Option<LogIngest>,
     counters: Arc<Counters>,
     workers: Vec<JoinHandle<()>>,
     /// Tells workers to stop taking new events and drain what is queued.
     shutdown: watch::Sender<bool>,
+    /// The workers' view of `shutdown`, for tasks started later.
+    stop: watch::Receiver<bool>,
+    /// The steps, for the log consumer's own pipeline.
+    pipeline: PipelineSpec,
     aggregates: Vec<(Arc<str>, Arc<Mutex<AggregateTable>>)>,
 }
 
@@ -131,6 +138,9 @@ impl Engine {
         let ingest = Ingest::new(queues, overflow, config.policy, Arc::clone(&counters));
         Self {
             ingest,
+            log: None,
+            pipeline: config.pipeline,
+            stop,
             counters,
             workers: handles,
             shutdown,
@@ -143,6 +153,35 @@ impl Engine {
         self.ingest.clone()
     }
 
+    /// Attaches a durable event log: starts its writer (group commit) and
+    /// its consumer (the pipeline, outputs committed with the log position),
+    /// resuming after the log's committed cursor. The consumer's events
+    /// count in this engine's stats.
+    pub async fn attach_log<L: EventLog>(
+        &mut self,
+        log: Arc<L>,
+        config: LogConfig,
+    ) -> Result<LogIngest, SinkError> {
+        let pipeline = self.pipeline.build();
+        self.aggregates.extend(pipeline.aggregates());
+        let tasks = crate::log::start(
+            log,
+            config,
+            pipeline,
+            Arc::clone(&self.counters),
+            self.stop.clone(),
+        )
+        .await?;
+        self.workers.extend(tasks.handles);
+        self.log = Some(tasks.ingest.clone());
+        Ok(tasks.ingest)
+    }
+
+    /// The acknowledged path, if a log is attached.
+    pub fn log_ingest(&self) -> Option<LogIngest> {
+        self.log.clone()
+    }
+
     /// Counters and queue state now; the accounting identity holds.
     pub fn stats(&self) -> PipelineStats {
         // Depth first: an event counted in flight may have just left the
@@ -151,6 +190,7 @@ impl Engine {
         PipelineStats {
             queue_depth,
             queue_capacity,
+            log_backlog: self.log.as_ref().map_or(0, LogIngest::backlog),
             ..self.counters.snapshot()
         }
     }

@@ -13,6 +13,7 @@
 mod config;
 mod engine;
 mod ingest;
+mod log;
 mod pipeline;
 mod sink;
 mod stats;
@@ -21,6 +22,10 @@ mod steps;
 pub use config::{ConfigError, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_KEYS, PipelineSpec};
 pub use engine::{AggregateRow, Engine, EngineConfig};
 pub use ingest::{Admission, Ingest, IngestError, OverflowPolicy};
+pub use log::{
+    Ack, Appended, EventLog, LogBatch, LogConfig, LogError, LogIngest, LogRecord, MAX_BATCH_EVENTS,
+    MemoryLog, Pending,
+};
 pub use pipeline::{BatchOutcome, Pipeline};
 pub use sink::{DeadLetterSink, EventSink, MemorySink, SinkError, SinkErrorKind, Written};
 pub use stats::PipelineStats;

@@ -31,6 +31,9 @@ pub struct PipelineStats {
     pub queue_depth: u64,
     /// The queue's total capacity.
     pub queue_capacity: u64,
+    /// Events acknowledged (durable in the event log), not yet processed;
+    /// they count as in flight.
+    pub log_backlog: u64,
 }
 
 impl PipelineStats {
@@ -63,6 +66,7 @@ impl PipelineStats {
             metrics::gauge!("orderflow_queue_depth").set(self.queue_depth as f64);
             metrics::gauge!("orderflow_queue_capacity").set(self.queue_capacity as f64);
             metrics::gauge!("orderflow_events_in_flight").set(self.in_flight as f64);
+            metrics::gauge!("orderflow_log_backlog").set(self.log_backlog as f64);
         }
     }
 }
@@ -109,6 +113,14 @@ impl Counters {
         self.with(|c| {
             c.received += 1;
             c.in_flight += 1;
+        });
+    }
+
+    /// `n` events were accepted at once (an acknowledged batch).
+    pub fn admit_many(&self, n: u64) {
+        self.with(|c| {
+            c.received += n;
+            c.in_flight += n;
         });
     }
 

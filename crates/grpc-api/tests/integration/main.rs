@@ -11,6 +11,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod batches;
 mod layers;
 mod status;
 mod suite;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use grpc_api::proto::catalog_service_client::CatalogServiceClient;
 use grpc_api::proto::catalog_service_server::CatalogServiceServer;
@@ -19,7 +20,7 @@ use test_support::TestDb;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
-use transform_engine::{Engine, EngineConfig, MemorySink, OverflowPolicy};
+use transform_engine::{Engine, EngineConfig, LogConfig, MemoryLog, MemorySink, OverflowPolicy};
 
 /// A served stack; stops serving when dropped.
 pub struct InProcess {
@@ -58,7 +59,7 @@ impl InProcess {
         let sink = Arc::new(MemorySink::new());
         // In-memory sinks: what is stored is the engine's and the server
         // suite's business; here only what the client hears counts.
-        let engine = Engine::start(
+        let mut engine = Engine::start(
             EngineConfig {
                 policy,
                 ..EngineConfig::default()
@@ -66,6 +67,10 @@ impl InProcess {
             Arc::clone(&sink),
             sink,
         );
+        let log = engine
+            .attach_log(Arc::new(MemoryLog::new()), LogConfig::default())
+            .await
+            .unwrap();
         let (_, health) = tonic_health::server::health_reporter();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,8 +93,10 @@ impl InProcess {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                EventServiceServer::new(EventApi::new(engine.ingest()))
-                    .max_decoding_message_size(max_message),
+                EventServiceServer::new(
+                    EventApi::new(engine.ingest()).with_log(log, Some(Duration::ZERO)),
+                )
+                .max_decoding_message_size(max_message),
             );
         let server = tokio::spawn(async move {
             router

@@ -32,4 +32,5 @@ test_support::backend_tests!(
     migrations_rerun_as_a_no_op,
     cancelled_writes_never_leave_an_open_transaction,
     concurrent_tasks_create_read_and_update_consistently,
+    event_log_is_exactly_once_per_producer_and_per_commit,
 );

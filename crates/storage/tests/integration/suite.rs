@@ -10,8 +10,8 @@ use domain::{
     WarehouseName, WriteId,
 };
 use storage::{
-    Backend, CatalogRepository, Conflict, Database, DeadLetterStore, EventStore, OrderRepository,
-    StorageError, StoreConfig, Written, migrate,
+    Backend, CatalogRepository, Conflict, Database, DeadLetterStore, EventStore, LogAppend,
+    LogCommit, NewLogBatch, OrderRepository, StorageError, StoreConfig, Written, migrate,
 };
 use test_support::{LEGACY_EVENTS as LEGACY, TestDb};
 
@@ -653,4 +653,70 @@ pub async fn concurrent_tasks_create_read_and_update_consistently(db: &TestDb) {
         }
     }
     assert_eq!(wins, 1);
+}
+
+/// The event log: a group append answers per batch, a producer's retry at
+/// or below its last durable sequence is a duplicate, a commit stores the
+/// outputs with the cursor and deletes what it passed, and repeating a
+/// commit stores nothing twice.
+pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(6)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let batch = |producer: Option<(&str, u64)>, range: std::ops::Range<usize>| NewLogBatch {
+        producer: producer.map(|(id, seq)| (id.to_owned(), seq)),
+        events: events[range].to_vec(),
+    };
+    let outcomes = db
+        .append_log(&[
+            batch(Some(("p-1", 1)), 0..2),
+            batch(Some(("p-1", 2)), 2..3),
+            batch(Some(("p-1", 2)), 2..3), // the same batch twice in one group
+            batch(None, 3..4),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            LogAppend::Appended,
+            LogAppend::Appended,
+            LogAppend::Duplicate,
+            LogAppend::Appended
+        ]
+    );
+    // A retry of an old sequence in a later group; a new one goes through.
+    let outcomes = db
+        .append_log(&[batch(Some(("p-1", 1)), 0..2), batch(Some(("p-1", 3)), 4..6)])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [LogAppend::Duplicate, LogAppend::Appended]);
+    assert_eq!(db.log_backlog("c").await.unwrap(), 6);
+
+    let entries = db.read_log(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 4);
+    assert!(entries.windows(2).all(|w| w[0].position < w[1].position));
+    let read: Vec<Event> = entries.iter().flat_map(|e| e.events.clone()).collect();
+    assert_eq!(read, events, "read back in order, unchanged");
+
+    // Commit the first two batches' outputs.
+    let through = entries[1].position;
+    let outputs = &read[..3];
+    assert_eq!(
+        db.commit_log("c", through, outputs, &[]).await.unwrap(),
+        LogCommit::Committed
+    );
+    assert_eq!(
+        db.commit_log("c", through, outputs, &[]).await.unwrap(),
+        LogCommit::AlreadyCommitted,
+        "a repeated commit stores nothing"
+    );
+    assert_eq!(db.log_cursor("c").await.unwrap(), through);
+    assert_eq!(db.log_backlog("c").await.unwrap(), 3);
+    assert_eq!(db.read_events(None, 100).await.unwrap().len(), 3);
+    let rest = db.read_log(0, 10).await.unwrap();
+    assert_eq!(rest.len(), 2, "the committed rows were deleted");
+    assert!(rest.iter().all(|e| e.position > through));
 }

@@ -1,0 +1,290 @@
+//! The event log behind acknowledged ingest, in the database itself.
+//!
+//! - **Append** ([`Database::append_log`]): a group of batches in one
+//!   transaction, one row per batch (its events as canonical JSON lines).
+//!   Each batch with a producer id is checked against, and advances, that
+//!   producer's last durable sequence in the same transaction, so a retry
+//!   is recognised as a duplicate and stores nothing. On PostgreSQL the
+//!   transaction first takes an advisory lock, so appends commit in
+//!   position order and a reader never passes a position that commits later;
+//!   SQLite has one writer anyway.
+//! - **Commit** ([`Database::commit_log`]): a consumer's outputs (events and
+//!   dead letters) and its new cursor in one transaction, and the log rows
+//!   the cursor passed are deleted in it too (bounded disk). A commit whose
+//!   range the cursor already covers stores nothing, so repeating one whose
+//!   outcome was unknown is safe.
+//!
+//! Durable means committed: SQLite runs with `synchronous = FULL` (see
+//! `db.rs`), PostgreSQL with its defaults.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use domain::{DeadLetter, Event};
+
+use crate::StorageError;
+use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
+use crate::events::{dead_letter_rows, event_rows, json_of};
+use crate::schema::{event_log, log_cursors, log_producers};
+
+/// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
+const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
+
+/// A batch to append.
+#[derive(Debug, Clone)]
+pub struct NewLogBatch {
+    /// The producer and its sequence number, for exactly-once retries;
+    /// `None` for a producer without an id (no such guarantee).
+    pub producer: Option<(String, u64)>,
+    /// The events, already validated.
+    pub events: Vec<Event>,
+}
+
+/// What an append did with one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Durable now.
+    Appended,
+    /// A retry: the producer's sequence was already durable; nothing stored.
+    Duplicate,
+}
+
+/// A batch read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its position; positions grow in append order.
+    pub position: i64,
+    /// Its events, in the order sent.
+    pub events: Vec<Event>,
+}
+
+/// What a consumer's commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCommit {
+    /// The outputs and the cursor were committed.
+    Committed,
+    /// The cursor was already at or past the range: nothing stored again.
+    AlreadyCommitted,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = event_log)]
+struct NewLogRow {
+    producer_id: Option<String>,
+    sequence: Option<i64>,
+    event_count: i32,
+    body: String,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = event_log)]
+struct LogRow {
+    position: i64,
+    body: String,
+}
+
+fn corrupt(position: i64, what: impl std::fmt::Display) -> StorageError {
+    StorageError::Internal(format!(
+        "event log position {position} is unreadable: {what}"
+    ))
+}
+
+impl Database {
+    /// Appends `batches` in one transaction (group commit) and says, per
+    /// batch and in order, whether it was appended or was a duplicate.
+    pub async fn append_log(
+        &self,
+        batches: &[NewLogBatch],
+    ) -> Result<Vec<LogAppend>, StorageError> {
+        let rows = batches
+            .iter()
+            .map(|batch| {
+                let body = batch
+                    .events
+                    .iter()
+                    .map(json_of)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join("\n");
+                let producer = match &batch.producer {
+                    Some((id, sequence)) => Some((
+                        id.clone(),
+                        i64::try_from(*sequence).map_err(|_| {
+                            StorageError::Invalid(format!("sequence {sequence} is out of range"))
+                        })?,
+                    )),
+                    None => None,
+                };
+                let event_count = i32::try_from(batch.events.len())
+                    .map_err(|_| StorageError::Invalid("batch too large".to_owned()))?;
+                Ok((producer, event_count, body))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let serialise = self.backend() == crate::Backend::Postgres;
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                if serialise {
+                    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
+                        .execute(c)
+                        .await?;
+                }
+                let mut outcomes = Vec::with_capacity(rows.len());
+                let mut appended = Vec::with_capacity(rows.len());
+                for (producer, event_count, body) in rows {
+                    if let Some((id, sequence)) = &producer {
+                        let last: Option<i64> = log_producers::table
+                            .find(id)
+                            .select(log_producers::last_sequence)
+                            .first(c)
+                            .await
+                            .optional()?;
+                        if last.is_some_and(|last| last >= *sequence) {
+                            outcomes.push(LogAppend::Duplicate);
+                            continue;
+                        }
+                        diesel::insert_into(log_producers::table)
+                            .values((
+                                log_producers::producer_id.eq(id),
+                                log_producers::last_sequence.eq(sequence),
+                            ))
+                            .on_conflict(log_producers::producer_id)
+                            .do_update()
+                            .set(log_producers::last_sequence.eq(sequence))
+                            .execute(c)
+                            .await?;
+                    }
+                    let (producer_id, sequence) = producer.unzip();
+                    appended.push(NewLogRow {
+                        producer_id,
+                        sequence,
+                        event_count,
+                        body,
+                    });
+                    outcomes.push(LogAppend::Appended);
+                }
+                for chunk in chunked(appended) {
+                    c.insert_rows(chunk).await?;
+                }
+                Ok::<_, StorageError>(outcomes)
+            })
+        })
+        .await
+    }
+
+    /// Up to `limit` batches after `after`, in position order.
+    pub async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<LogEntry>, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let rows: Vec<LogRow> = with_conn!(&mut conn, |c| {
+                event_log::table
+                    .filter(event_log::position.gt(after))
+                    .order(event_log::position)
+                    .limit(i64::from(limit))
+                    .select(LogRow::as_select())
+                    .load(c)
+                    .await
+            })?;
+            rows.into_iter()
+                .map(|row| {
+                    let events = row
+                        .body
+                        .split('\n')
+                        .map(|line| Event::from_json(line).map_err(|e| corrupt(row.position, e)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(LogEntry {
+                        position: row.position,
+                        events,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Where `consumer`'s committed outputs end (0: nothing yet).
+    pub async fn log_cursor(&self, consumer: &str) -> Result<i64, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let position: Option<i64> = with_conn!(&mut conn, |c| {
+                log_cursors::table
+                    .find(consumer)
+                    .select(log_cursors::position)
+                    .first(c)
+                    .await
+                    .optional()
+            })?;
+            Ok(position.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Events in the log after `consumer`'s cursor: acknowledged, not yet
+    /// processed.
+    pub async fn log_backlog(&self, consumer: &str) -> Result<u64, StorageError> {
+        let cursor = self.log_cursor(consumer).await?;
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let counts: Vec<i32> = with_conn!(&mut conn, |c| {
+                event_log::table
+                    .filter(event_log::position.gt(cursor))
+                    .select(event_log::event_count)
+                    .load(c)
+                    .await
+            })?;
+            Ok(counts
+                .into_iter()
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .sum())
+        })
+        .await
+    }
+
+    /// Commits `consumer`'s outputs for the log up to `through`, with the
+    /// cursor, in one transaction, and deletes the log rows it passed.
+    /// Idempotent: a range the cursor already covers stores nothing.
+    pub async fn commit_log(
+        &self,
+        consumer: &str,
+        through: i64,
+        events: &[Event],
+        letters: &[DeadLetter],
+    ) -> Result<LogCommit, StorageError> {
+        let event_rows = event_rows(events)?;
+        let letter_rows = dead_letter_rows(letters)?;
+        let consumer = consumer.to_owned();
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                let cursor: Option<i64> = log_cursors::table
+                    .find(&consumer)
+                    .select(log_cursors::position)
+                    .first(c)
+                    .await
+                    .optional()?;
+                if cursor.is_some_and(|cursor| cursor >= through) {
+                    return Ok(LogCommit::AlreadyCommitted);
+                }
+                for chunk in chunked(event_rows) {
+                    c.insert_rows(chunk).await?;
+                }
+                for chunk in chunked(letter_rows) {
+                    c.insert_rows(chunk).await?;
+                }
+                diesel::insert_into(log_cursors::table)
+                    .values((
+                        log_cursors::consumer.eq(&consumer),
+                        log_cursors::position.eq(through),
+                    ))
+                    .on_conflict(log_cursors::consumer)
+                    .do_update()
+                    .set(log_cursors::position.eq(through))
+                    .execute(c)
+                    .await?;
+                diesel::delete(event_log::table.filter(event_log::position.le(through)))
+                    .execute(c)
+                    .await?;
+                Ok::<_, StorageError>(LogCommit::Committed)
+            })
+        })
+        .await
+    }
+}
+
+crate::db::insert_rows!(NewLogRow => event_log::table);

@@ -1,0 +1,561 @@
+//! Acknowledged ingest: batches are appended to a durable [`EventLog`]
+//! before they are acknowledged, and a consumer runs them through the
+//! pipeline and commits the outputs together with its log position.
+//!
+//! - **Durable before the ack.** [`LogIngest::submit`] hands a batch to the
+//!   log writer, which appends every batch waiting at that moment in one
+//!   call (group commit across streams) and answers each only after the
+//!   append returned.
+//! - **Exactly once.** The log records each producer's last durable
+//!   sequence in the append; a retry at or below it is a duplicate and
+//!   stores nothing. The consumer commits a range's outputs and its new
+//!   cursor atomically, and a commit whose range the cursor already covers
+//!   stores nothing, so a restart resumes exactly after the committed
+//!   outputs and a repeated commit cannot store twice.
+//! - **Bounded.** Events acknowledged but not yet processed (the backlog)
+//!   hold permits of one semaphore; at the bound, submitters wait (a stream
+//!   stops reading), or give up after their wait ([`LogError::Full`]).
+//!
+//! The log is a trait so that a database log and a broker's log can stand
+//! behind the same front door.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use domain::{DeadLetter, Event};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::pipeline::BatchOutcome;
+use crate::sink::{SinkError, SinkErrorKind};
+use crate::stats::{Counters, Settled};
+
+/// Most events in one batch (the contract's bound).
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// A batch to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBatch {
+    /// The producer and the batch's sequence number, for exactly-once
+    /// retries; `None` without a producer id.
+    pub producer: Option<(String, u64)>,
+    /// The events, validated.
+    pub events: Vec<Event>,
+}
+
+/// What the log did with an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable now.
+    New,
+    /// A retry of a batch already durable: nothing stored.
+    Duplicate,
+}
+
+/// A batch read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Its position; positions grow in append order.
+    pub position: i64,
+    /// The events.
+    pub events: Vec<Event>,
+}
+
+/// A durable, ordered log of batches with one consumer cursor.
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends `batches` durably (all in one go where the log can), answering
+    /// per batch and in order.
+    fn append(
+        &self,
+        batches: &[LogBatch],
+    ) -> impl Future<Output = Result<Vec<Appended>, SinkError>> + Send;
+
+    /// Up to `limit` batches after position `after`, in order.
+    fn read(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, SinkError>> + Send;
+
+    /// Commits the outputs of the log up to `through` with the cursor,
+    /// atomically; a range the cursor already covers stores nothing.
+    fn commit(
+        &self,
+        through: i64,
+        events: &[Event],
+        letters: &[DeadLetter],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The committed cursor (0: nothing committed yet).
+    fn cursor(&self) -> impl Future<Output = Result<i64, SinkError>> + Send;
+
+    /// Events after the cursor.
+    fn backlog(&self) -> impl Future<Output = Result<u64, SinkError>> + Send;
+}
+
+/// How the acknowledged path is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Most events acknowledged but not yet processed; at the bound,
+    /// submitters wait. At least [`MAX_BATCH_EVENTS`], so any batch fits.
+    /// Default 100,000: a few seconds of work for the consumer.
+    pub max_backlog: usize,
+    /// Most batches a consumer reads and commits at once.
+    pub read_batches: u32,
+}
+
+impl LogConfig {
+    /// The default [`Self::max_backlog`].
+    pub const DEFAULT_MAX_BACKLOG: usize = 100_000;
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            max_backlog: Self::DEFAULT_MAX_BACKLOG,
+            read_batches: 64,
+        }
+    }
+}
+
+/// Why a batch was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The backlog stayed at its bound for the whole wait.
+    #[error("the event log backlog is full ({0} events); retry later")]
+    Full(u64),
+    /// The engine is shutting down.
+    #[error("the event pipeline is shutting down")]
+    ShuttingDown,
+    /// The log refused or failed the append.
+    #[error(transparent)]
+    Log(#[from] SinkError),
+}
+
+/// The acknowledgement of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Events taken (0 for a duplicate).
+    pub accepted: u64,
+    /// A retry of a batch already durable.
+    pub duplicate: bool,
+}
+
+type Reply = oneshot::Sender<Result<Appended, SinkError>>;
+
+/// The front door of acknowledged ingest. Cheap to clone.
+#[derive(Clone)]
+pub struct LogIngest {
+    /// To the log writer, which appends what waits here in one go. Bounded
+    /// by the backlog permits in practice (a batch waits for its permits
+    /// before it is queued); the channel's own bound is a second fence.
+    writer: mpsc::Sender<(LogBatch, Reply)>,
+    /// One permit per event acknowledged and not yet processed.
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer, the consumer and the front door share.
+struct Shared {
+    counters: Arc<Counters>,
+    /// Events acknowledged and not yet processed.
+    backlog: AtomicU64,
+    /// Wakes the consumer after an append.
+    appended: Notify,
+    max_backlog: u64,
+}
+
+impl LogIngest {
+    /// Appends `batch` and answers once it is durable. Waits for room in the
+    /// backlog up to `wait` (`None`: as long as it takes).
+    pub async fn submit(&self, batch: LogBatch, wait: Option<Duration>) -> Result<Ack, LogError> {
+        self.enqueue(batch, wait).await?.durable().await
+    }
+
+    /// The first half of [`Self::submit`]: waits for room (up to `wait`),
+    /// then queues `batch` for the log writer. Batches are appended in the
+    /// order they are enqueued, so a stream enqueues one batch after the
+    /// other and awaits their acks in that order while reading on.
+    pub async fn enqueue(
+        &self,
+        batch: LogBatch,
+        wait: Option<Duration>,
+    ) -> Result<Pending, LogError> {
+        let events = batch.events.len();
+        let count = u32::try_from(events).map_err(|_| LogError::Full(self.backlog()))?;
+        let acquire = Arc::clone(&self.permits).acquire_many_owned(count);
+        let permit = match wait {
+            None => acquire.await,
+            Some(wait) => tokio::time::timeout(wait, acquire)
+                .await
+                .map_err(|_| LogError::Full(self.backlog()))?,
+        }
+        .map_err(|_| LogError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send((batch, reply))
+            .await
+            .map_err(|_| LogError::ShuttingDown)?;
+        Ok(Pending {
+            events: events as u64,
+            permit,
+            answer,
+        })
+    }
+
+    /// Events acknowledged and not yet processed.
+    pub fn backlog(&self) -> u64 {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The bound on [`Self::backlog`].
+    pub fn max_backlog(&self) -> u64 {
+        self.shared.max_backlog
+    }
+}
+
+/// A batch queued for the log: await [`Pending::durable`] for its ack.
+#[derive(Debug)]
+pub struct Pending {
+    events: u64,
+    /// Its share of the backlog bound, returned if it never joins the log.
+    permit: OwnedSemaphorePermit,
+    answer: oneshot::Receiver<Result<Appended, SinkError>>,
+}
+
+impl Pending {
+    /// Waits until the batch is durable (or refused).
+    pub async fn durable(self) -> Result<Ack, LogError> {
+        match self.answer.await.map_err(|_| LogError::ShuttingDown)?? {
+            Appended::New => {
+                // The permits now belong to the backlog; the consumer
+                // returns them once the events are processed.
+                self.permit.forget();
+                Ok(Ack {
+                    accepted: self.events,
+                    duplicate: false,
+                })
+            }
+            Appended::Duplicate => Ok(Ack {
+                accepted: 0,
+                duplicate: true,
+            }),
+        }
+    }
+}
+
+/// The writer and consumer tasks of one engine's log.
+pub(crate) struct LogTasks {
+    pub(crate) ingest: LogIngest,
+    pub(crate) handles: Vec<JoinHandle<()>>,
+}
+
+/// Starts the log writer and the consumer over `log`, counting into
+/// `counters`; `pipeline` is the consumer's own.
+pub(crate) async fn start<L: EventLog>(
+    log: Arc<L>,
+    config: LogConfig,
+    pipeline: crate::Pipeline,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) -> Result<LogTasks, SinkError> {
+    let max_backlog = config.max_backlog.max(MAX_BATCH_EVENTS);
+    let backlog = log.backlog().await?;
+    let cursor = log.cursor().await?;
+    // What an earlier run acknowledged and did not process is received and
+    // in flight for this one.
+    counters.admit_many(backlog);
+    let free = max_backlog.saturating_sub(usize::try_from(backlog).unwrap_or(usize::MAX));
+    let shared = Arc::new(Shared {
+        counters,
+        backlog: AtomicU64::new(backlog),
+        appended: Notify::new(),
+        max_backlog: max_backlog as u64,
+    });
+    let (writer, queue) = mpsc::channel(1_024);
+    let ingest = LogIngest {
+        writer,
+        permits: Arc::new(Semaphore::new(free)),
+        shared: Arc::clone(&shared),
+    };
+    let writer = tokio::spawn(write(
+        Arc::clone(&log),
+        queue,
+        Arc::clone(&shared),
+        stop.clone(),
+    ));
+    let consumer = Consumer {
+        log,
+        pipeline,
+        shared,
+        permits: Arc::clone(&ingest.permits),
+        cursor,
+        read_batches: config.read_batches.max(1),
+    };
+    let consumer = tokio::spawn(consumer.run(stop));
+    Ok(LogTasks {
+        ingest,
+        handles: vec![writer, consumer],
+    })
+}
+
+/// Appends whatever waits in `queue` in one call per round (group commit)
+/// and answers each submitter. On shutdown it stops taking batches and
+/// appends (and answers) those already queued.
+async fn write<L: EventLog>(
+    log: Arc<L>,
+    mut queue: mpsc::Receiver<(LogBatch, Reply)>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    const GROUP: usize = 256;
+    let mut waiting = Vec::with_capacity(GROUP);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            received = queue.recv_many(&mut waiting, GROUP) => {
+                if received == 0 {
+                    break; // closed and empty: drained
+                }
+            }
+            changed = stop.changed(), if !draining => {
+                let _ = changed;
+                queue.close();
+                draining = true;
+                continue;
+            }
+        }
+        let (batches, replies): (Vec<LogBatch>, Vec<Reply>) = waiting.drain(..).unzip();
+        fail::fail_point!("log-group-commit");
+        match log.append(&batches).await {
+            Ok(outcomes) => {
+                let mut added = 0u64;
+                for ((batch, reply), outcome) in batches.iter().zip(replies).zip(outcomes) {
+                    if outcome == Appended::New {
+                        added += batch.events.len() as u64;
+                    }
+                    let _ = reply.send(Ok(outcome));
+                }
+                shared.counters.admit_many(added);
+                shared.backlog.fetch_add(added, Ordering::Relaxed);
+                shared.appended.notify_one();
+            }
+            Err(error) => {
+                tracing::warn!(%error, batches = batches.len(), "event log append failed; no batch of the group was acknowledged");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!("event log writer drained");
+}
+
+/// Reads the log after its cursor, runs the pipeline, commits outputs and
+/// cursor together.
+struct Consumer<L> {
+    log: Arc<L>,
+    pipeline: crate::Pipeline,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    cursor: i64,
+    read_batches: u32,
+}
+
+/// How long an idle consumer waits before looking at the log again even
+/// without a wake-up (appends by another process).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Delay before repeating a failed read or commit; doubles up to a second.
+const RETRY: Duration = Duration::from_millis(50);
+
+impl<L: EventLog> Consumer<L> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut out = BatchOutcome::default();
+        let mut delay = RETRY;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let records = match self.log.read(self.cursor, self.read_batches).await {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the event log failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Some(through) = records.last().map(|r| r.position) else {
+                tokio::select! {
+                    () = self.shared.appended.notified() => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            let taken: u64 = records.iter().map(|r| r.events.len() as u64).sum();
+            for record in records {
+                self.pipeline.process_batch(record.events, &mut out);
+            }
+            fail::fail_point!("log-before-commit");
+            // The same commit until it lands: it is idempotent, so a repeat
+            // after an unknown outcome cannot store twice.
+            loop {
+                match self.log.commit(through, &out.kept, &out.dead).await {
+                    Ok(()) => break,
+                    Err(error) if error.kind != SinkErrorKind::Rejected => {
+                        tracing::warn!(%error, through, "committing the event log's outputs failed; repeating it");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                    Err(error) => {
+                        // Outputs the store refuses for good: the range
+                        // moves on with everything dead-lettered, which the
+                        // store must take (it takes any event's JSON).
+                        tracing::error!(%error, through, "the store refused the outputs; dead-lettering the range");
+                        let reason = format!("event store refused the batch: {error}");
+                        let kept = std::mem::take(&mut out.kept);
+                        out.dead.extend(kept.into_iter().map(|event| DeadLetter {
+                            event,
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+            }
+            delay = RETRY;
+            self.cursor = through;
+            self.shared.counters.settle(Settled {
+                processed: out.kept.len() as u64,
+                filtered: out.filtered,
+                deduplicated: out.deduplicated,
+                dead_lettered: out.dead.len() as u64,
+                dropped: 0,
+            });
+            let _ = self
+                .shared
+                .backlog
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(taken))
+                });
+            self.permits.add_permits(
+                usize::try_from(taken)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            );
+            out.clear();
+        }
+        tracing::debug!(cursor = self.cursor, "event log consumer stopped");
+    }
+}
+
+/// An in-memory [`EventLog`] for tests and benchmarks: durable only as long
+/// as the process, with the same exactly-once rules as the database log.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    state: Mutex<MemoryLogState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryLogState {
+    records: VecDeque<LogRecord>,
+    next: i64,
+    producers: std::collections::HashMap<String, u64>,
+    cursor: i64,
+    events: Vec<Event>,
+    letters: Vec<DeadLetter>,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut MemoryLogState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Events committed as outputs so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.with(|s| s.events.clone())
+    }
+
+    /// Dead letters committed so far.
+    pub fn letters(&self) -> Vec<DeadLetter> {
+        self.with(|s| s.letters.clone())
+    }
+}
+
+impl EventLog for MemoryLog {
+    async fn append(&self, batches: &[LogBatch]) -> Result<Vec<Appended>, SinkError> {
+        Ok(self.with(|s| {
+            batches
+                .iter()
+                .map(|batch| {
+                    if let Some((producer, sequence)) = &batch.producer {
+                        let last = s.producers.entry(producer.clone()).or_default();
+                        if *last >= *sequence {
+                            return Appended::Duplicate;
+                        }
+                        *last = *sequence;
+                    }
+                    s.next += 1;
+                    let position = s.next;
+                    s.records.push_back(LogRecord {
+                        position,
+                        events: batch.events.clone(),
+                    });
+                    Appended::New
+                })
+                .collect()
+        }))
+    }
+
+    async fn read(&self, after: i64, limit: u32) -> Result<Vec<LogRecord>, SinkError> {
+        Ok(self.with(|s| {
+            s.records
+                .iter()
+                .filter(|r| r.position > after)
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        }))
+    }
+
+    async fn commit(
+        &self,
+        through: i64,
+        events: &[Event],
+        letters: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        self.with(|s| {
+            if s.cursor >= through {
+                return;
+            }
+            s.events.extend_from_slice(events);
+            s.letters.extend_from_slice(letters);
+            s.cursor = through;
+            while s.records.front().is_some_and(|r| r.position <= through) {
+                s.records.pop_front();
+            }
+        });
+        Ok(())
+    }
+
+    async fn cursor(&self) -> Result<i64, SinkError> {
+        Ok(self.with(|s| s.cursor))
+    }
+
+    async fn backlog(&self) -> Result<u64, SinkError> {
+        Ok(self.with(|s| {
+            s.records
+                .iter()
+                .filter(|r| r.position > s.cursor)
+                .map(|r| r.events.len() as u64)
+                .sum()
+        }))
+    }
+}

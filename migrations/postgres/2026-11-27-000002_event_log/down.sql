@@ -1,0 +1,1 @@
+DROP TABLE log_cursors; DROP TABLE log_producers; DROP TABLE event_log;
