@@ -163,6 +163,8 @@ impl Database {
                 for chunk in chunked(appended) {
                     c.insert_rows(chunk).await?;
                 }
+                // Tests kill the process here: mid group commit.
+                fail::fail_point!("storage-log-append");
                 Ok::<_, StorageError>(outcomes)
             })
         })
@@ -280,6 +282,8 @@ impl Database {
                 diesel::delete(event_log::table.filter(event_log::position.le(through)))
                     .execute(c)
                     .await?;
+                // Tests kill the process here: outputs written, not committed.
+                fail::fail_point!("storage-log-commit");
                 Ok::<_, StorageError>(LogCommit::Committed)
             })
         })

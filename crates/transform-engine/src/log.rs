@@ -329,7 +329,6 @@ async fn write<L: EventLog>(
             }
         }
         let (batches, replies): (Vec<LogBatch>, Vec<Reply>) = waiting.drain(..).unzip();
-        fail::fail_point!("log-group-commit");
         match log.append(&batches).await {
             Ok(outcomes) => {
                 let mut added = 0u64;
@@ -400,7 +399,6 @@ impl<L: EventLog> Consumer<L> {
             for record in records {
                 self.pipeline.process_batch(record.events, &mut out);
             }
-            fail::fail_point!("log-before-commit");
             // The same commit until it lands: it is idempotent, so a repeat
             // after an unknown outcome cannot store twice.
             loop {

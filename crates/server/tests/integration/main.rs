@@ -12,6 +12,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod kill;
 mod otlp;
 mod outage;
 mod pipeline;
@@ -27,4 +28,7 @@ test_support::backend_tests!(
     metrics_pass_promtool,
     acknowledged_orders_survive_sigkill,
     engine_writes_through_the_real_stores,
+    acknowledged_batches_survive_sigkill_exactly_once,
+    acknowledged_batches_survive_sigkill_in_a_group_commit,
+    acknowledged_batches_survive_sigkill_while_outputs_commit,
 );

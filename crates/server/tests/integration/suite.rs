@@ -10,6 +10,11 @@ use tonic::Code;
 
 use crate::support::{Server, run};
 
+pub use crate::kill::{
+    acknowledged_batches_survive_sigkill_exactly_once,
+    acknowledged_batches_survive_sigkill_in_a_group_commit,
+    acknowledged_batches_survive_sigkill_while_outputs_commit,
+};
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 
 fn create(user: &str, key: &str) -> CreateOrderRequest {
