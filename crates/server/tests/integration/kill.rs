@@ -21,8 +21,8 @@ use tonic::transport::Channel;
 use crate::support::{Server, run};
 
 const PRODUCERS: usize = 3;
-const BATCHES: u64 = 20;
-const EVENTS_PER_BATCH: u64 = 50;
+const BATCHES: u64 = 100;
+const EVENTS_PER_BATCH: u64 = 20;
 
 fn batch(producer: usize, sequence: u64) -> EventBatch {
     EventBatch {
@@ -100,7 +100,7 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
     let progress = Arc::new(AtomicU64::new(0));
     let producers = start_producers(&server, &[0; PRODUCERS], &progress).await;
     let total = PRODUCERS as u64 * BATCHES;
-    let kill_at = rand::rng().random_range(1..total / 2);
+    let kill_at = rand::rng().random_range(1..total / 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while progress.load(Ordering::Relaxed) < kill_at {
         assert!(
