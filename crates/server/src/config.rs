@@ -14,6 +14,8 @@ use humantime::Duration;
 use storage::{CacheConfig, StoreConfig};
 use transform_engine::{EngineConfig, LogConfig, OverflowPolicy};
 
+use crate::sinks::Output;
+
 /// orderflow: a gRPC order service with an event-transform pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "orderflow", version, about)]
@@ -110,6 +112,10 @@ pub struct Settings {
     /// RESOURCE_EXHAUSTED. At least 10,000 (one whole batch).
     #[arg(long, env = "ORDERFLOW_LOG_MAX_BACKLOG", default_value_t = LogConfig::DEFAULT_MAX_BACKLOG)]
     pub log_max_backlog: usize,
+    /// Where processed events go: `database` (the event store) or
+    /// `blackhole` (counted, then discarded: for measuring the front end).
+    #[arg(long, env = "ORDERFLOW_EVENT_SINK", value_enum, default_value_t = Output::default())]
+    pub event_sink: Output,
     /// Pipeline workers.
     #[arg(long, env = "ORDERFLOW_WORKERS", default_value_t = EngineConfig::DEFAULT_WORKERS)]
     pub workers: usize,

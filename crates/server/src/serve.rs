@@ -95,7 +95,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             ttl: *settings.cache_ttl,
         },
     );
-    let sink = Arc::new(StoreSink(db.clone()));
+    let sink = Arc::new(StoreSink {
+        db: db.clone(),
+        output: settings.event_sink,
+    });
     let mut engine = Engine::start(
         EngineConfig {
             workers: settings.workers,
@@ -109,7 +112,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let log = engine
         .attach_log(
-            Arc::new(DatabaseLog(db.clone())),
+            Arc::new(DatabaseLog {
+                db: db.clone(),
+                output: settings.event_sink,
+            }),
             LogConfig {
                 max_backlog: settings.log_max_backlog,
                 ..LogConfig::default()

@@ -12,9 +12,26 @@ use transform_engine::{
     Written,
 };
 
+/// Where processed events go (`ORDERFLOW_EVENT_SINK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// The event store (the default).
+    #[default]
+    Database,
+    /// Counted as processed, then discarded (as Vector's `blackhole` sink):
+    /// measures decode, validation, the log and the pipeline without the
+    /// output store. Dead letters and the log's cursor are still written.
+    Blackhole,
+}
+
 /// The database as the pipeline's event and dead-letter sink.
 #[derive(Debug, Clone)]
-pub struct StoreSink(pub Database);
+pub struct StoreSink {
+    /// The database.
+    pub db: Database,
+    /// Whether processed events are stored or discarded.
+    pub output: Output,
+}
 
 /// How a storage failure reads to the engine: only a write that never
 /// started (`Unavailable`) or whose commit went unconfirmed
@@ -42,7 +59,10 @@ fn written(written: storage::Written) -> Written {
 
 impl EventSink for StoreSink {
     async fn append(&self, write: WriteId, events: &[Event]) -> Result<Written, SinkError> {
-        self.0
+        if self.output == Output::Blackhole {
+            return Ok(Written::Stored);
+        }
+        self.db
             .append_events(write, events)
             .await
             .map(written)
@@ -56,7 +76,7 @@ impl DeadLetterSink for StoreSink {
         write: WriteId,
         letters: &[DeadLetter],
     ) -> Result<Written, SinkError> {
-        self.0
+        self.db
             .dead_letter(write, letters)
             .await
             .map(written)
@@ -67,7 +87,12 @@ impl DeadLetterSink for StoreSink {
 /// The database's event log as the engine's [`EventLog`], for the consumer
 /// named [`CONSUMER`].
 #[derive(Debug, Clone)]
-pub struct DatabaseLog(pub Database);
+pub struct DatabaseLog {
+    /// The database.
+    pub db: Database,
+    /// Whether processed events are stored with the cursor or discarded.
+    pub output: Output,
+}
 
 /// The one consumer of the database log (a single process reads it; several
 /// replicas need a broker's log).
@@ -82,7 +107,7 @@ impl EventLog for DatabaseLog {
                 events: batch.events.clone(),
             })
             .collect();
-        let outcomes = self.0.append_log(&batches).await.map_err(sink_error)?;
+        let outcomes = self.db.append_log(&batches).await.map_err(sink_error)?;
         Ok(outcomes
             .into_iter()
             .map(|outcome| match outcome {
@@ -93,7 +118,7 @@ impl EventLog for DatabaseLog {
     }
 
     async fn read(&self, after: i64, limit: u32) -> Result<Vec<LogRecord>, SinkError> {
-        let entries = self.0.read_log(after, limit).await.map_err(sink_error)?;
+        let entries = self.db.read_log(after, limit).await.map_err(sink_error)?;
         Ok(entries
             .into_iter()
             .map(|entry| LogRecord {
@@ -109,7 +134,11 @@ impl EventLog for DatabaseLog {
         events: &[Event],
         letters: &[DeadLetter],
     ) -> Result<(), SinkError> {
-        self.0
+        let events = match self.output {
+            Output::Database => events,
+            Output::Blackhole => &[],
+        };
+        self.db
             .commit_log(CONSUMER, through, events, letters)
             .await
             .map(drop)
@@ -117,10 +146,10 @@ impl EventLog for DatabaseLog {
     }
 
     async fn cursor(&self) -> Result<i64, SinkError> {
-        self.0.log_cursor(CONSUMER).await.map_err(sink_error)
+        self.db.log_cursor(CONSUMER).await.map_err(sink_error)
     }
 
     async fn backlog(&self) -> Result<u64, SinkError> {
-        self.0.log_backlog(CONSUMER).await.map_err(sink_error)
+        self.db.log_backlog(CONSUMER).await.map_err(sink_error)
     }
 }

@@ -5,14 +5,17 @@
 use std::sync::Arc;
 
 use domain::Event;
-use server::sinks::StoreSink;
+use server::sinks::{Output, StoreSink};
 use storage::{Database, DeadLetterStore, EventStore};
 use test_support::{LEGACY_EVENTS as LEGACY, TWELVE_STEPS, TestDb};
 use transform_engine::{Admission, Engine, EngineConfig, OverflowPolicy, PipelineSpec};
 
 pub async fn engine_writes_through_the_real_stores(db: &TestDb) {
     let database = Database::open(db.config());
-    let sink = Arc::new(StoreSink(database.clone()));
+    let sink = Arc::new(StoreSink {
+        db: database.clone(),
+        output: Output::Database,
+    });
     let toml = format!(
         "{TWELVE_STEPS}\n[[steps]]\nkind = \"rename\"\nfrom = \"note\"\nto = \"memo\"\nrequired = true\n"
     );

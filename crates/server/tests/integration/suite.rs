@@ -393,3 +393,34 @@ pub async fn acknowledged_orders_survive_sigkill(db: &TestDb) {
         assert_eq!(read, order);
     }
 }
+
+/// `ORDERFLOW_EVENT_SINK=blackhole`: acknowledged events are processed and
+/// counted, and nothing reaches the event store.
+pub async fn the_blackhole_sink_counts_and_discards(db: &TestDb) {
+    let server = Server::start(db, &[("ORDERFLOW_EVENT_SINK", "blackhole")]);
+    let mut events = server.events().await;
+    let ack = events
+        .publish_event_batch(grpc_api::proto::EventBatch {
+            producer_id: "bh".into(),
+            sequence: 1,
+            events: (0..40).map(event).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.accepted, 40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        if stats.processed == 40 {
+            assert_eq!(stats.log_backlog, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.terminate().success());
+    let (status, stdout, stderr) = run(db, &["events", "export"], None);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.is_empty(), "the blackhole stored events");
+}
