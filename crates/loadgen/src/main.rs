@@ -5,6 +5,8 @@
 //! workload is `grpc.health.v1.Health/Check`: the framework's floor on the
 //! same server.
 
+mod batches;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +37,10 @@ enum Workload {
     Publish,
     /// A weighted mix of the others, per request (`--mix`).
     Mix,
+    /// Acknowledged ingest: a StreamEventBatches stream per worker
+    /// (`--concurrency` producers), `--batch` events per batch, `--window`
+    /// batches in flight; every ack checked.
+    StreamBatches,
 }
 
 /// Parses `get-hit=80,create=10,publish=5,health=5` into (workload, weight).
@@ -78,7 +84,7 @@ impl Call {
             Workload::GetHit | Workload::GetMiss => Some(Self::GetOrder),
             Workload::Create => Some(Self::Create),
             Workload::Publish => Some(Self::Publish),
-            Workload::Mix => None,
+            Workload::Mix | Workload::StreamBatches => None,
         }
     }
 }
@@ -127,6 +133,17 @@ struct Args {
     /// Events per PublishEvents stream.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// stream-batches: batches sent and not yet acknowledged, per stream.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// stream-batches: after the run, wait for the pipeline to drain and
+    /// compare the acknowledged events with `--export-command`'s output.
+    #[arg(long)]
+    verify: bool,
+    /// The shell command that prints the event store's export, for
+    /// `--verify` (it inherits this environment, e.g. DATABASE_URL).
+    #[arg(long, default_value = "orderflow events export")]
+    export_command: String,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -162,6 +179,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot connect to {}", args.target))?;
         channels.push(channel);
+    }
+    if args.workload == Workload::StreamBatches {
+        return run_batches(&args, &channels).await;
     }
     let mix = Arc::new(match args.workload {
         Workload::Mix => parse_mix(&args.mix)?,
@@ -258,6 +278,96 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(errors == 0 || requests > errors, "every request failed");
+    Ok(())
+}
+
+/// The stream-batches workload (see `batches.rs`), with the same summary.
+async fn run_batches(args: &Args, channels: &[Channel]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.requests.is_none(),
+        "stream-batches runs for --duration; --requests does not apply"
+    );
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let config = batches::StreamConfig {
+        run: run.clone(),
+        batch: args.batch,
+        window: args.window,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for worker in 0..args.concurrency.max(1) {
+        let channel = channels
+            .get(worker % channels.len())
+            .cloned()
+            .context("no channel")?;
+        let latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        streams.push(tokio::spawn(batches::stream(
+            channel,
+            worker,
+            config.clone(),
+            Arc::clone(&stop),
+            latency,
+        )));
+    }
+    tokio::time::sleep(args.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+    let (mut acked, mut events, mut errors) = (Vec::new(), 0u64, Vec::new());
+    for (worker, stream) in streams.into_iter().enumerate() {
+        let outcome = stream.await.context("a stream failed")?;
+        latency
+            .add(&outcome.latency)
+            .context("merging histograms")?;
+        acked.push((worker, outcome.acked));
+        events += outcome.events;
+        errors.extend(outcome.errors);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let batches_acked: u64 = acked.iter().map(|(_, n)| n).sum();
+    let verified = if args.verify {
+        let channel = channels.first().context("no channel")?.clone();
+        Some(batches::verify(channel, &run, &acked, args.batch, &args.export_command).await?)
+    } else {
+        None
+    };
+    let summary = serde_json::json!({
+        "workload": "StreamBatches",
+        "streams": args.concurrency,
+        "batch": args.batch,
+        "window": args.window,
+        "seconds": seconds,
+        "batches": batches_acked,
+        "events": events,
+        "errors": errors.len(),
+        "events_per_second": events as f64 / seconds,
+        "p50_us": latency.value_at_quantile(0.50),
+        "p99_us": latency.value_at_quantile(0.99),
+        "max_us": latency.max(),
+        "verified_events": verified,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "StreamBatches: {events} events in {batches_acked} acknowledged batches in {seconds:.1}s = {:.0} events/s; batch latency p50 {} us, p99 {} us{}",
+            events as f64 / seconds,
+            latency.value_at_quantile(0.50),
+            latency.value_at_quantile(0.99),
+            verified.map_or(String::new(), |n| format!(
+                "; verified {n} events stored exactly once"
+            )),
+        );
+    }
+    if let Some(first) = errors.first() {
+        anyhow::bail!("{} ack errors; the first: {first}", errors.len());
+    }
     Ok(())
 }
 
