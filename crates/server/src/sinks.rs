@@ -100,11 +100,11 @@ pub const CONSUMER: &str = "pipeline";
 
 impl EventLog for DatabaseLog {
     async fn append(&self, batches: &[LogBatch]) -> Result<Vec<Appended>, SinkError> {
-        let batches: Vec<NewLogBatch> = batches
+        let batches: Vec<NewLogBatch<'_>> = batches
             .iter()
             .map(|batch| NewLogBatch {
-                producer: batch.producer.clone(),
-                events: batch.events.clone(),
+                producer: batch.producer.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
+                events: &batch.events,
             })
             .collect();
         let outcomes = self.db.append_log(&batches).await.map_err(sink_error)?;

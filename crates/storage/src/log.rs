@@ -29,14 +29,14 @@ use crate::schema::{event_log, log_cursors, log_producers};
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
 
-/// A batch to append.
-#[derive(Debug, Clone)]
-pub struct NewLogBatch {
+/// A batch to append (borrowed: the caller keeps its events).
+#[derive(Debug, Clone, Copy)]
+pub struct NewLogBatch<'a> {
     /// The producer and its sequence number, for exactly-once retries;
     /// `None` for a producer without an id (no such guarantee).
-    pub producer: Option<(String, u64)>,
+    pub producer: Option<(&'a str, u64)>,
     /// The events, already validated.
-    pub events: Vec<Event>,
+    pub events: &'a [Event],
 }
 
 /// What an append did with one batch.
@@ -93,7 +93,7 @@ impl Database {
     /// batch and in order, whether it was appended or was a duplicate.
     pub async fn append_log(
         &self,
-        batches: &[NewLogBatch],
+        batches: &[NewLogBatch<'_>],
     ) -> Result<Vec<LogAppend>, StorageError> {
         let rows = batches
             .iter()
@@ -104,10 +104,10 @@ impl Database {
                     .map(json_of)
                     .collect::<Result<Vec<_>, _>>()?
                     .join("\n");
-                let producer = match &batch.producer {
+                let producer = match batch.producer {
                     Some((id, sequence)) => Some((
-                        id.clone(),
-                        i64::try_from(*sequence).map_err(|_| {
+                        id.to_owned(),
+                        i64::try_from(sequence).map_err(|_| {
                             StorageError::Invalid(format!("sequence {sequence} is out of range"))
                         })?,
                     )),

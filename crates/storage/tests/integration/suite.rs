@@ -665,9 +665,9 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
         .take(6)
         .map(|l| Event::from_json(l).unwrap())
         .collect();
-    let batch = |producer: Option<(&str, u64)>, range: std::ops::Range<usize>| NewLogBatch {
-        producer: producer.map(|(id, seq)| (id.to_owned(), seq)),
-        events: events[range].to_vec(),
+    let batch = |producer: Option<(&'static str, u64)>, range: std::ops::Range<usize>| NewLogBatch {
+        producer,
+        events: &events[range],
     };
     let outcomes = db
         .append_log(&[
