@@ -665,10 +665,11 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
         .take(6)
         .map(|l| Event::from_json(l).unwrap())
         .collect();
-    let batch = |producer: Option<(&'static str, u64)>, range: std::ops::Range<usize>| NewLogBatch {
-        producer,
-        events: &events[range],
-    };
+    let batch =
+        |producer: Option<(&'static str, u64)>, range: std::ops::Range<usize>| NewLogBatch {
+            producer,
+            events: &events[range],
+        };
     let outcomes = db
         .append_log(&[
             batch(Some(("p-1", 1)), 0..2),
