@@ -409,10 +409,9 @@ impl<L: EventLog> Consumer<L> {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
-                    Err(error) => {
+                    Err(error) if !out.kept.is_empty() => {
                         // Outputs the store refuses for good: the range
-                        // moves on with everything dead-lettered, which the
-                        // store must take (it takes any event's JSON).
+                        // moves on with everything dead-lettered.
                         tracing::error!(%error, through, "the store refused the outputs; dead-lettering the range");
                         let reason = format!("event store refused the batch: {error}");
                         let kept = std::mem::take(&mut out.kept);
@@ -420,6 +419,14 @@ impl<L: EventLog> Consumer<L> {
                             event,
                             reason: reason.clone(),
                         }));
+                    }
+                    Err(error) => {
+                        // Even the dead letters are refused: nothing moves
+                        // until an operator fixes the store; keep trying,
+                        // slowly, and say so.
+                        tracing::error!(%error, through, "the store refuses the dead letters too; the event log is stuck until it takes them");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
                     }
                 }
             }
@@ -454,6 +461,8 @@ impl<L: EventLog> Consumer<L> {
 #[derive(Debug, Default)]
 pub struct MemoryLog {
     state: Mutex<MemoryLogState>,
+    /// Refuse (as `Rejected`) this many upcoming commits that carry events.
+    refusals: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -474,6 +483,12 @@ impl MemoryLog {
 
     fn with<R>(&self, f: impl FnOnce(&mut MemoryLogState) -> R) -> R {
         f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The next `n` commits that carry processed events are refused for
+    /// good ([`SinkErrorKind::Rejected`]), as a store that rejects the rows.
+    pub fn refuse_outputs(&self, n: usize) {
+        self.refusals.store(n, Ordering::SeqCst);
     }
 
     /// Events committed as outputs so far.
@@ -529,6 +544,17 @@ impl EventLog for MemoryLog {
         events: &[Event],
         letters: &[DeadLetter],
     ) -> Result<(), SinkError> {
+        let refused = !events.is_empty()
+            && self
+                .refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if refused {
+            return Err(SinkError {
+                message: "memory log told to refuse the outputs".to_owned(),
+                kind: SinkErrorKind::Rejected,
+            });
+        }
         self.with(|s| {
             if s.cursor >= through {
                 return;

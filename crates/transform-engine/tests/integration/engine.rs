@@ -426,3 +426,45 @@ async fn a_full_backlog_refuses_after_the_wait_and_recovers() {
         "the earlier run's backlog counts as received"
     );
 }
+
+/// Outputs the store refuses for good are dead-lettered with the range, so
+/// every acknowledged event still ends in exactly one outcome and the log
+/// moves on.
+#[tokio::test]
+async fn refused_outputs_are_dead_lettered_and_the_log_moves_on() {
+    let log = Arc::new(MemoryLog::new());
+    log.refuse_outputs(1);
+    let sink = Arc::new(MemorySink::new());
+    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
+    let ingest = engine
+        .attach_log(Arc::clone(&log), LogConfig::default())
+        .await
+        .unwrap();
+    ingest
+        .submit(batch(Some(("p", 1)), events(5)), None)
+        .await
+        .unwrap();
+    while engine.stats().log_backlog > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ingest
+        .submit(batch(Some(("p", 2)), events(8)[5..].to_vec()), None)
+        .await
+        .unwrap();
+    while engine.stats().log_backlog > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(
+        (stats.dead_lettered, stats.processed, stats.in_flight),
+        (5, 3, 0)
+    );
+    assert_eq!(log.letters().len(), 5);
+    assert!(
+        log.letters()[0]
+            .reason
+            .starts_with("event store refused the batch")
+    );
+    assert_eq!(log.events().len(), 3, "the next range is stored as usual");
+}
