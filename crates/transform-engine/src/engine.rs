@@ -115,24 +115,22 @@ impl Engine {
             aggregates.extend(pipeline.aggregates());
             let worker = Worker {
                 id,
-                rx,
                 pipeline,
                 sink: Arc::clone(&sink),
                 dead: Arc::clone(&dead),
                 counters: Arc::clone(&counters),
                 batch_size,
             };
-            handles.push(tokio::spawn(worker.run(stop.clone())));
+            handles.push(tokio::spawn(worker.run(Draining::new(rx, stop.clone()))));
         }
         let overflow = (config.policy == OverflowPolicy::DeadLetter).then(|| {
             let (tx, rx) = mpsc::channel(per_queue);
             let worker = DeadLetterWorker {
-                rx,
                 dead,
                 counters: Arc::clone(&counters),
                 batch_size,
             };
-            handles.push(tokio::spawn(worker.run(stop.clone())));
+            handles.push(tokio::spawn(worker.run(Draining::new(rx, stop.clone()))));
             tx
         });
         let ingest = Ingest::new(queues, overflow, config.policy, Arc::clone(&counters));
@@ -252,7 +250,6 @@ impl Engine {
 
 struct Worker<S, D> {
     id: usize,
-    rx: mpsc::Receiver<Event>,
     pipeline: crate::Pipeline,
     sink: Arc<S>,
     dead: Arc<D>,
@@ -261,25 +258,10 @@ struct Worker<S, D> {
 }
 
 impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut queue: Draining<Event>) {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut out = BatchOutcome::default();
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                received = self.rx.recv_many(&mut batch, self.batch_size) => {
-                    if received == 0 {
-                        break; // closed and empty: drained
-                    }
-                }
-                changed = stop.changed(), if !draining => {
-                    // Refuse new sends; keep receiving what is queued.
-                    let _ = changed;
-                    self.rx.close();
-                    draining = true;
-                    continue;
-                }
-            }
+        while queue.next(&mut batch, self.batch_size).await {
             let events = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
             let settled = self.handle(events, &mut out).await;
             self.counters.settle(settled);
@@ -352,31 +334,16 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
 /// Drains the overflow queue under [`OverflowPolicy::DeadLetter`] into the
 /// dead-letter store, a batch per write.
 struct DeadLetterWorker<D> {
-    rx: mpsc::Receiver<Event>,
     dead: Arc<D>,
     counters: Arc<Counters>,
     batch_size: usize,
 }
 
 impl<D: DeadLetterSink> DeadLetterWorker<D> {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, mut queue: Draining<Event>) {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut letters = Vec::with_capacity(self.batch_size);
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                received = self.rx.recv_many(&mut batch, self.batch_size) => {
-                    if received == 0 {
-                        break; // closed and empty: drained
-                    }
-                }
-                changed = stop.changed(), if !draining => {
-                    let _ = changed;
-                    self.rx.close();
-                    draining = true;
-                    continue;
-                }
-            }
+        while queue.next(&mut batch, self.batch_size).await {
             letters.extend(batch.drain(..).map(|event| DeadLetter {
                 event,
                 reason: "ingest queue full".to_owned(),
@@ -386,6 +353,41 @@ impl<D: DeadLetterSink> DeadLetterWorker<D> {
             letters.clear();
         }
         tracing::debug!("dead-letter worker drained");
+    }
+}
+
+/// A queue read until shutdown has drained it: after the first stop signal
+/// the queue refuses new sends, and what is already in it is still handed
+/// out.
+pub(crate) struct Draining<T> {
+    rx: mpsc::Receiver<T>,
+    stop: watch::Receiver<bool>,
+    draining: bool,
+}
+
+impl<T> Draining<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<T>, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            rx,
+            stop,
+            draining: false,
+        }
+    }
+
+    /// Moves up to `limit` queued items into `batch`; `false` once the queue
+    /// is closed and empty.
+    pub(crate) async fn next(&mut self, batch: &mut Vec<T>, limit: usize) -> bool {
+        loop {
+            tokio::select! {
+                received = self.rx.recv_many(batch, limit) => return received > 0,
+                changed = self.stop.changed(), if !self.draining => {
+                    // Refuse new sends; keep receiving what is queued.
+                    let _ = changed;
+                    self.rx.close();
+                    self.draining = true;
+                }
+            }
+        }
     }
 }
 

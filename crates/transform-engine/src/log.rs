@@ -29,6 +29,7 @@ use domain::{DeadLetter, Event};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::engine::Draining;
 use crate::pipeline::BatchOutcome;
 use crate::sink::{SinkError, SinkErrorKind};
 use crate::stats::{Counters, Settled};
@@ -307,27 +308,14 @@ pub(crate) async fn start<L: EventLog>(
 /// appends (and answers) those already queued.
 async fn write<L: EventLog>(
     log: Arc<L>,
-    mut queue: mpsc::Receiver<(LogBatch, Reply)>,
+    queue: mpsc::Receiver<(LogBatch, Reply)>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     const GROUP: usize = 256;
     let mut waiting = Vec::with_capacity(GROUP);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            received = queue.recv_many(&mut waiting, GROUP) => {
-                if received == 0 {
-                    break; // closed and empty: drained
-                }
-            }
-            changed = stop.changed(), if !draining => {
-                let _ = changed;
-                queue.close();
-                draining = true;
-                continue;
-            }
-        }
+    let mut queue = Draining::new(queue, stop);
+    while queue.next(&mut waiting, GROUP).await {
         let (batches, replies): (Vec<LogBatch>, Vec<Reply>) = waiting.drain(..).unzip();
         match log.append(&batches).await {
             Ok(outcomes) => {
