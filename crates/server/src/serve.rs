@@ -133,6 +133,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let events = EventApi::new(engine.ingest()).with_log(log, log_wait);
     let engine = Arc::new(engine);
 
+    let forgetting = tokio::spawn(forget_old_write_ids(db.clone()));
     let monitor = tokio::spawn(monitor(
         db.clone(),
         Arc::clone(&engine),
@@ -182,6 +183,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     monitor.abort();
+    forgetting.abort();
     for service in SERVICES {
         health
             .set_service_status(service, ServingStatus::NotServing)
@@ -213,6 +215,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Err(_) => tracing::error!("the pipeline did not drain within the grace period"),
     }
     Ok(())
+}
+
+/// How long batch write ids are remembered. The engine repeats a write
+/// within seconds (three attempts, each within the database budget), so an
+/// hour is far beyond any repeat.
+const WRITE_ID_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Once a minute, forgets write ids older than [`WRITE_ID_MEMORY`] so the
+/// `applied_writes` table stays small.
+async fn forget_old_write_ids(db: Database) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        match db.forget_applied_writes(WRITE_ID_MEMORY).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::debug!(forgotten, "forgot old batch write ids"),
+            Err(error) => {
+                tracing::warn!(%error, "could not forget old batch write ids; retrying in a minute")
+            }
+        }
+    }
 }
 
 /// Health and metrics, once per interval: SERVING only while the database

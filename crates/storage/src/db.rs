@@ -341,6 +341,29 @@ impl Database {
         .await
     }
 
+    /// Forgets the write ids recorded more than `age` ago, so
+    /// `applied_writes` stays small; returns how many. A write id is only
+    /// repeated by its writer's retries (seconds apart), so any age of
+    /// minutes keeps every repeat recognised. The server calls this
+    /// periodically.
+    pub async fn forget_applied_writes(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let age = chrono::Duration::from_std(age)
+            .map_err(|e| StorageError::Internal(format!("write-id age out of range: {e}")))?;
+        let before = (Utc::now() - age).naive_utc();
+        self.write(move |mut conn| async move {
+            with_conn!(&mut conn, |c| {
+                diesel::delete(applied_writes::table.filter(applied_writes::applied_at.lt(before)))
+                    .execute(c)
+                    .await
+            })
+            .map_err(StorageError::from)
+        })
+        .await
+    }
+
     /// Runs `sql` on a pooled connection. Used by tests and tools that need
     /// to look at the database directly.
     #[doc(hidden)]

@@ -1,0 +1,1 @@
+DROP INDEX applied_writes_age;
