@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use grpc_api::proto::EventBatch;
 use grpc_api::proto::event_service_client::EventServiceClient;
-use grpc_api::proto::{Event, EventBatch};
 use hdrhistogram::Histogram;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
@@ -40,20 +40,6 @@ pub struct StreamOutcome {
     pub events: u64,
     /// Acks that broke the rules, or the stream's failure.
     pub errors: Vec<String>,
-}
-
-fn event(run: &str, worker: usize, sequence: u64, n: usize) -> Event {
-    Event {
-        event_id: format!("lg{run}-{worker}-{sequence}-{n}"),
-        user_id: format!("u-{}", n % 1_000),
-        action: "purchase".to_owned(),
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        }),
-        amount_cents: Some(100),
-        attributes: [("channel".to_owned(), "web".to_owned())].into(),
-    }
 }
 
 /// Streams batches until `stop`, then waits for the outstanding acks.
@@ -87,7 +73,10 @@ pub async fn stream(
                     producer_id: producer_id.clone(),
                     sequence,
                     events: (0..config.batch)
-                        .map(|n| event(&config.run, worker, sequence, n))
+                        .map(|n| {
+                            let id = format!("lg{}-{worker}-{sequence}-{n}", config.run);
+                            crate::event(id, n as u64)
+                        })
                         .collect(),
                 };
                 sent.lock()

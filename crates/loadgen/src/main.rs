@@ -410,9 +410,10 @@ fn create(i: usize) -> CreateOrderRequest {
     }
 }
 
-fn event(worker: usize, n: u64) -> Event {
+/// A purchase event with `event_id`; `n` spreads the users.
+fn event(event_id: String, n: u64) -> Event {
     Event {
-        event_id: format!("load-{worker}-{n}"),
+        event_id,
         user_id: format!("u-{}", n % 1_000),
         action: "purchase".to_owned(),
         occurred_at: Some(prost_types::Timestamp {
@@ -488,9 +489,10 @@ async fn run_worker(
             },
             Call::Create => orders.create_order(create(cursor)).await.map(drop),
             Call::Publish => {
-                let stream = tokio_stream::iter(
-                    (0..batch as u64).map(move |i| event(worker, n * batch as u64 + i)),
-                );
+                let stream = tokio_stream::iter((0..batch as u64).map(move |i| {
+                    let n = n * batch as u64 + i;
+                    event(format!("load-{worker}-{n}"), n)
+                }));
                 events.publish_events(stream).await.map(|reply| {
                     outcome.events += reply.into_inner().accepted;
                 })

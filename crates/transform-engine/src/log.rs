@@ -317,20 +317,25 @@ async fn write<L: EventLog>(
     let mut queue = Draining::new(queue, stop);
     while queue.next(&mut waiting, GROUP).await {
         let (batches, replies): (Vec<LogBatch>, Vec<Reply>) = waiting.drain(..).unzip();
+        // Counted before the append commits, so the consumer (which may read
+        // the rows the moment they commit) never settles an event the
+        // counters have not seen; what does not join the log is retracted.
+        let offered: u64 = batches.iter().map(|b| b.events.len() as u64).sum();
+        shared.admit(offered);
         match log.append(&batches).await {
             Ok(outcomes) => {
-                let mut added = 0u64;
+                let mut repeated = 0u64;
                 for ((batch, reply), outcome) in batches.iter().zip(replies).zip(outcomes) {
-                    if outcome == Appended::New {
-                        added += batch.events.len() as u64;
+                    if outcome == Appended::Duplicate {
+                        repeated += batch.events.len() as u64;
                     }
                     let _ = reply.send(Ok(outcome));
                 }
-                shared.counters.admit_many(added);
-                shared.backlog.fetch_add(added, Ordering::Relaxed);
+                shared.retract(repeated);
                 shared.appended.notify_one();
             }
             Err(error) => {
+                shared.retract(offered);
                 tracing::warn!(%error, batches = batches.len(), "event log append failed; no batch of the group was acknowledged");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
@@ -339,6 +344,32 @@ async fn write<L: EventLog>(
         }
     }
     tracing::debug!("event log writer drained");
+}
+
+impl Shared {
+    /// `n` events are joining the log: received, in flight, in the backlog.
+    fn admit(&self, n: u64) {
+        self.counters.admit_many(n);
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` admitted events did not join the log after all (duplicates, a
+    /// failed append): as if never received.
+    fn retract(&self, n: u64) {
+        if n > 0 {
+            self.counters.retract(n);
+            self.leave_backlog(n);
+        }
+    }
+
+    /// `n` events left the backlog.
+    fn leave_backlog(&self, n: u64) {
+        let _ = self
+            .backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
 }
 
 /// Reads the log after its cursor, runs the pipeline, commits outputs and
@@ -427,12 +458,7 @@ impl<L: EventLog> Consumer<L> {
                 dead_lettered: out.dead.len() as u64,
                 dropped: 0,
             });
-            let _ = self
-                .shared
-                .backlog
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(taken))
-                });
+            self.shared.leave_backlog(taken);
             self.permits.add_permits(
                 usize::try_from(taken)
                     .unwrap_or(usize::MAX)

@@ -124,6 +124,15 @@ impl Counters {
         });
     }
 
+    /// `n` events accepted with [`Self::admit_many`] never entered the
+    /// pipeline after all (a refused append): as if never received.
+    pub fn retract(&self, n: u64) {
+        self.with(|c| {
+            c.received = c.received.saturating_sub(n);
+            c.in_flight = c.in_flight.saturating_sub(n);
+        });
+    }
+
     /// An event was shed on arrival.
     pub fn shed(&self) {
         self.with(|c| {
