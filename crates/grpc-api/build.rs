@@ -23,9 +23,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("orderflow_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Messages and servers: the servers decode requests with
+    // `crate::codec::RequestCodec`, which answers INVALID_ARGUMENT for a body
+    // that is not valid protobuf (tonic-prost's own codec says INTERNAL).
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(descriptors.clone())?;
+    // Clients, apart, with prost's codec: a client that cannot decode a
+    // response has met a server fault, and INTERNAL is the right code there.
+    // They name the messages generated above.
+    let clients = out.join("clients");
+    std::fs::create_dir_all(&clients)?;
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(false)
+        .extern_path(".orderflow.v1", "crate::proto")
+        .out_dir(&clients)
         .compile_fds(descriptors)?;
     Ok(())
 }

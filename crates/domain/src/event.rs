@@ -15,7 +15,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
-use crate::text::{Charset, check};
+use crate::text::{Charset, check, quote};
 use crate::{Cents, DomainError, EventId, Timestamp, UserId};
 
 /// One thing a user did.
@@ -258,13 +258,76 @@ fn compare_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 }
 
 impl<K: Into<Arc<str>>, V: Into<Arc<str>>> FromIterator<(K, V)> for Attributes {
-    /// Later entries for a key replace earlier ones.
+    /// Later entries for a key replace earlier ones. Sorts once, so building
+    /// from `n` entries is O(n log n), not one shifting insert per entry.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut attributes = Self::default();
-        for (k, v) in iter {
-            attributes.insert(k, v);
+        let mut entries: SmallVec<[(Arc<str>, Arc<str>); INLINE_ATTRIBUTES]> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // Stable, so equal keys keep their input order and the last wins.
+        entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let mut sorted: SmallVec<[(Arc<str>, Arc<str>); INLINE_ATTRIBUTES]> =
+            SmallVec::with_capacity(entries.len());
+        for entry in entries {
+            match sorted.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => sorted.push(entry),
+            }
         }
-        attributes
+        Self(sorted)
+    }
+}
+
+impl Attributes {
+    /// Most attributes an event may carry when it arrives from a client.
+    pub const MAX_ENTRIES: usize = 256;
+    /// Most bytes an event's attribute keys and values may hold in all when
+    /// it arrives from a client.
+    pub const MAX_BYTES: usize = 64 * 1024;
+
+    /// Attributes from a client, checked against [`Self::MAX_ENTRIES`] and
+    /// [`Self::MAX_BYTES`] before anything is built, and for NUL (which
+    /// PostgreSQL cannot store); the error names `field`. Keys are unique
+    /// (a protobuf map), so the order they come in does not matter.
+    pub fn from_client<I>(field: &str, entries: I) -> Result<Self, DomainError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let entries = entries.into_iter();
+        let count = entries.len();
+        if count > Self::MAX_ENTRIES {
+            return Err(DomainError::invalid(
+                field,
+                format!(
+                    "has {count} entries, at most {} are allowed",
+                    Self::MAX_ENTRIES
+                ),
+            ));
+        }
+        let mut bytes = 0;
+        let mut checked = Vec::with_capacity(count);
+        for (key, value) in entries {
+            bytes += key.len() + value.len();
+            if bytes > Self::MAX_BYTES {
+                return Err(DomainError::invalid(
+                    field,
+                    format!(
+                        "hold more than {} bytes of keys and values",
+                        Self::MAX_BYTES
+                    ),
+                ));
+            }
+            if key.contains('\0') || value.contains('\0') {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("entry {} contains the character '\\0'", quote(&key)),
+                ));
+            }
+            checked.push((key, value));
+        }
+        Ok(checked.into_iter().collect())
     }
 }
 
@@ -285,16 +348,30 @@ impl<'de> Deserialize<'de> for Attributes {
                 f.write_str("an object of string attributes")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
-                let mut attributes = Attributes::default();
+                // Collected, then sorted once: O(n log n) however many there
+                // are (stored data is not capped; clients are, at the edge).
+                let mut entries = Vec::new();
                 while let Some((key, value)) = map.next_entry::<String, String>()? {
-                    if attributes.get(&key).is_some() {
+                    if key.contains('\0') || value.contains('\0') {
                         return Err(serde::de::Error::custom(format_args!(
-                            "attributes has the key {key:?} twice"
+                            "attributes entry {} contains the character '\\0'",
+                            quote(&key)
                         )));
                     }
-                    attributes.insert(key, value);
+                    entries.push((Arc::<str>::from(key), Arc::<str>::from(value)));
                 }
-                Ok(attributes)
+                entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+                let repeated = entries.windows(2).find_map(|pair| match pair {
+                    [(a, _), (b, _)] if a == b => Some(a),
+                    _ => None,
+                });
+                if let Some(key) = repeated {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "attributes has the key {} twice",
+                        quote(key)
+                    )));
+                }
+                Ok(Attributes(SmallVec::from_vec(entries)))
             }
         }
         deserializer.deserialize_map(AttributesVisitor)

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::DomainError;
-use crate::text::bounded_text;
+use crate::text::{bounded_text, quote};
 
 bounded_text!(
     /// Who placed an order or produced an event: 1..=128 characters, any
@@ -55,7 +55,7 @@ impl OrderId {
         let invalid = || {
             DomainError::invalid(
                 "order_id",
-                format!("{value:?} is not an order id (a hyphenated UUID)"),
+                format!("{} is not an order id (a hyphenated UUID)", quote(value)),
             )
         };
         if value.len() != uuid::fmt::Hyphenated::LENGTH {

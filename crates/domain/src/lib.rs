@@ -24,4 +24,5 @@ pub use money::{Cents, Currency};
 pub use order::{
     MAX_ORDER_LINES, NewOrder, Order, OrderLine, OrderStatus, Quantity, RestoredOrder,
 };
+pub use text::{QUOTE_CHARS, Quoted, quote};
 pub use time::Timestamp;

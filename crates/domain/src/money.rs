@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::DomainError;
+use crate::text::quote;
 
 /// An amount in the currency's minor unit. Arithmetic is checked: an overflow
 /// is an error the caller reports, never a wrapped total.
@@ -66,7 +67,7 @@ impl Currency {
             &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
             _ => Err(DomainError::invalid(
                 "currency",
-                format!("{value:?} is not three upper-case letters"),
+                format!("{} is not three upper-case letters", quote(value)),
             )),
         }
     }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+use crate::text::quote;
 use crate::{Cents, Currency, DomainError, IdempotencyKey, OrderId, ProductId, UserId};
 
 /// Most lines one order may have.
@@ -187,7 +188,9 @@ impl FromStr for OrderStatus {
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
-            .ok_or_else(|| DomainError::invalid("status", format!("{s:?} is not an order status")))
+            .ok_or_else(|| {
+                DomainError::invalid("status", format!("{} is not an order status", quote(s)))
+            })
     }
 }
 

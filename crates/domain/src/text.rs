@@ -2,13 +2,43 @@
 //! identifier-like strings, and the macro that gives each of them the same
 //! parsing, display and serde behaviour.
 
+use std::fmt;
+
 use crate::DomainError;
+
+/// How many characters of a rejected value an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// A rejected value as an error message shows it: debug-quoted, cut to its
+/// first [`QUOTE_CHARS`] characters with the full length appended when
+/// longer. Every message that echoes client input goes through this, so a
+/// megabyte `currency` yields a short `grpc-message`, not a megabyte one.
+pub fn quote(value: &str) -> Quoted<'_> {
+    Quoted(value)
+}
+
+/// See [`quote`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(QUOTE_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => {
+                let prefix = self.0.get(..cut).unwrap_or_default();
+                write!(f, "{prefix:?}... ({} bytes)", self.0.len())
+            }
+        }
+    }
+}
 
 /// Which characters a bounded text accepts besides its length limit.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Charset {
-    /// Anything, control characters included: user ids in stored events
-    /// contain tabs, quotes and backslashes, and must load as they are.
+    /// Anything but NUL, control characters included: user ids in stored
+    /// events contain tabs, quotes and backslashes, and must load as they
+    /// are. NUL is refused everywhere: PostgreSQL cannot store it in text.
     Any,
     /// No control characters and no surrounding whitespace.
     Printable,
@@ -35,12 +65,12 @@ pub(crate) fn check(
         ));
     }
     let bad = match charset {
-        Charset::Any => None,
+        Charset::Any => value.chars().find(|c| *c == '\0'),
         Charset::Printable => {
             if value.trim() != value {
                 return Err(DomainError::invalid(
                     field,
-                    format!("{value:?} has surrounding whitespace"),
+                    format!("{} has surrounding whitespace", quote(value)),
                 ));
             }
             value.chars().find(|c| c.is_control())
@@ -52,7 +82,7 @@ pub(crate) fn check(
     match bad {
         Some(c) => Err(DomainError::invalid(
             field,
-            format!("{value:?} contains the character {c:?}"),
+            format!("{} contains the character {c:?}", quote(value)),
         )),
         None => Ok(()),
     }
@@ -127,3 +157,23 @@ macro_rules! bounded_text {
 }
 
 pub(crate) use bounded_text;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_values_are_quoted_whole() {
+        assert_eq!(quote("EU\"R").to_string(), r#""EU\"R""#);
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary_with_their_length() {
+        let long = "é".repeat(1000);
+        let quoted = quote(&long).to_string();
+        assert_eq!(
+            quoted,
+            format!("{:?}... (2000 bytes)", "é".repeat(QUOTE_CHARS))
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::DomainError;
+use crate::text::quote;
 
 /// A UTC instant plus the number of fraction-of-second digits to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,7 +46,7 @@ impl Timestamp {
             .map_err(|e| {
                 DomainError::invalid(
                     "occurred_at",
-                    format!("{value:?} is not an RFC 3339 timestamp: {e}"),
+                    format!("{} is not an RFC 3339 timestamp: {e}", quote(value)),
                 )
             })?
             .with_timezone(&Utc);
@@ -62,7 +63,7 @@ impl Timestamp {
             .ok_or_else(|| {
                 DomainError::invalid(
                     "occurred_at",
-                    format!("{value:?} has more than nine fraction digits"),
+                    format!("{} has more than nine fraction digits", quote(value)),
                 )
             })?;
         Ok(Self {

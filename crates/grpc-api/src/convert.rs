@@ -2,13 +2,11 @@
 //! go: every rejection is INVALID_ARGUMENT naming the field, as the domain's
 //! constructors report it.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use domain::{
-    Action, Cents, Currency, Event, EventId, IdempotencyKey, NewOrder, Order, OrderId, OrderLine,
-    OrderStatus, Product, ProductId, ProductName, Quantity, Sku, Timestamp, UserId, Warehouse,
-    WarehouseId, WarehouseName,
+    Action, Attributes, Cents, Currency, Event, EventId, IdempotencyKey, NewOrder, Order, OrderId,
+    OrderLine, OrderStatus, Product, ProductId, ProductName, Quantity, Sku, Timestamp, UserId,
+    Warehouse, WarehouseId, WarehouseName,
 };
 use tonic::Status;
 use transform_engine::{LogBatch, MAX_BATCH_EVENTS};
@@ -192,12 +190,13 @@ pub fn event_from_wire(event: proto::Event, prefix: &str) -> Parsed<Event> {
                 .ok_or_else(|| invalid(&field("occurred_at"), "outside years 1..=9999"))
         })
         .transpose()?;
-    let attributes: HashMap<String, String> = event.attributes;
+    let attributes =
+        Attributes::from_client(&field("attributes"), event.attributes).map_err(status::domain)?;
     let mut out = Event::new(user_id, action);
     out.event_id = event_id;
     out.occurred_at = occurred_at;
     out.amount_cents = event.amount_cents.map(Cents::new);
-    out.attributes = attributes.into_iter().collect();
+    out.attributes = attributes;
     Ok(out)
 }
 

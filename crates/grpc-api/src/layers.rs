@@ -152,27 +152,32 @@ where
     }
 }
 
-/// Answers an oversized request message with RESOURCE_EXHAUSTED, as the
-/// gRPC spec and other servers do; tonic's decoder reports OUT_OF_RANGE.
-/// Only that decoder error is rewritten (recognised by its message), in the
-/// response headers of a trailers-only reply.
+/// Gives requests tonic could not decode the codes a client expects, in the
+/// response headers of a trailers-only reply (recognised by tonic's own
+/// messages; `tests/integration/layers.rs` pins them):
+/// - an oversized message is RESOURCE_EXHAUSTED, as the gRPC spec and other
+///   servers say; tonic's decoder reports OUT_OF_RANGE;
+/// - a body that is not valid protobuf is INVALID_ARGUMENT. orderflow's own
+///   services already answer so (`crate::codec`); this covers the standard
+///   services (health, reflection), which use tonic-prost's codec and say
+///   INTERNAL.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MessageSizeLayer;
+pub struct DecodeErrorLayer;
 
-impl<S> tower::Layer<S> for MessageSizeLayer {
-    type Service = MessageSize<S>;
-    fn layer(&self, inner: S) -> MessageSize<S> {
-        MessageSize { inner }
+impl<S> tower::Layer<S> for DecodeErrorLayer {
+    type Service = DecodeError<S>;
+    fn layer(&self, inner: S) -> DecodeError<S> {
+        DecodeError { inner }
     }
 }
 
-/// The service [`MessageSizeLayer`] makes.
+/// The service [`DecodeErrorLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct MessageSize<S> {
+pub struct DecodeError<S> {
     inner: S,
 }
 
-impl<S, B, R> tower::Service<Request<B>> for MessageSize<S>
+impl<S, B, R> tower::Service<Request<B>> for DecodeError<S>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
@@ -192,16 +197,27 @@ where
         Box::pin(async move {
             let mut response = work.await?;
             let headers = response.headers_mut();
-            let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
-                && headers
-                    .get("grpc-message")
-                    .and_then(|m| m.to_str().ok())
-                    .is_some_and(|m| {
-                        m.contains("message%20length%20too%20large")
-                            || m.contains("message length too large")
-                    });
-            if oversized {
-                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            let message = headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or_default();
+            let code = match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+                Some(b"11")
+                    if message.contains("message%20length%20too%20large")
+                        || message.contains("message length too large") =>
+                {
+                    Some("8")
+                }
+                Some(b"13")
+                    if message.starts_with("failed%20to%20decode%20Protobuf%20message")
+                        || message.starts_with("failed to decode Protobuf message") =>
+                {
+                    Some("3")
+                }
+                _ => None,
+            };
+            if let Some(code) = code {
+                headers.insert("grpc-status", http::HeaderValue::from_static(code));
             }
             Ok(response)
         })
@@ -209,7 +225,7 @@ where
 }
 
 /// Maps a request stream's read error: an oversized message is
-/// RESOURCE_EXHAUSTED (see [`MessageSizeLayer`]); anything else passes.
+/// RESOURCE_EXHAUSTED (see [`DecodeErrorLayer`]); anything else passes.
 pub fn stream_error(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")

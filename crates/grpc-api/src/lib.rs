@@ -8,6 +8,7 @@
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
     tonic::include_proto!("orderflow.v1");
+    include!(concat!(env!("OUT_DIR"), "/clients/orderflow.v1.rs"));
 
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -15,6 +16,7 @@ pub mod proto {
 }
 
 mod catalog;
+mod codec;
 pub mod convert;
 mod events;
 mod layers;
@@ -24,7 +26,7 @@ pub mod status;
 
 pub use catalog::CatalogApi;
 pub use events::EventApi;
-pub use layers::{AuthLayer, DeadlineLayer, LoadShedLayer, MessageSizeLayer, panic_response};
+pub use layers::{AuthLayer, DeadlineLayer, DecodeErrorLayer, LoadShedLayer, panic_response};
 pub use orders::OrderApi;
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

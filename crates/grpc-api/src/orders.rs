@@ -68,7 +68,8 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 "" => None,
                 token => Some(convert::order_id_from_wire(token).map_err(|_| {
                     Status::invalid_argument(format!(
-                        "invalid page_token: {token:?} is not a token this server issued"
+                        "invalid page_token: {} is not a token this server issued",
+                        domain::quote(token)
                     ))
                 })?),
             };

@@ -11,7 +11,7 @@ use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, EventApi, LoadShedLayer, MessageSizeLayer, OrderApi,
+    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
@@ -160,7 +160,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ))
         .layer(AuthLayer::new(settings.auth_token.as_deref()))
         .layer(DeadlineLayer)
-        .layer(MessageSizeLayer)
+        .layer(DecodeErrorLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

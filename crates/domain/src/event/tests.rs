@@ -61,3 +61,53 @@ fn attributes_are_written_sorted() {
         r#"{"user_id":"u","action":"login","attributes":{"alpha":"2","zeta":"1"}}"#
     );
 }
+
+#[test]
+fn attributes_from_an_iterator_are_sorted_and_the_last_value_wins() {
+    let attributes: Attributes = [("b", "1"), ("a", "2"), ("b", "3"), ("c", "4")]
+        .into_iter()
+        .collect();
+    let pairs: Vec<_> = attributes.iter().map(|(k, v)| (&**k, &**v)).collect();
+    assert_eq!(pairs, [("a", "2"), ("b", "3"), ("c", "4")]);
+}
+
+#[test]
+fn client_attributes_are_capped_in_count_and_bytes() {
+    let entries = |n: usize, value: &str| {
+        (0..n)
+            .map(|i| (format!("k{i:05}"), value.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let at_cap = Attributes::from_client("attributes", entries(Attributes::MAX_ENTRIES, "v"));
+    assert_eq!(at_cap.map(|a| a.len()), Ok(Attributes::MAX_ENTRIES));
+    let over = Attributes::from_client("events[2].attributes", entries(100_000, "")).unwrap_err();
+    assert!(
+        over.to_string()
+            .starts_with("invalid events[2].attributes: has 100000 entries, at most 256"),
+        "{over}"
+    );
+    let wide = Attributes::from_client("attributes", entries(16, &"v".repeat(4096)));
+    assert!(wide.is_err(), "16 values of 4 KiB are over 64 KiB");
+    let nul = Attributes::from_client("attributes", [("k".to_owned(), "v\0".to_owned())]);
+    assert!(nul.is_err());
+}
+
+#[test]
+fn stored_attributes_load_however_many_there_are_and_refuse_nul_and_repeats() {
+    let many: Vec<String> = (0..10_000).map(|i| format!(r#""k{i}":"v""#)).collect();
+    let line = format!(
+        r#"{{"user_id":"u","action":"login","attributes":{{{}}}}}"#,
+        many.join(",")
+    );
+    let event = Event::from_json(&line).unwrap();
+    assert_eq!(event.attributes.len(), 10_000);
+    assert!(event.attributes.iter().is_sorted_by(|(a, _), (b, _)| a < b));
+    let nul = Event::from_json(r#"{"user_id":"u","action":"login","attributes":{"k":"\u0000"}}"#);
+    assert!(nul.is_err());
+}
+
+#[test]
+fn nul_is_refused_in_user_ids() {
+    let err = Event::from_json(r#"{"user_id":"a\u0000b","action":"login"}"#).unwrap_err();
+    assert!(err.to_string().contains("user_id"), "{err}");
+}

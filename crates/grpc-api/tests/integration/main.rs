@@ -12,6 +12,7 @@
 )]
 
 mod batches;
+mod hostile;
 mod layers;
 mod status;
 mod suite;
@@ -27,4 +28,9 @@ test_support::backend_tests!(
     expired_deadlines_answer_deadline_exceeded,
     requests_past_the_concurrency_limit_are_shed,
     a_panicking_handler_answers_internal_and_the_connection_keeps_serving,
+    undecodable_requests_are_invalid_argument,
+    undecodable_messages_mid_stream_are_invalid_argument,
+    nul_is_refused_in_every_text_field,
+    error_messages_quote_a_bounded_prefix,
+    attribute_floods_are_refused_naming_the_event,
 );

@@ -12,6 +12,11 @@ use grpc_api::proto::{
 use test_support::TestDb;
 use tonic::{Code, Request};
 
+pub use crate::hostile::{
+    attribute_floods_are_refused_naming_the_event, error_messages_quote_a_bounded_prefix,
+    nul_is_refused_in_every_text_field, undecodable_messages_mid_stream_are_invalid_argument,
+    undecodable_requests_are_invalid_argument,
+};
 pub use crate::layers::a_panicking_handler_answers_internal_and_the_connection_keeps_serving;
 use crate::support::InProcess;
 

@@ -13,7 +13,7 @@ use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_client::OrderServiceClient;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, EventApi, LoadShedLayer, MessageSizeLayer, OrderApi,
+    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, OrderRepository};
 use test_support::TestDb;
@@ -82,7 +82,7 @@ impl InProcess {
             ))
             .layer(AuthLayer::new(auth))
             .layer(DeadlineLayer)
-            .layer(MessageSizeLayer)
+            .layer(DecodeErrorLayer)
             .add_service(health)
             .add_service(
                 OrderServiceServer::new(OrderApi::new(orders))
