@@ -69,13 +69,20 @@ impl From<diesel::result::Error> for StorageError {
         use diesel::result::{DatabaseErrorKind as Kind, Error};
         match error {
             Error::DatabaseError(kind, info) => {
-                let what = info
-                    .constraint_name()
-                    .map_or_else(|| info.message().to_owned(), str::to_owned);
                 match kind {
-                    Kind::UniqueViolation => Conflict::Duplicate(what).into(),
+                    Kind::UniqueViolation => {
+                        Conflict::Duplicate(unique_key(info.as_ref()).to_owned()).into()
+                    }
                     Kind::ForeignKeyViolation | Kind::CheckViolation | Kind::NotNullViolation => {
-                        Self::Invalid(what)
+                        // Domain types check every field first, so this is a
+                        // rule the types do not know: logged in full here,
+                        // answered with one fixed message.
+                        tracing::warn!(
+                            constraint = info.constraint_name(),
+                            detail = info.message(),
+                            "a write broke a database rule"
+                        );
+                        Self::Invalid(RULE_BROKEN.to_owned())
                     }
                     // No answer from the server: the connection broke or closed
                     // (diesel-async reports I/O failures as UnableToSendCommand).
@@ -97,6 +104,55 @@ impl From<diesel::result::Error> for StorageError {
                 Self::Unavailable("connection left in a broken transaction".to_owned())
             }
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What a client hears for a CHECK, foreign key or NOT NULL violation: the
+/// same words on both backends, naming no table or constraint.
+const RULE_BROKEN: &str = "a value breaks a rule of the order store";
+
+/// The unique keys a client can collide with: PostgreSQL's constraint name,
+/// the columns SQLite lists in its message, and what the client is told.
+/// One message per key, the same on both backends, naming no internals.
+const UNIQUE_KEYS: [(&str, &str, &str); 4] = [
+    (
+        "products_sku_key",
+        "products.sku",
+        "sku: another product has this sku",
+    ),
+    (
+        "order_idempotency_keys_pkey",
+        "order_idempotency_keys.user_id, order_idempotency_keys.idempotency_key",
+        "idempotency_key: already used by this user",
+    ),
+    (
+        "warehouses_one_primary",
+        "warehouses.product_id",
+        "warehouses: a product has at most one primary warehouse",
+    ),
+    (
+        "orders_pkey",
+        "orders.order_id",
+        "order_id: an order with this id exists",
+    ),
+];
+
+/// The fixed description of the unique key `info` reports.
+fn unique_key(info: &dyn diesel::result::DatabaseErrorInformation) -> &'static str {
+    let found = UNIQUE_KEYS.iter().find(|(postgres, sqlite, _)| {
+        info.constraint_name() == Some(*postgres)
+            || info.message().strip_prefix("UNIQUE constraint failed: ") == Some(*sqlite)
+    });
+    match found {
+        Some((_, _, message)) => message,
+        None => {
+            tracing::warn!(
+                constraint = info.constraint_name(),
+                detail = info.message(),
+                "a write hit a unique key with no client message"
+            );
+            "a record with this key exists"
         }
     }
 }

@@ -377,3 +377,23 @@ pub async fn attribute_floods_are_refused_naming_the_event(db: &TestDb) {
         .into_inner();
     assert!(accepted.accepted);
 }
+
+pub async fn a_duplicate_sku_answers_one_message_on_both_backends(db: &TestDb) {
+    let server = InProcess::start(db, &[]).await;
+    let mut catalog = server.catalog().await;
+    catalog
+        .upsert_product(crate::suite::product("first", &[("w1", true)]))
+        .await
+        .unwrap();
+    let second = proto::Product {
+        sku: "SKU-first".into(),
+        ..crate::suite::product("second", &[("w1", true)])
+    };
+    let status = catalog.upsert_product(second).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    // Exactly this on both backends: no table, index or constraint name.
+    assert_eq!(
+        status.message(),
+        "duplicate sku: another product has this sku"
+    );
+}

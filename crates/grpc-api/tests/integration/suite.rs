@@ -13,6 +13,7 @@ use test_support::TestDb;
 use tonic::{Code, Request};
 
 pub use crate::hostile::{
+    a_duplicate_sku_answers_one_message_on_both_backends,
     attribute_floods_are_refused_naming_the_event, error_messages_quote_a_bounded_prefix,
     nul_is_refused_in_every_text_field, undecodable_messages_mid_stream_are_invalid_argument,
     undecodable_requests_are_invalid_argument,
@@ -261,7 +262,7 @@ pub async fn idempotent_create_and_optimistic_concurrency(db: &TestDb) {
     assert_eq!(fetched.version, 2);
 }
 
-fn product(id: &str, warehouses: &[(&str, bool)]) -> Product {
+pub fn product(id: &str, warehouses: &[(&str, bool)]) -> Product {
     Product {
         product_id: id.into(),
         sku: format!("SKU-{id}"),
