@@ -13,6 +13,7 @@ mod config;
 mod db;
 mod error;
 mod events;
+mod failpoint;
 mod log;
 pub mod migrate;
 mod orders;

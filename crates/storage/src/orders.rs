@@ -285,9 +285,11 @@ impl OrderRepository for Database {
     type Found = Order;
 
     async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
-        fail::fail_point!("storage-find-order", |_| Err(StorageError::Unavailable(
-            "failpoint storage-find-order".to_owned()
-        )));
+        if crate::failpoint::eval("storage-find-order").await.is_some() {
+            return Err(StorageError::Unavailable(
+                "failpoint storage-find-order".to_owned(),
+            ));
+        }
         self.timed(async {
             let mut conn = self.acquire().await?;
             let key = id.to_string();

@@ -17,7 +17,7 @@ pub use crate::kill::{
 };
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 
-fn create(user: &str, key: &str) -> CreateOrderRequest {
+pub fn create(user: &str, key: &str) -> CreateOrderRequest {
     CreateOrderRequest {
         user_id: user.into(),
         lines: vec![
