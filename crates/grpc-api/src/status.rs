@@ -9,6 +9,8 @@
 //! (nothing was applied: retry later), UNKNOWN for a write that was sent but
 //! not confirmed (it may have been applied: read before retrying, or retry
 //! with the same idempotency key), RESOURCE_EXHAUSTED for shed events,
+//! UNAVAILABLE too for a database that refuses its configuration (a revoked
+//! role, a file made read-only: the client cannot fix it, an operator can),
 //! INTERNAL for everything else, with a generic message: details are logged,
 //! never sent.
 
@@ -40,6 +42,13 @@ pub fn storage(error: StorageError) -> Status {
         StorageError::Domain(inner) => domain(inner),
         StorageError::Unavailable(_) => {
             tracing::warn!(%error, "database unavailable");
+            Status::unavailable("database unavailable, retry later")
+        }
+        StorageError::Misconfigured(_) => {
+            // Start-up refuses such a database; seeing it here means it
+            // changed under a running server (a revoked role, a file made
+            // read-only). Nothing was applied; operators must act.
+            tracing::error!(%error, "database misconfigured");
             Status::unavailable("database unavailable, retry later")
         }
         StorageError::OutcomeUnknown(_) => {

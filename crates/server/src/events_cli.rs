@@ -14,25 +14,35 @@ const IMPORT_ATTEMPTS: u32 = 3;
 
 /// Imports `file` (`-` for standard input); returns how many were stored.
 pub async fn import(db: &Database, file: &str) -> anyhow::Result<usize> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     if file == "-" {
         tokio::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .await
             .context("cannot read standard input")?;
     } else {
-        text = tokio::fs::read_to_string(file)
+        bytes = tokio::fs::read(file)
             .await
             .with_context(|| format!("cannot read {file}"))?;
     }
     let mut events = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    // Line by line, so a line that is not UTF-8 is reported by its number
+    // like any other malformed line.
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let number = index + 1;
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => line.strip_suffix('\r').unwrap_or(line),
+            Err(error) => bail!(
+                "line {number}: not valid UTF-8 (at byte {} of the line); nothing was imported",
+                error.valid_up_to() + 1
+            ),
+        };
         if line.trim().is_empty() {
             continue;
         }
         match Event::from_json(line) {
             Ok(event) => events.push(event),
-            Err(error) => bail!("line {}: {error}; nothing was imported", index + 1),
+            Err(error) => bail!("line {number}: {error}; nothing was imported"),
         }
     }
     // One write id for every attempt: a repeat after an unconfirmed commit

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use server::config::{Cli, Command, EventsCommand};
+use server::serve::Open;
 use server::{events_cli, serve, telemetry};
 
 fn main() -> ExitCode {
@@ -49,18 +50,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Migrate) => {
             // Connecting migrates (under PostgreSQL's advisory lock), with
             // the same start-up retries as serving.
-            serve::connect(&cli.settings).await?;
+            serve::connect(&cli.settings, Open::CreateIfMissing).await?;
             tracing::info!("migrations up to date");
             Ok(())
         }
         Some(Command::Events(EventsCommand::Import { file })) => {
-            let db = serve::connect(&cli.settings).await?;
+            let db = serve::connect(&cli.settings, Open::CreateIfMissing).await?;
             let count = events_cli::import(&db, &file).await?;
             tracing::info!(count, "imported events");
             Ok(())
         }
         Some(Command::Events(EventsCommand::Export)) => {
-            let db = serve::connect(&cli.settings).await?;
+            let db = serve::connect(&cli.settings, Open::MustExist).await?;
             let count = events_cli::export(&db).await?;
             tracing::info!(count, "exported events");
             Ok(())

@@ -42,14 +42,28 @@ pub fn store_config(settings: &Settings) -> StoreConfig {
     config
 }
 
+/// How start-up opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create a SQLite file that is not there (serving, `migrate`, import).
+    CreateIfMissing,
+    /// A SQLite file must already exist (`events export` only reads).
+    MustExist,
+}
+
 /// Connects and migrates, retrying an unreachable database with backoff for
-/// up to `startup_timeout`.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Database> {
+/// up to `startup_timeout`. A configuration that can never work (see
+/// [`StorageError::Misconfigured`]) fails at once, naming the setting.
+pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database> {
     let config = store_config(settings);
     let started = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        match Database::connect(config.clone()).await {
+        let attempt = match open {
+            Open::CreateIfMissing => Database::connect(config.clone()).await,
+            Open::MustExist => Database::connect_existing(config.clone()).await,
+        };
+        match attempt {
             Ok(db) => return Ok(db),
             Err(StorageError::Unavailable(reason))
                 if started.elapsed() + delay < *settings.startup_timeout =>
@@ -57,6 +71,12 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Database> {
                 tracing::warn!(%reason, retry_in = ?delay, "database unreachable at start-up; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(StorageError::Misconfigured(reason)) => {
+                anyhow::bail!(
+                    "--database-url / DATABASE_URL ({}): {reason}",
+                    redact_password(&settings.database_url)
+                );
             }
             Err(error) => {
                 return Err(error).with_context(|| {
@@ -70,6 +90,20 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Database> {
     }
 }
 
+/// `url` with any password replaced by `***`, fit for an error message.
+fn redact_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Serves until a shutdown signal; returns when shutdown is complete.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let pipeline = match &settings.pipeline {
@@ -80,7 +114,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let db = connect(&settings).await?;
+    let db = connect(&settings, Open::CreateIfMissing).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {

@@ -139,6 +139,27 @@ pub struct Database {
 struct Inner {
     pools: Pools,
     config: StoreConfig,
+    /// The pool's latest failure to connect (see [`Database::acquire`]).
+    connect_errors: tokio::sync::watch::Sender<Option<StorageError>>,
+}
+
+/// Hands the pool's connection failures to waiting callers. bb8 opens
+/// connections in the background and only logs why one failed; a caller
+/// would wait its whole `acquire_timeout` for a connection that a refused
+/// socket already said will not come.
+#[derive(Debug, Clone)]
+struct ConnectErrors(tokio::sync::watch::Sender<Option<StorageError>>);
+
+impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for ConnectErrors {
+    fn sink(&self, error: diesel_async::pooled_connection::PoolError) {
+        let error = StorageError::from(error);
+        tracing::debug!(%error, "could not open a database connection");
+        self.0.send_replace(Some(error));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+        Box::new(self.clone())
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -153,20 +174,44 @@ impl Database {
     /// Runs pending migrations (PostgreSQL: under an advisory lock, so
     /// instances starting together migrate once), then opens the pool. The
     /// returned database is ready: no caller sees a half-migrated schema.
+    ///
+    /// A configuration that can never work fails at once as
+    /// [`StorageError::Misconfigured`]: a malformed URL, a database or role
+    /// that does not exist, failed authentication, a SQLite path in a
+    /// missing directory or naming a directory, a database that is
+    /// read-only. Only [`StorageError::Unavailable`] is worth retrying.
     pub async fn connect(config: StoreConfig) -> Result<Self, StorageError> {
+        if config.backend() == Backend::Sqlite {
+            crate::connect::check_sqlite_path(config.sqlite_path(), false)?;
+        }
         migrate::run(&config).await?;
-        Ok(Self::open(config))
+        let db = Self::open(config);
+        db.check_writable().await?;
+        Ok(db)
+    }
+
+    /// As [`Self::connect`], for commands that only read (`events export`):
+    /// a SQLite file that does not exist is an error, not a new empty
+    /// database.
+    pub async fn connect_existing(config: StoreConfig) -> Result<Self, StorageError> {
+        if config.backend() == Backend::Sqlite {
+            crate::connect::check_sqlite_path(config.sqlite_path(), true)?;
+        }
+        Self::connect(config).await
     }
 
     /// Opens the pool without migrating. Connections are made on demand, so
     /// this succeeds even while the database is down; calls then fail as
     /// `Unavailable` within `acquire_timeout`.
     pub fn open(config: StoreConfig) -> Self {
+        let (errors, _) = tokio::sync::watch::channel(None);
         let pools = match config.backend() {
             Backend::Postgres => {
+                let mut setup = ManagerConfig::<AsyncPgConnection>::default();
+                setup.custom_setup = Box::new(|url| Box::pin(crate::connect::postgres(url)));
                 let manager =
-                    AsyncDieselConnectionManager::<AsyncPgConnection>::new(config.url.clone());
-                Pools::Postgres(pool_builder(&config).build_unchecked(manager))
+                    AsyncDieselConnectionManager::new_with_config(config.url.clone(), setup);
+                Pools::Postgres(pool_builder(&config, &errors).build_unchecked(manager))
             }
             Backend::Sqlite => {
                 let mut setup = ManagerConfig::<SqliteConn>::default();
@@ -182,11 +227,15 @@ impl Database {
                 });
                 let manager =
                     AsyncDieselConnectionManager::new_with_config(config.sqlite_path(), setup);
-                Pools::Sqlite(pool_builder(&config).build_unchecked(manager))
+                Pools::Sqlite(pool_builder(&config, &errors).build_unchecked(manager))
             }
         };
         Self {
-            inner: std::sync::Arc::new(Inner { pools, config }),
+            inner: std::sync::Arc::new(Inner {
+                pools,
+                config,
+                connect_errors: errors,
+            }),
         }
     }
 
@@ -200,28 +249,78 @@ impl Database {
         &self.inner.config
     }
 
-    /// A round trip through the same pool the repositories use: what health
-    /// checks should call.
+    /// A round trip through the same pool the repositories use, which also
+    /// checks the database takes writes: what health checks should call.
+    /// A read-only database is [`StorageError::Misconfigured`].
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.timed(async {
-            let mut conn = self.acquire().await?;
-            let query = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"));
-            let one: i32 = with_conn!(&mut conn, |c| query.get_result(c).await)?;
-            if one == 1 {
-                Ok(())
-            } else {
-                Err(StorageError::Internal(format!("SELECT 1 returned {one}")))
-            }
-        })
-        .await
+        self.timed(self.check_writable()).await
     }
 
-    /// A pooled connection, or `Unavailable` after `acquire_timeout`.
+    /// Whether the database would take a write, without writing.
+    ///
+    /// PostgreSQL: not a standby, and not read-only by default. SQLite: a
+    /// table created and rolled back (the schema page is written to the
+    /// transaction only); the write lock is tried without waiting, and a
+    /// held lock means someone is writing, so the file is writable.
+    async fn check_writable(&self) -> Result<(), StorageError> {
+        let mut conn = self.acquire().await?;
+        let writable = match &mut conn {
+            Conn::Postgres(c) => {
+                let query = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
+                ));
+                query.get_result::<bool>(&mut **c).await?
+            }
+            Conn::Sqlite(c) => {
+                c.batch_execute("PRAGMA busy_timeout = 0").await?;
+                let probe = c
+                    .batch_execute(
+                        "BEGIN IMMEDIATE; CREATE TABLE orderflow_write_probe (x INTEGER); ROLLBACK;",
+                    )
+                    .await;
+                // Whatever happened, leave no transaction open and restore
+                // the timeout before the connection goes back to the pool.
+                if probe.is_err() {
+                    let _rolled_back = c.batch_execute("ROLLBACK").await;
+                }
+                c.batch_execute(SQLITE_PRAGMAS).await?;
+                match probe.map_err(StorageError::from) {
+                    Ok(()) | Err(StorageError::Unavailable(_)) => true,
+                    Err(StorageError::Misconfigured(_)) => false,
+                    Err(other) => return Err(other),
+                }
+            }
+        };
+        if writable {
+            Ok(())
+        } else {
+            Err(StorageError::Misconfigured(
+                "the database is read-only".to_owned(),
+            ))
+        }
+    }
+
+    /// A pooled connection; `Unavailable` after `acquire_timeout`, or at
+    /// once if an attempt to connect fails meanwhile (a refused connection
+    /// is known at once; waiting out the timeout only delays the answer).
     pub(crate) async fn acquire(&self) -> Result<Conn, StorageError> {
-        Ok(match &self.inner.pools {
-            Pools::Postgres(pool) => Conn::Postgres(pool.get_owned().await?),
-            Pools::Sqlite(pool) => Conn::Sqlite(pool.get_owned().await?),
-        })
+        let mut failures = self.inner.connect_errors.subscribe();
+        failures.mark_unchanged();
+        let get = async {
+            Ok(match &self.inner.pools {
+                Pools::Postgres(pool) => Conn::Postgres(pool.get_owned().await?),
+                Pools::Sqlite(pool) => Conn::Sqlite(pool.get_owned().await?),
+            })
+        };
+        tokio::select! {
+            conn = get => conn,
+            Ok(()) = failures.changed() => {
+                let error = failures.borrow_and_update().clone();
+                Err(error.unwrap_or_else(|| {
+                    StorageError::Unavailable("could not connect".to_owned())
+                }))
+            }
+        }
     }
 
     /// `operation` bounded by the operation budget.
@@ -406,9 +505,19 @@ pub(crate) fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
     chunks
 }
 
-fn pool_builder<M: bb8::ManageConnection>(config: &StoreConfig) -> bb8::Builder<M> {
+fn pool_builder<M>(
+    config: &StoreConfig,
+    errors: &tokio::sync::watch::Sender<Option<StorageError>>,
+) -> bb8::Builder<M>
+where
+    M: bb8::ManageConnection<Error = diesel_async::pooled_connection::PoolError>,
+{
     bb8::Pool::builder()
         .max_size(config.max_connections.max(1))
+        // A failed connect is reported (see `ConnectErrors`) and the next
+        // caller tries afresh, instead of bb8 retrying behind callers' backs.
+        .retry_connection(false)
+        .error_sink(Box::new(ConnectErrors(errors.clone())))
         .min_idle(Some(0))
         .connection_timeout(config.acquire_timeout)
         // Keep a connection that was fine when returned; `has_broken` still

@@ -36,6 +36,12 @@ pub enum StorageError {
     /// write was sent: nothing was applied. Retryable.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database refuses this configuration for good: no such database
+    /// or role, failed authentication, a malformed URL, a SQLite path that
+    /// cannot hold a database, a database that is read-only. Retrying
+    /// cannot help; an operator must change a setting.
+    #[error("database misconfigured: {0}")]
+    Misconfigured(String),
     /// A write was sent but its commit was not confirmed within the budget:
     /// it may or may not have been applied. Not safe to retry unless the
     /// write is idempotent (an idempotency key, an event batch's write id).
@@ -93,6 +99,11 @@ impl From<diesel::result::Error> for StorageError {
                     // plain error; it is load, not a bug.
                     _ if is_sqlite_busy(info.message()) => {
                         Self::Unavailable(info.message().to_owned())
+                    }
+                    // A read-only file or database, or one SQLite cannot
+                    // open: no retry fixes these.
+                    _ if is_sqlite_unusable(info.message()) => {
+                        Self::Misconfigured(info.message().to_owned())
                     }
                     _ => Self::Internal(info.message().to_owned()),
                 }
@@ -161,9 +172,32 @@ fn is_sqlite_busy(message: &str) -> bool {
     message.contains("database is locked") || message.contains("database is busy")
 }
 
+fn is_sqlite_unusable(message: &str) -> bool {
+    message.contains("attempt to write a readonly database")
+        || message.contains("unable to open database file")
+}
+
 impl From<diesel::ConnectionError> for StorageError {
+    /// `InvalidConnectionUrl` is how `connect.rs` marks a permanent failure;
+    /// SQLite's "unable to open" is one too. Anything else may pass.
     fn from(error: diesel::ConnectionError) -> Self {
-        Self::Unavailable(error.to_string())
+        use diesel::ConnectionError as E;
+        match error {
+            E::InvalidConnectionUrl(reason) => Self::Misconfigured(reason),
+            E::BadConnection(reason) if is_sqlite_unusable(&reason) => Self::Misconfigured(reason),
+            E::CouldntSetupConfiguration(inner) => Self::from(inner),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::PoolError> for StorageError {
+    fn from(error: diesel_async::pooled_connection::PoolError) -> Self {
+        use diesel_async::pooled_connection::PoolError;
+        match error {
+            PoolError::ConnectionError(e) => Self::from(e),
+            PoolError::QueryError(e) => Self::from(e),
+        }
     }
 }
 
@@ -173,7 +207,7 @@ impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for Storage
             bb8::RunError::TimedOut => {
                 Self::Unavailable("timed out waiting for a database connection".to_owned())
             }
-            bb8::RunError::User(e) => Self::Unavailable(e.to_string()),
+            bb8::RunError::User(e) => Self::from(e),
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod cache;
 mod catalog;
 mod config;
+mod connect;
 mod db;
 mod error;
 mod events;

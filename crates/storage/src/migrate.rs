@@ -26,14 +26,23 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_7266_6c77;
 /// Applies every pending migration; returns how many were applied.
 pub async fn run(config: &StoreConfig) -> Result<usize, StorageError> {
     let backend = config.backend();
-    let url = match backend {
-        Backend::Postgres => config.url.clone(),
-        Backend::Sqlite => config.sqlite_path().to_owned(),
+    let work = async {
+        let task = match backend {
+            Backend::Postgres => {
+                // Connected here, where a failure keeps its class (see
+                // `connect.rs`), then driven synchronously by the harness.
+                let conn = crate::connect::postgres(&config.url).await?;
+                let conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
+                tokio::task::spawn_blocking(move || migrate_postgres(conn))
+            }
+            Backend::Sqlite => {
+                let path = config.sqlite_path().to_owned();
+                tokio::task::spawn_blocking(move || migrate_sqlite(&path))
+            }
+        };
+        task.await
+            .map_err(|e| StorageError::Internal(format!("migration task failed: {e}")))?
     };
-    let work = tokio::task::spawn_blocking(move || match backend {
-        Backend::Postgres => migrate_postgres(&url),
-        Backend::Sqlite => migrate_sqlite(&url),
-    });
     let applied = tokio::time::timeout(
         config
             .operation_timeout
@@ -41,16 +50,16 @@ pub async fn run(config: &StoreConfig) -> Result<usize, StorageError> {
         work,
     )
     .await
-    .map_err(|_| StorageError::Unavailable("migrations did not finish in time".to_owned()))?
-    .map_err(|e| StorageError::Internal(format!("migration task failed: {e}")))??;
+    .map_err(|_| StorageError::Unavailable("migrations did not finish in time".to_owned()))??;
     if applied > 0 {
         tracing::info!(applied, ?backend, "applied database migrations");
     }
     Ok(applied)
 }
 
-fn migrate_postgres(url: &str) -> Result<usize, StorageError> {
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)?;
+fn migrate_postgres(
+    mut conn: AsyncConnectionWrapper<AsyncPgConnection>,
+) -> Result<usize, StorageError> {
     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
     let result = apply(&mut conn, POSTGRES);
     // Closing the session releases the lock too; unlocking explicitly just

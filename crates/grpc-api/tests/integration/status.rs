@@ -44,6 +44,11 @@ fn every_storage_error_has_its_code_and_internals_stay_private() {
             "database unavailable, retry later",
         ),
         (
+            StorageError::Misconfigured("role \"app\" does not exist".into()),
+            Code::Unavailable,
+            "database unavailable, retry later",
+        ),
+        (
             StorageError::OutcomeUnknown("not confirmed within 5s".into()),
             Code::Unknown,
             "may have been applied",

@@ -80,3 +80,121 @@ fn an_unreachable_database_is_retried_then_reported() {
         "took {took:?}"
     );
 }
+
+/// A configuration that can never work fails without retrying, whatever the
+/// command, with one line naming the setting. The start-up budget is 30 s;
+/// finishing well inside it shows nothing was retried.
+fn assert_fails_at_once(url: &str, needle: &str) {
+    assert_commands_fail_at_once(&[&[], &["migrate"], &["events", "export"]], url, needle);
+}
+
+fn assert_commands_fail_at_once(commands: &[&[&str]], url: &str, needle: &str) {
+    for args in commands {
+        let (code, stderr, took) = orderflow(
+            &[
+                ("DATABASE_URL", url),
+                ("ORDERFLOW_LISTEN", "127.0.0.1:0"),
+                ("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0"),
+                ("ORDERFLOW_STARTUP_TIMEOUT", "30s"),
+            ],
+            args,
+        );
+        assert_clean_failure(code, &stderr, needle);
+        assert!(
+            stderr.contains("DATABASE_URL"),
+            "{args:?}: names the setting: {stderr}"
+        );
+        assert!(!stderr.contains("retrying"), "{args:?}: {stderr}");
+        assert!(took < Duration::from_secs(15), "{args:?}: took {took:?}");
+    }
+}
+
+#[test]
+fn a_sqlite_path_in_a_missing_directory_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("orderflow.db");
+    assert_fails_at_once(&path.display().to_string(), "does not exist");
+}
+
+#[test]
+fn a_directory_as_the_sqlite_path_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails_at_once(&dir.path().display().to_string(), "is a directory");
+}
+
+#[test]
+fn a_read_only_sqlite_database_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orderflow.db").display().to_string();
+    let (code, stderr, _) = orderflow(&[("DATABASE_URL", &path)], &["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // Opened read-only (as a read-only file or mount would be; the tests run
+    // as root, for whom file modes do not bind).
+    let (code, stderr, _) = orderflow(
+        &[
+            ("DATABASE_URL", &format!("file:{path}?mode=ro")),
+            ("ORDERFLOW_LISTEN", "127.0.0.1:0"),
+            ("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+        &[],
+    );
+    assert_clean_failure(code, &stderr, "read-only");
+}
+
+#[test]
+fn export_of_a_missing_sqlite_file_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nothing.db");
+    let url = path.display().to_string();
+    assert_commands_fail_at_once(&[&["events", "export"]], &url, "no SQLite database at");
+    assert!(!path.exists(), "no database was created");
+}
+
+#[test]
+fn a_malformed_postgres_url_fails_at_once() {
+    let (code, stderr, took) = orderflow(
+        &[
+            ("DATABASE_URL", "postgres://[::1"),
+            ("ORDERFLOW_STARTUP_TIMEOUT", "30s"),
+        ],
+        &["migrate"],
+    );
+    assert_clean_failure(code, &stderr, "malformed URL");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_fails_at_once("postgres://[::1", "malformed URL");
+}
+
+#[test]
+fn a_missing_postgres_database_or_role_fails_at_once() {
+    let Some(base) = test_support::postgres_url() else {
+        return;
+    };
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    assert_fails_at_once(
+        &format!("{prefix}/orderflow_no_such_database"),
+        "does not exist",
+    );
+    let role = base.replacen(
+        "postgres://postgres@",
+        "postgres://orderflow_no_such_role@",
+        1,
+    );
+    assert_ne!(role, base, "the test URL names the postgres role");
+    assert_fails_at_once(&role, "does not exist");
+}
+
+#[test]
+fn an_import_that_is_not_utf8_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db").display().to_string();
+    let file = dir.path().join("events.jsonl");
+    let mut bytes = br#"{"user_id":"u","action":"login"}"#.to_vec();
+    bytes.extend_from_slice(b"\n{\"user_id\":\"\xff\",\"action\":\"login\"}\n");
+    std::fs::write(&file, bytes).unwrap();
+    let (code, stderr, _) = orderflow(
+        &[("DATABASE_URL", &db)],
+        &["events", "import", &file.display().to_string()],
+    );
+    assert_clean_failure(code, &stderr, "line 2: not valid UTF-8");
+}

@@ -141,3 +141,56 @@ async fn sqlite_instances_starting_together_migrate_once() {
         start.await.unwrap().expect("every instance comes up");
     }
 }
+
+/// A refused connection is answered at once: not after the wait for a
+/// pooled connection (30 s here), since no connection is coming. The call
+/// is given 10 s; before, it waited out the 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_unavailable_at_once() {
+    let mut config = StoreConfig::new("postgres://postgres@127.0.0.1:9/orderflow");
+    config.acquire_timeout = Duration::from_secs(30);
+    config.operation_timeout = Duration::from_secs(60);
+    let db = Database::open(config);
+    for _ in 0..3 {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), db.find_order(OrderId::generate()))
+                .await
+                .expect("answered before the acquire timeout");
+        assert!(
+            matches!(&answer, Err(StorageError::Unavailable(reason)) if reason.contains("refused")),
+            "{answer:?}"
+        );
+    }
+}
+
+/// A database that cannot take writes fails its health round trip, so the
+/// server reports NOT_SERVING instead of answering writes with errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_fails_ping_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db").display().to_string();
+    Database::connect(StoreConfig::new(path.clone()))
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    let read_only = Database::open(StoreConfig::new(format!("file:{path}?mode=ro")));
+    let answer = read_only.ping().await;
+    assert!(
+        matches!(&answer, Err(StorageError::Misconfigured(r)) if r.contains("read-only")),
+        "{answer:?}"
+    );
+    let refused = Database::connect(StoreConfig::new(format!("file:{path}?mode=ro"))).await;
+    assert!(matches!(refused, Err(StorageError::Misconfigured(_))), "{refused:?}");
+
+    let Some(base) = postgres_url() else { return };
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20default_transaction_read_only%3Don");
+    let read_only = Database::open(StoreConfig::new(url));
+    let answer = read_only.ping().await;
+    assert!(
+        matches!(&answer, Err(StorageError::Misconfigured(r)) if r.contains("read-only")),
+        "{answer:?}"
+    );
+}

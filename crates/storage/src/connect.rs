@@ -1,0 +1,102 @@
+//! Opening connections, and telling a database that is away from a
+//! configuration that can never work.
+//!
+//! A refused connection or a failed DNS lookup is transient (the database
+//! may come back): [`StorageError::Unavailable`]. "database does not
+//! exist", an unknown role, failed authentication, a malformed URL, or a
+//! SQLite path that cannot hold a database are permanent:
+//! [`StorageError::Misconfigured`], which start-up, `migrate` and the
+//! operator commands report at once, naming the setting, instead of
+//! retrying. diesel's connection error carries only text, so the class
+//! rides in its variant: `InvalidConnectionUrl` for permanent, anything else
+//! for transient (see the `From` impl in `error.rs`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::AsyncPgConnection;
+use tokio_postgres::error::SqlState;
+
+use crate::StorageError;
+
+/// SQLSTATEs a retry cannot fix: the database, role or password is wrong.
+const PERMANENT: [SqlState; 4] = [
+    SqlState::INVALID_CATALOG_NAME,
+    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    SqlState::INVALID_PASSWORD,
+    SqlState::INSUFFICIENT_PRIVILEGE,
+];
+
+/// How long opening a PostgreSQL connection may take when the URL does not
+/// say (`connect_timeout=`): a black-holed address fails in this time
+/// instead of the operating system's TCP timeout.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to PostgreSQL at `url`, classifying a failure.
+pub(crate) async fn postgres(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(format!("malformed URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| match e.code() {
+            Some(code) if PERMANENT.contains(code) => {
+                ConnectionError::InvalidConnectionUrl(postgres_message(&e))
+            }
+            _ => ConnectionError::BadConnection(postgres_message(&e)),
+        })?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
+/// The server's own words where there are some ("database \"x\" does not
+/// exist"), else the client library's ("Connection refused").
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(inner) = source {
+                text = format!("{text}: {inner}");
+                source = inner.source();
+            }
+            text
+        }
+    }
+}
+
+/// Checks that `path` can hold a SQLite database before SQLite is asked to
+/// open it: its directory exists and it is not itself a directory. With
+/// `must_exist` (read-only commands such as `events export`), a missing file
+/// is an error too, instead of an empty database created as a side effect.
+pub(crate) fn check_sqlite_path(path: &str, must_exist: bool) -> Result<(), StorageError> {
+    // `file:` URIs and `:memory:` are SQLite's to interpret.
+    if path.starts_with("file:") || path == ":memory:" {
+        return Ok(());
+    }
+    let file = Path::new(path);
+    let misconfigured = |what: String| Err(StorageError::Misconfigured(what));
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_dir() => misconfigured(format!("{path} is a directory, not a file")),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                misconfigured(format!("the directory {} does not exist", parent.display()))
+            } else if must_exist {
+                misconfigured(format!("no SQLite database at {path}"))
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) => misconfigured(format!("cannot use {path}: {e}")),
+    }
+}
