@@ -18,6 +18,16 @@ use smallvec::SmallVec;
 use crate::text::{Charset, check, quote};
 use crate::{Cents, DomainError, EventId, Timestamp, UserId};
 
+/// A line of JSON-lines text that is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {error}")]
+pub struct BadLine {
+    /// Its number, from 1.
+    pub line: usize,
+    /// What is wrong with it.
+    pub error: DomainError,
+}
+
 /// One thing a user did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +61,31 @@ impl Event {
             amount_cents: None,
             attributes: Attributes::default(),
         }
+    }
+
+    /// Parses JSON lines (an import file): every non-blank line one event,
+    /// `\n` or `\r\n` line ends. The first bad line fails the whole text,
+    /// with its 1-based number; a line that is not UTF-8 is a bad line.
+    pub fn parse_json_lines(text: &[u8]) -> Result<Vec<Self>, BadLine> {
+        let mut events = Vec::new();
+        for (index, line) in text.split(|b| *b == b'\n').enumerate() {
+            let bad = |error| BadLine {
+                line: index + 1,
+                error,
+            };
+            let line = std::str::from_utf8(line).map_err(|e| {
+                bad(DomainError::MalformedEvent(format!(
+                    "not valid UTF-8 (at byte {} of the line)",
+                    e.valid_up_to() + 1
+                )))
+            })?;
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() {
+                continue;
+            }
+            events.push(Self::from_json(line).map_err(bad)?);
+        }
+        Ok(events)
     }
 
     /// Parses one stored or imported JSON line. Unknown fields are an error

@@ -18,7 +18,7 @@ mod time;
 
 pub use catalog::{Product, ProductName, Warehouse, WarehouseName};
 pub use error::DomainError;
-pub use event::{Action, Attributes, DeadLetter, Event, UnknownAction};
+pub use event::{Action, Attributes, BadLine, DeadLetter, Event, UnknownAction};
 pub use ids::{EventId, IdempotencyKey, OrderId, ProductId, Sku, UserId, WarehouseId, WriteId};
 pub use money::{Cents, Currency};
 pub use order::{

@@ -314,12 +314,18 @@ where
 /// How much earlier than the caller's deadline the server answers.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
-/// Parses `grpc-timeout` (up to 8 digits and a unit: H M S m u n).
+/// The `grpc-timeout` header's value, if it is valid.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (H M S m
+/// u n), as the gRPC spec writes it; anything else is `None` (no deadline).
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     let split = text.len().checked_sub(1)?;
     let (digits, unit) = (text.get(..split)?, text.get(split..)?);
-    if digits.is_empty() || digits.len() > 8 {
+    // `u64::from_str` would also take a leading `+`.
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let value: u64 = digits.parse().ok()?;

@@ -26,7 +26,9 @@ pub mod status;
 
 pub use catalog::CatalogApi;
 pub use events::EventApi;
-pub use layers::{AuthLayer, DeadlineLayer, DecodeErrorLayer, LoadShedLayer, panic_response};
+pub use layers::{
+    AuthLayer, DeadlineLayer, DecodeErrorLayer, LoadShedLayer, panic_response, parse_grpc_timeout,
+};
 pub use orders::OrderApi;
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

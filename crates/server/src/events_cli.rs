@@ -25,26 +25,10 @@ pub async fn import(db: &Database, file: &str) -> anyhow::Result<usize> {
             .await
             .with_context(|| format!("cannot read {file}"))?;
     }
-    let mut events = Vec::new();
-    // Line by line, so a line that is not UTF-8 is reported by its number
-    // like any other malformed line.
-    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let number = index + 1;
-        let line = match std::str::from_utf8(line) {
-            Ok(line) => line.strip_suffix('\r').unwrap_or(line),
-            Err(error) => bail!(
-                "line {number}: not valid UTF-8 (at byte {} of the line); nothing was imported",
-                error.valid_up_to() + 1
-            ),
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match Event::from_json(line) {
-            Ok(event) => events.push(event),
-            Err(error) => bail!("line {number}: {error}; nothing was imported"),
-        }
-    }
+    let events = match Event::parse_json_lines(&bytes) {
+        Ok(events) => events,
+        Err(bad) => bail!("{bad}; nothing was imported"),
+    };
     // One write id for every attempt: a repeat after an unconfirmed commit
     // stores nothing twice.
     let write = WriteId::generate();

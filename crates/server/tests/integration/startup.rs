@@ -196,5 +196,5 @@ fn an_import_that_is_not_utf8_names_its_line() {
         &[("DATABASE_URL", &db)],
         &["events", "import", &file.display().to_string()],
     );
-    assert_clean_failure(code, &stderr, "line 2: not valid UTF-8");
+    assert_clean_failure(code, &stderr, "line 2: malformed event: not valid UTF-8");
 }

@@ -182,7 +182,10 @@ async fn a_read_only_database_fails_ping_on_both_backends() {
         "{answer:?}"
     );
     let refused = Database::connect(StoreConfig::new(format!("file:{path}?mode=ro"))).await;
-    assert!(matches!(refused, Err(StorageError::Misconfigured(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StorageError::Misconfigured(_))),
+        "{refused:?}"
+    );
 
     let Some(base) = postgres_url() else { return };
     let separator = if base.contains('?') { '&' } else { '?' };
