@@ -24,13 +24,32 @@ const STREAM_WINDOW: usize = 32;
 pub struct EventApi {
     ingest: Ingest,
     log: Option<(LogIngest, Option<Duration>)>,
+    stream_idle: Duration,
 }
 
 impl EventApi {
+    /// How long a client stream may go without sending a message, by
+    /// default, before the server ends it.
+    pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
     /// Serves `ingest`; the acknowledged RPCs answer UNIMPLEMENTED until a
     /// log is attached with [`Self::with_log`].
     pub fn new(ingest: Ingest) -> Self {
-        Self { ingest, log: None }
+        Self {
+            ingest,
+            log: None,
+            stream_idle: Self::DEFAULT_STREAM_IDLE_TIMEOUT,
+        }
+    }
+
+    /// Ends a client stream (PublishEvents, StreamEventBatches) that sends
+    /// nothing for `idle` with DEADLINE_EXCEEDED, so idle clients cannot
+    /// hold streams open for ever. Time the server spends pushing back (a
+    /// full backlog) does not count.
+    #[must_use]
+    pub fn with_stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.stream_idle = idle;
+        self
     }
 
     /// Serves acknowledged ingest through `log`. A unary PublishEventBatch
@@ -47,6 +66,17 @@ impl EventApi {
         self.log
             .as_ref()
             .ok_or_else(|| Status::unimplemented("acknowledged ingest is not configured"))
+    }
+}
+
+/// The next message of a client stream: `None` at its end, and
+/// DEADLINE_EXCEEDED when the client sent nothing for `idle`.
+async fn next_message<T>(stream: &mut Streaming<T>, idle: Duration) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(message) => message.map_err(crate::layers::stream_error),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no message for {idle:?}; the server closed the idle stream"
+        ))),
     }
 }
 
@@ -68,10 +98,19 @@ impl EventService for EventApi {
             let mut stream = request.into_inner();
             let mut counts = PublishEventsResponse::default();
             let mut index = 0usize;
-            while let Some(message) = stream
-                .message()
-                .await
-                .map_err(crate::layers::stream_error)?
+            while let Some(message) =
+                next_message(&mut stream, self.stream_idle)
+                    .await
+                    .map_err(|status| {
+                        Status::new(
+                            status.code(),
+                            format!(
+                                "{} ({} events accepted before it)",
+                                status.message(),
+                                counts.accepted
+                            ),
+                        )
+                    })?
             {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
@@ -142,6 +181,7 @@ impl EventService for EventApi {
         observe("StreamEventBatches", async {
             let (log, _) = self.log()?;
             let log = log.clone();
+            let idle = self.stream_idle;
             let mut inbound = request.into_inner();
             let (next, mut in_order) = mpsc::channel::<Next>(STREAM_WINDOW);
             let (acks, outbound) = mpsc::channel(STREAM_WINDOW);
@@ -150,7 +190,7 @@ impl EventService for EventApi {
             // back on the client.
             tokio::spawn(async move {
                 loop {
-                    let step = match inbound.message().await {
+                    let step = match next_message(&mut inbound, idle).await {
                         Ok(Some(message)) => {
                             let sequence = message.sequence;
                             match convert::event_batch_from_wire(message) {
@@ -162,7 +202,7 @@ impl EventService for EventApi {
                             }
                         }
                         Ok(None) => break,
-                        Err(error) => Next::Fail(crate::layers::stream_error(error)),
+                        Err(error) => Next::Fail(error),
                     };
                     let last = matches!(step, Next::Fail(_));
                     if next.send(step).await.is_err() || last {

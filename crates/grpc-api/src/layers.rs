@@ -236,21 +236,40 @@ pub fn stream_error(status: Status) -> Status {
     }
 }
 
-/// Bounds the RPCs served at once across all connections; past the bound a
+/// RPCs whose request or response is a stream: they may stay open for
+/// minutes, so they draw from their own budget (see [`LoadShedLayer`]).
+const STREAMING: [&str; 5] = [
+    "/orderflow.v1.EventService/PublishEvents",
+    "/orderflow.v1.EventService/StreamEventBatches",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Bounds the RPCs served at once across all connections; past a bound a
 /// request is shed at once with RESOURCE_EXHAUSTED instead of queueing
-/// (queued requests only time out later, holding memory meanwhile). Health
-/// checks are never shed: an overloaded instance is busy, not dead.
+/// (queued requests only time out later, holding memory meanwhile).
+///
+/// Two budgets: unary RPCs and streams. A stream holds its permit until it
+/// ends, which may be minutes; with one budget, clients holding idle
+/// streams could take every permit and starve everyone's unary calls. A
+/// permit is held until the response body is finished, not only until the
+/// handler returns (a bidirectional stream's handler returns at once).
+/// Health checks are never shed: an overloaded instance is busy, not dead.
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
-    /// One permit per RPC in progress; `try_acquire` never waits.
-    permits: Arc<tokio::sync::Semaphore>,
+    /// One permit per unary RPC in progress; `try_acquire` never waits.
+    unary: Arc<tokio::sync::Semaphore>,
+    /// One permit per open stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl LoadShedLayer {
-    /// At most `limit` RPCs at once.
-    pub fn new(limit: usize) -> Self {
+    /// At most `unary` unary RPCs and `streams` streams at once.
+    pub fn new(unary: usize, streams: usize) -> Self {
         Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+            unary: Arc::new(tokio::sync::Semaphore::new(unary.max(1))),
+            streams: Arc::new(tokio::sync::Semaphore::new(streams.max(1))),
         }
     }
 }
@@ -260,7 +279,7 @@ impl<S> tower::Layer<S> for LoadShedLayer {
     fn layer(&self, inner: S) -> LoadShed<S> {
         LoadShed {
             inner,
-            permits: Arc::clone(&self.permits),
+            budgets: self.clone(),
         }
     }
 }
@@ -269,7 +288,7 @@ impl<S> tower::Layer<S> for LoadShedLayer {
 #[derive(Debug, Clone)]
 pub struct LoadShed<S> {
     inner: S,
-    permits: Arc<tokio::sync::Semaphore>,
+    budgets: LoadShedLayer,
 }
 
 impl<S, B, R> tower::Service<Request<B>> for LoadShed<S>
@@ -277,37 +296,158 @@ where
     S: tower::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Default + Send + 'static,
+    R: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
 {
-    type Response = Response<R>;
+    type Response = Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+    type Future = BoxFuture<Result<Response<tonic::body::Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
-            return Box::pin(self.inner.call(request));
+        let path = request.uri().path();
+        if path == "/grpc.health.v1.Health/Check" {
+            let work = self.inner.call(request);
+            return Box::pin(async move { Ok(work.await?.map(tonic::body::Body::new)) });
         }
-        match Arc::clone(&self.permits).try_acquire_owned() {
+        let (budget, what) = if STREAMING.contains(&path) {
+            (&self.budgets.streams, "open streams")
+        } else {
+            (&self.budgets.unary, "concurrent requests")
+        };
+        match Arc::clone(budget).try_acquire_owned() {
             Ok(permit) => {
                 let work = self.inner.call(request);
                 Box::pin(async move {
-                    let response = work.await;
-                    drop(permit);
-                    response
+                    let response = work.await?;
+                    Ok(response.map(|body| tonic::body::Body::new(Guarded::new(body, permit))))
                 })
             }
             Err(_) => {
                 metrics::counter!("orderflow_grpc_shed_total").increment(1);
-                let status = Status::resource_exhausted(
-                    "server at its concurrency limit; retry with backoff",
-                );
+                let status = Status::resource_exhausted(format!(
+                    "server at its limit of {what}; retry with backoff"
+                ));
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+/// A response body that holds `guard` until the body is finished or
+/// dropped: how a layer keeps something (a permit, a count) for the whole
+/// of an RPC, streams included.
+#[derive(Debug)]
+pub struct Guarded<B, G> {
+    body: B,
+    guard: Option<G>,
+}
+
+impl<B, G> Guarded<B, G> {
+    /// `body`, holding `guard`.
+    pub fn new(body: B, guard: G) -> Self {
+        Self {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> http_body::Body for Guarded<B, G>
+where
+    B: http_body::Body + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Bounds a request's metadata. HTTP/2 itself refuses a header list over
+/// its own, larger limit with HTTP 431, which gRPC clients can only report
+/// as UNKNOWN; below that limit this layer answers RESOURCE_EXHAUSTED (as
+/// for an oversized message), saying how large the metadata was.
+#[derive(Debug, Clone, Copy)]
+pub struct MetadataLimitLayer {
+    max_bytes: usize,
+}
+
+impl MetadataLimitLayer {
+    /// Metadata of at most `max_bytes`, counted as HTTP/2 counts a header
+    /// list: name, value and 32 bytes per entry.
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
+}
+
+impl<S> tower::Layer<S> for MetadataLimitLayer {
+    type Service = MetadataLimit<S>;
+    fn layer(&self, inner: S) -> MetadataLimit<S> {
+        MetadataLimit {
+            inner,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The service [`MetadataLimitLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct MetadataLimit<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+impl<S, B> tower::Service<Request<B>> for MetadataLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<tonic::body::Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let headers = request.headers();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        if bytes > self.max_bytes {
+            let status = Status::resource_exhausted(format!(
+                "request metadata is {bytes} bytes in {} entries, at most {} bytes are allowed",
+                headers.len(),
+                self.max_bytes
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 

@@ -27,7 +27,8 @@ pub mod status;
 pub use catalog::CatalogApi;
 pub use events::EventApi;
 pub use layers::{
-    AuthLayer, DeadlineLayer, DecodeErrorLayer, LoadShedLayer, panic_response, parse_grpc_timeout,
+    AuthLayer, DeadlineLayer, DecodeErrorLayer, Guarded, LoadShedLayer, MetadataLimitLayer,
+    panic_response, parse_grpc_timeout,
 };
 pub use orders::OrderApi;
 

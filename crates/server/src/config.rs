@@ -145,7 +145,48 @@ pub struct Settings {
     /// Largest accepted request message, in bytes.
     #[arg(long, env = "ORDERFLOW_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
-    /// Requests served at once; beyond it new requests are shed with
+    /// Largest accepted request metadata (all headers, counted as HTTP/2
+    /// counts them: name + value + 32 bytes each); larger answers
+    /// RESOURCE_EXHAUSTED. HTTP/2 itself refuses 16 times this with HTTP 431.
+    #[arg(long, env = "ORDERFLOW_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_metadata_bytes: usize,
+    /// Streaming RPCs open at once (PublishEvents, StreamEventBatches,
+    /// Health/Watch, reflection), a budget apart from unary requests so
+    /// clients holding streams open cannot starve unary calls.
+    #[arg(long, env = "ORDERFLOW_MAX_OPEN_STREAMS", default_value_t = 256)]
+    pub max_open_streams: usize,
+    /// RPCs one connection may have open at once (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS): one client connection cannot
+    /// take a whole budget.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 128
+    )]
+    pub max_streams_per_connection: u32,
+    /// A client stream that sends nothing for this long is ended with
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, env = "ORDERFLOW_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub stream_idle_timeout: Duration,
+    /// Connections open at once; beyond it the server stops accepting (the
+    /// kernel's backlog holds the rest) until one closes.
+    #[arg(long, env = "ORDERFLOW_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A new connection must start HTTP/2 (send its first bytes) within
+    /// this, or it is closed.
+    #[arg(long, env = "ORDERFLOW_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+    /// A connection with no RPC in progress for this long is closed.
+    #[arg(long, env = "ORDERFLOW_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_connection_timeout: Duration,
+    /// How often the server pings each HTTP/2 connection to find dead
+    /// peers.
+    #[arg(long, env = "ORDERFLOW_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub http2_keepalive_interval: Duration,
+    /// A ping not answered within this closes the connection.
+    #[arg(long, env = "ORDERFLOW_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// Unary requests served at once; beyond it new requests are shed with
     /// RESOURCE_EXHAUSTED instead of queueing.
     #[arg(
         long,

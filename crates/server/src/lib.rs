@@ -6,6 +6,7 @@
 //! (it is the binary's).
 
 pub mod config;
+pub mod connections;
 pub mod events_cli;
 pub mod serve;
 pub mod sinks;

@@ -11,17 +11,18 @@ use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, OrderApi,
+    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer,
+    MetadataLimitLayer, OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use transform_engine::{Engine, EngineConfig, LogConfig, OverflowPolicy, PipelineSpec};
 
 use crate::config::Settings;
+use crate::connections::{self, ActivityLayer, Limits};
 use crate::sinks::{DatabaseLog, StoreSink};
 
 /// Services whose health is reported (besides the overall `""`).
@@ -164,7 +165,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         OverflowPolicy::BlockTimeout(wait) => Some(wait),
         OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => Some(Duration::ZERO),
     };
-    let events = EventApi::new(engine.ingest()).with_log(log, log_wait);
+    let events = EventApi::new(engine.ingest())
+        .with_log(log, log_wait)
+        .with_stream_idle_timeout(*settings.stream_idle_timeout);
     let engine = Arc::new(engine);
 
     let forgetting = tokio::spawn(forget_old_write_ids(db.clone()));
@@ -186,9 +189,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("cannot build reflection (v1alpha)")?;
 
     let max = settings.max_message_bytes;
+    // HTTP/2 refuses metadata over 16 times the setting outright (HTTP 431,
+    // which clients see as UNKNOWN); between the two, MetadataLimitLayer
+    // answers RESOURCE_EXHAUSTED.
+    let header_list_limit =
+        u32::try_from(settings.max_metadata_bytes.saturating_mul(16)).unwrap_or(u32::MAX);
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        .http2_keepalive_interval(Some(*settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
+        .http2_max_header_list_size(header_list_limit)
         .trace_fn(request_span)
-        .layer(LoadShedLayer::new(settings.max_concurrent_requests))
+        .layer(ActivityLayer)
+        .layer(MetadataLimitLayer::new(settings.max_metadata_bytes))
+        .layer(LoadShedLayer::new(
+            settings.max_concurrent_requests,
+            settings.max_open_streams,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_api::panic_response,
         ))
@@ -207,8 +224,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?db.backend(), "serving gRPC");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = Limits {
+        max_connections: settings.max_connections,
+        handshake_timeout: *settings.handshake_timeout,
+        idle_timeout: *settings.idle_connection_timeout,
+    };
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpIncoming::from(listener),
+        connections::incoming(listener, limits),
         async {
             let _ = stopped.await;
         },

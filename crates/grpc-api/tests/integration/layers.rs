@@ -122,3 +122,117 @@ async fn grpc_timeout_is_read_in_every_unit() {
     let status = orders.get_order(request).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
+
+/// Unary calls and streams have separate budgets: streams that hold every
+/// stream permit (and never send) leave unary calls served; past either
+/// budget a call is shed with RESOURCE_EXHAUSTED; health is never shed.
+pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDb) {
+    let server = InProcess::start_with(
+        db,
+        Rigged::new(db, 0, Duration::from_secs(2)),
+        &[
+            ("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1"),
+            ("ORDERFLOW_MAX_OPEN_STREAMS", "1"),
+        ],
+    )
+    .await;
+    // One open stream holds the only stream permit; it sends one event and
+    // then nothing.
+    let mut events = server.events().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(crate::suite::event(0)).await.unwrap();
+    let open = tokio::spawn(async move {
+        events
+            .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = server.events().await;
+    let status = second
+        .publish_events(tokio_stream::iter([crate::suite::event(1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("open streams"), "{status:?}");
+
+    // Unary calls are still served: the held stream cannot starve them.
+    let mut orders = server.orders().await;
+    let created = orders
+        .create_order(crate::suite::create("u", ""))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A slow lookup holds the only unary permit; the next call is shed.
+    let mut slow = server.orders().await;
+    let lookup = tokio::spawn(async move { slow.get_order(unknown_id()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = orders
+        .get_order(GetOrderRequest {
+            order_id: created.order_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("concurrent requests"),
+        "{status:?}"
+    );
+    // Health is never shed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(lookup.await.unwrap().unwrap_err().code(), Code::NotFound);
+    drop(tx);
+    assert_eq!(open.await.unwrap().unwrap().into_inner().accepted, 1);
+    // Both permits are free again.
+    orders
+        .get_order(GetOrderRequest {
+            order_id: created.order_id,
+        })
+        .await
+        .unwrap();
+    second
+        .publish_events(tokio_stream::iter([crate::suite::event(2)]))
+        .await
+        .unwrap();
+}
+
+/// A stream that sends nothing for the idle timeout is ended with
+/// DEADLINE_EXCEEDED, saying what was accepted before; so is a
+/// bidirectional one.
+pub async fn idle_streams_are_ended(db: &TestDb) {
+    let server = InProcess::start(db, &[("ORDERFLOW_STREAM_IDLE_TIMEOUT", "300ms")]).await;
+    let mut events = server.events().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(crate::suite::event(0)).await.unwrap();
+    let status = events
+        .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("1 events accepted"), "{status:?}");
+    drop(tx);
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(grpc_api::proto::EventBatch {
+        producer_id: "idle".into(),
+        sequence: 1,
+        events: vec![crate::suite::event(1)],
+    })
+    .await
+    .unwrap();
+    let mut acks = events
+        .stream_event_batches(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.message().await.unwrap().map(|a| a.sequence), Some(1));
+    let status = acks.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+}

@@ -34,4 +34,5 @@ test_support::backend_tests!(
     error_messages_quote_a_bounded_prefix,
     attribute_floods_are_refused_naming_the_event,
     a_duplicate_sku_answers_one_message_on_both_backends,
+    idle_streams_are_ended,
 );

@@ -18,10 +18,13 @@ pub use crate::hostile::{
     nul_is_refused_in_every_text_field, undecodable_messages_mid_stream_are_invalid_argument,
     undecodable_requests_are_invalid_argument,
 };
-pub use crate::layers::a_panicking_handler_answers_internal_and_the_connection_keeps_serving;
+pub use crate::layers::{
+    a_panicking_handler_answers_internal_and_the_connection_keeps_serving, idle_streams_are_ended,
+    requests_past_the_concurrency_limit_are_shed,
+};
 use crate::support::InProcess;
 
-fn create(user: &str, key: &str) -> CreateOrderRequest {
+pub fn create(user: &str, key: &str) -> CreateOrderRequest {
     CreateOrderRequest {
         user_id: user.into(),
         lines: vec![
@@ -46,7 +49,7 @@ fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Co
     (status.code(), status.message().to_owned())
 }
 
-fn event(n: usize) -> Event {
+pub fn event(n: usize) -> Event {
     Event {
         event_id: format!("e2e-{n}"),
         user_id: format!("u-{}", n % 7),
@@ -459,33 +462,4 @@ pub async fn expired_deadlines_answer_deadline_exceeded(db: &TestDb) {
         stats.received, 1,
         "the event sent before the deadline was accepted"
     );
-}
-
-pub async fn requests_past_the_concurrency_limit_are_shed(db: &TestDb) {
-    let server = InProcess::start(db, &[("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1")]).await;
-    let mut events = server.events().await;
-    // One open stream holds the only slot.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(event(0)).await.unwrap();
-    let open = tokio::spawn(async move {
-        events
-            .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut orders = server.orders().await;
-    let (code, message) = code_and_message(orders.create_order(create("u", "")).await);
-    assert_eq!(code, Code::ResourceExhausted, "{message}");
-    // Health is never shed.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    drop(tx);
-    assert_eq!(open.await.unwrap().unwrap().into_inner().accepted, 1);
-    // The slot is free again.
-    orders.create_order(create("u", "")).await.unwrap();
 }

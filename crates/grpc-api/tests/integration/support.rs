@@ -52,6 +52,11 @@ impl InProcess {
             setting("ORDERFLOW_MAX_MESSAGE_BYTES").map_or(4 << 20, |v| v.parse().unwrap());
         let max_concurrent =
             setting("ORDERFLOW_MAX_CONCURRENT_REQUESTS").map_or(1024, |v| v.parse().unwrap());
+        let max_streams = setting("ORDERFLOW_MAX_OPEN_STREAMS").map_or(256, |v| v.parse().unwrap());
+        let stream_idle = setting("ORDERFLOW_STREAM_IDLE_TIMEOUT")
+            .map_or(EventApi::DEFAULT_STREAM_IDLE_TIMEOUT, |v| {
+                *v.parse::<humantime::Duration>().unwrap()
+            });
         let policy: OverflowPolicy = setting("ORDERFLOW_OVERFLOW_POLICY")
             .map_or_else(OverflowPolicy::default, |v| v.parse().unwrap());
 
@@ -76,7 +81,7 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let router = tonic::transport::Server::builder()
-            .layer(LoadShedLayer::new(max_concurrent))
+            .layer(LoadShedLayer::new(max_concurrent, max_streams))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 grpc_api::panic_response,
             ))
@@ -94,7 +99,9 @@ impl InProcess {
             )
             .add_service(
                 EventServiceServer::new(
-                    EventApi::new(engine.ingest()).with_log(log, Some(Duration::ZERO)),
+                    EventApi::new(engine.ingest())
+                        .with_log(log, Some(Duration::ZERO))
+                        .with_stream_idle_timeout(stream_idle),
                 )
                 .max_decoding_message_size(max_message),
             );

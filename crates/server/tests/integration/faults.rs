@@ -61,3 +61,140 @@ async fn a_sleeping_failpoint_delays_only_its_own_requests() {
         );
     }
 }
+
+/// The server's `host:port`.
+fn socket(server: &Server) -> &str {
+    server.address.trim_start_matches("http://")
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: enough for the
+/// server to consider the connection started.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Reads until the peer closes; `Err` if it is still open after `limit` (a
+/// guard against hanging, not a measurement).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Result<(), ()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| ())
+}
+
+/// A connection that never speaks is closed after the handshake timeout;
+/// one that speaks and then has no RPC in progress, after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let db = TestDb::sqlite().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_HANDSHAKE_TIMEOUT", "300ms"),
+            ("ORDERFLOW_IDLE_CONNECTION_TIMEOUT", "1s"),
+        ],
+    );
+    let mut silent = tokio::net::TcpStream::connect(socket(&server))
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20))
+            .await
+            .is_ok(),
+        "a silent connection is closed"
+    );
+    let mut idle = tokio::net::TcpStream::connect(socket(&server))
+        .await
+        .unwrap();
+    idle.write_all(PREFACE).await.unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(20))
+            .await
+            .is_ok(),
+        "an idle connection is closed"
+    );
+    // A connection with an RPC in progress is not idle: a stream open
+    // longer than the idle timeout still completes.
+    let mut events = server.events().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stream = tokio::spawn(async move {
+        events
+            .publish_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(crate::suite::event(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tx.send(crate::suite::event(2)).await.unwrap();
+    drop(tx);
+    assert_eq!(stream.await.unwrap().unwrap().into_inner().accepted, 2);
+}
+
+/// At the connection limit the server stops accepting: a further client
+/// hears nothing until an open connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_one() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::sqlite().await;
+    let server = Server::start(&db, &[("ORDERFLOW_MAX_CONNECTIONS", "3")]);
+    // The server's first frame on a connection is its SETTINGS.
+    async fn answered(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+    }
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(socket(&server))
+            .await
+            .unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        assert!(answered(&mut stream, Duration::from_secs(10)).await);
+        open.push(stream);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(socket(&server))
+        .await
+        .unwrap();
+    fourth.write_all(PREFACE).await.unwrap();
+    assert!(
+        !answered(&mut fourth, Duration::from_secs(1)).await,
+        "not accepted while three are open"
+    );
+    drop(open.pop());
+    assert!(
+        answered(&mut fourth, Duration::from_secs(10)).await,
+        "accepted once one closed"
+    );
+}
+
+/// 1,000 metadata entries: RESOURCE_EXHAUSTED saying how large, not HTTP
+/// 431 (which a gRPC client can only report as UNKNOWN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_metadata_is_resource_exhausted() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(&db, &[]);
+    let mut orders = server.orders().await;
+    let mut request = tonic::Request::new(GetOrderRequest {
+        order_id: "00000000-0000-7000-8000-000000000000".into(),
+    });
+    for i in 0..1000 {
+        let key: tonic::metadata::MetadataKey<_> = format!("x-header-{i}").parse().unwrap();
+        request.metadata_mut().insert(key, "value".parse().unwrap());
+    }
+    let status = orders.get_order(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("metadata"), "{status:?}");
+    // The connection is fine afterwards.
+    let status = orders
+        .get_order(GetOrderRequest {
+            order_id: "00000000-0000-7000-8000-000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}

@@ -42,7 +42,7 @@ fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Co
     (status.code(), status.message().to_owned())
 }
 
-fn event(n: usize) -> Event {
+pub fn event(n: usize) -> Event {
     Event {
         event_id: format!("e2e-{n}"),
         user_id: format!("u-{}", n % 7),
