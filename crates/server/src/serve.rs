@@ -274,7 +274,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// How long batch write ids are remembered. The engine repeats a write
-/// within seconds (three attempts, each within the database budget), so an
+/// within half a minute (see the engine's retry budget), so an
 /// hour is far beyond any repeat.
 const WRITE_ID_MEMORY: Duration = Duration::from_secs(3600);
 

@@ -61,10 +61,19 @@ impl Default for EngineConfig {
     }
 }
 
-/// Sink writes that fail as retryable are tried this many times in all.
-const SINK_ATTEMPTS: u32 = 3;
-/// First retry delay; doubles per attempt.
+/// How long a sink write that fails as retryable is repeated: long enough
+/// to ride out a database restart or a short network cut, during which the
+/// worker's queue fills and ingest pushes back as its overflow policy says.
+/// Only then are the events dead-lettered (or, with that store down too,
+/// counted dropped with an ERROR).
+const SINK_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Once shutdown has begun, a failing write is tried this many times in
+/// all instead, so draining ends within the server's grace period.
+const SINK_ATTEMPTS_STOPPING: u32 = 3;
+/// First retry delay; doubles per attempt up to [`SINK_BACKOFF_MAX`].
 const SINK_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+const SINK_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A running engine.
 pub struct Engine {
@@ -120,6 +129,7 @@ impl Engine {
                 dead: Arc::clone(&dead),
                 counters: Arc::clone(&counters),
                 batch_size,
+                stop: stop.clone(),
             };
             handles.push(tokio::spawn(worker.run(Draining::new(rx, stop.clone()))));
         }
@@ -129,6 +139,7 @@ impl Engine {
                 dead,
                 counters: Arc::clone(&counters),
                 batch_size,
+                stop: stop.clone(),
             };
             handles.push(tokio::spawn(worker.run(Draining::new(rx, stop.clone()))));
             tx
@@ -255,6 +266,8 @@ struct Worker<S, D> {
     dead: Arc<D>,
     counters: Arc<Counters>,
     batch_size: usize,
+    /// Whether shutdown has begun (shortens retries).
+    stop: watch::Receiver<bool>,
 }
 
 impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
@@ -299,7 +312,7 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
             // batch lands in exactly one store however the attempts end.
             let write = WriteId::generate();
             let count = out.kept.len() as u64;
-            match with_retries(|| self.sink.append(write, &out.kept)).await {
+            match with_retries(&self.stop, || self.sink.append(write, &out.kept)).await {
                 Ok(_) => settled.processed += count,
                 Err(error) => {
                     let reason = format!("event store unavailable: {error}");
@@ -311,7 +324,8 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
                             reason: reason.clone(),
                         })
                         .collect();
-                    match with_retries(|| self.dead.dead_letter(write, &letters)).await {
+                    match with_retries(&self.stop, || self.dead.dead_letter(write, &letters)).await
+                    {
                         // The append committed after all (its outcome was
                         // unknown): the events are stored, not dead.
                         Ok(Written::StoredElsewhere) => settled.processed += count,
@@ -325,7 +339,7 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
             }
         }
         if !out.dead.is_empty() {
-            settled += dead_letter(&*self.dead, &out.dead).await;
+            settled += dead_letter(&*self.dead, &out.dead, &self.stop).await;
         }
         settled
     }
@@ -337,6 +351,7 @@ struct DeadLetterWorker<D> {
     dead: Arc<D>,
     counters: Arc<Counters>,
     batch_size: usize,
+    stop: watch::Receiver<bool>,
 }
 
 impl<D: DeadLetterSink> DeadLetterWorker<D> {
@@ -348,7 +363,7 @@ impl<D: DeadLetterSink> DeadLetterWorker<D> {
                 event,
                 reason: "ingest queue full".to_owned(),
             }));
-            let settled = dead_letter(&*self.dead, &letters).await;
+            let settled = dead_letter(&*self.dead, &letters, &self.stop).await;
             self.counters.settle(settled);
             letters.clear();
         }
@@ -394,10 +409,14 @@ impl<T> Draining<T> {
 /// Writes `letters` (one write id for every attempt) and says how they
 /// settled: dead-lettered, or dropped (logged) when the store would not
 /// take them.
-async fn dead_letter<D: DeadLetterSink>(dead: &D, letters: &[DeadLetter]) -> Settled {
+async fn dead_letter<D: DeadLetterSink>(
+    dead: &D,
+    letters: &[DeadLetter],
+    stop: &watch::Receiver<bool>,
+) -> Settled {
     let write = WriteId::generate();
     let count = letters.len() as u64;
-    match with_retries(|| dead.dead_letter(write, letters)).await {
+    match with_retries(stop, || dead.dead_letter(write, letters)).await {
         Ok(_) => Settled {
             dead_lettered: count,
             ..Settled::default()
@@ -412,23 +431,37 @@ async fn dead_letter<D: DeadLetterSink>(dead: &D, letters: &[DeadLetter]) -> Set
     }
 }
 
-/// Runs `write` until it succeeds, fails for good, or has been tried
-/// [`SINK_ATTEMPTS`] times. Every attempt is the same write (same id), so
-/// repeating one whose outcome was unknown cannot store it twice.
-async fn with_retries<F, Fut>(mut write: F) -> Result<Written, SinkError>
+/// Runs `write` until it succeeds, fails for good, or has failed for
+/// [`SINK_RETRY_FOR`] (after shutdown began: [`SINK_ATTEMPTS_STOPPING`]
+/// attempts). Every attempt is the same write (same id), so repeating one
+/// whose outcome was unknown cannot store it twice.
+async fn with_retries<F, Fut>(
+    stop: &watch::Receiver<bool>,
+    mut write: F,
+) -> Result<Written, SinkError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Written, SinkError>>,
 {
+    let started = tokio::time::Instant::now();
     let mut delay = SINK_BACKOFF;
     let mut attempt = 1;
     loop {
         match write().await {
             Ok(written) => return Ok(written),
-            Err(error) if error.retryable() && attempt < SINK_ATTEMPTS => {
-                tracing::warn!(%error, kind = ?error.kind, attempt, "sink write failed; repeating it");
+            Err(error) if error.retryable() => {
+                let stopping = *stop.borrow();
+                let give_up = if stopping {
+                    attempt >= SINK_ATTEMPTS_STOPPING
+                } else {
+                    started.elapsed() + delay > SINK_RETRY_FOR
+                };
+                if give_up {
+                    return Err(error);
+                }
+                tracing::warn!(%error, kind = ?error.kind, attempt, retry_in = ?delay, "sink write failed; repeating it");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(SINK_BACKOFF_MAX);
                 attempt += 1;
             }
             Err(error) => return Err(error),

@@ -198,3 +198,61 @@ async fn oversized_metadata_is_resource_exhausted() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
 }
+
+/// Panics in 1% of GetOrder calls under concurrent load: each answers
+/// INTERNAL and is counted; every other call succeeds on the same
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_percent_panics_under_load_leave_every_other_call_ok() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(&db, &[("FAILPOINTS", "grpc-get-order=1%panic(boom)")]);
+    let mut orders = server.orders().await;
+    let order = orders
+        .create_order(crate::suite::create("u", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let channel = server.channel().await;
+    let calls_per_client = 250;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut orders =
+                grpc_api::proto::order_service_client::OrderServiceClient::new(channel.clone());
+            let id = order.order_id.clone();
+            tokio::spawn(async move {
+                let mut panicked = 0u64;
+                for _ in 0..calls_per_client {
+                    match orders
+                        .get_order(GetOrderRequest {
+                            order_id: id.clone(),
+                        })
+                        .await
+                    {
+                        Ok(found) => assert_eq!(found.into_inner().order_id, id),
+                        Err(status) => {
+                            assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+                            panicked += 1;
+                        }
+                    }
+                }
+                panicked
+            })
+        })
+        .collect();
+    let mut panicked = 0;
+    for client in clients {
+        panicked += client.await.unwrap();
+    }
+    assert!(panicked > 0, "the failpoint fired");
+    assert!(
+        panicked < 8 * calls_per_client / 10,
+        "about 1% panicked, not {panicked}"
+    );
+    let metrics = crate::suite::scrape(&server).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("orderflow_panics_total {panicked}")),
+        "every panic is counted: {panicked}"
+    );
+}

@@ -17,6 +17,7 @@ mod kill;
 mod otlp;
 mod outage;
 mod pipeline;
+mod proxy;
 mod startup;
 mod suite;
 mod support;

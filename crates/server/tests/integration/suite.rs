@@ -103,7 +103,7 @@ pub async fn a_panicking_handler_answers_internal_and_the_channel_keeps_serving(
     );
 }
 
-async fn scrape(server: &Server) -> String {
+pub async fn scrape(server: &Server) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(&server.metrics)
         .await

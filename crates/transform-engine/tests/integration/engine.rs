@@ -226,20 +226,23 @@ async fn an_unavailable_store_dead_letters_and_both_down_counts_dropped() {
     let engine = Engine::start(cfg, Arc::clone(&store), Arc::clone(&letters));
     let ingest = engine.ingest();
 
-    // Transient: two failures, the third attempt succeeds.
-    store.fail_next(2);
+    // Transient: ten failures (about 11 s of backoff, as in a database
+    // restart), then the write succeeds; nothing is dead-lettered.
+    store.fail_next(10);
     for event in events(8) {
         ingest.submit(event).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(store.event_count(), 8, "retried into the store");
+    assert!(letters.letters().is_empty());
 
-    // Store down for good: the batch goes to the dead-letter store.
+    // Store down past the retry budget (30 s): the batch goes to the
+    // dead-letter store.
     store.fail_next(usize::MAX);
     for event in events(16).into_iter().skip(8) {
         ingest.submit(event).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
     let letters_now = letters.letters();
     assert_eq!(letters_now.len(), 8);
     assert!(
