@@ -85,6 +85,9 @@ impl fmt::Display for Timestamp {
         // every call, which showed at ~6% of the event log's CPU profile
         // (docs/benchmarks.md). Years are 1..=9999 (checked on parse).
         let (date, time) = (self.at.date_naive(), self.at.time());
+        // chrono keeps a leap second (`…:60Z`) as second 59 with a nanosecond
+        // count of a second or more: write it back as it was read.
+        let leap = u32::from(self.at.nanosecond() >= 1_000_000_000);
         write!(
             f,
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
@@ -93,7 +96,7 @@ impl fmt::Display for Timestamp {
             date.day(),
             time.hour(),
             time.minute(),
-            time.second()
+            time.second() + leap
         )?;
         if self.fraction_digits > 0 {
             let digits = u32::from(self.fraction_digits);

@@ -51,3 +51,14 @@ fn numeric_instants_choose_the_shortest_exact_precision() {
         "2023-11-14T22:13:20.000001500Z"
     );
 }
+
+/// Found by the `event_json` fuzz target: a leap second was written back as
+/// `:59`, changing stored data.
+#[test]
+fn a_leap_second_is_written_back_as_read() {
+    for text in ["2025-09-09T22:30:60Z", "2016-12-31T23:59:60.500Z"] {
+        let parsed = Timestamp::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert_eq!(Timestamp::parse(&parsed.to_string()).unwrap(), parsed);
+    }
+}
