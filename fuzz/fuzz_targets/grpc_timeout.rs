@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
         let (digits, unit) = text.split_at(text.len() - 1);
         assert!((1..=8).contains(&digits.len()), "{text:?}");
         assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
-        assert!(matches!(unit, "H" | "M" | "S" | "m" | "u" | "n"), "{text:?}");
+        assert!(
+            matches!(unit, "H" | "M" | "S" | "m" | "u" | "n"),
+            "{text:?}"
+        );
     }
 });

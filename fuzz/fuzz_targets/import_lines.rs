@@ -15,6 +15,10 @@ fuzz_target!(|data: &[u8]| {
                 .count();
             assert!(events.len() <= non_blank);
         }
-        Err(bad) => assert!((1..=lines).contains(&bad.line), "line {} of {lines}", bad.line),
+        Err(bad) => assert!(
+            (1..=lines).contains(&bad.line),
+            "line {} of {lines}",
+            bad.line
+        ),
     }
 });

@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|i| {
             let mut event = Event::new(
                 UserId::parse(format!("u{}", i % 3)).expect("a valid id"),
-                if i % 2 == 0 { Action::Purchase } else { Action::Login },
+                if i % 2 == 0 {
+                    Action::Purchase
+                } else {
+                    Action::Login
+                },
             );
             event.amount_cents = Some(domain::Cents::new(i64::from(i) * 100 - 300));
             event.attributes.insert("channel", "web");

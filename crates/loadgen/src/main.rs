@@ -144,6 +144,11 @@ struct Args {
     /// `--verify` (it inherits this environment, e.g. DATABASE_URL).
     #[arg(long, default_value = "orderflow events export")]
     export_command: String,
+    /// Requests per second in all, spread evenly over the workers (each
+    /// paced at `--rate / --concurrency`); unset: as fast as they go. For
+    /// steady load below capacity, as `scripts/soak.sh` runs.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -217,9 +222,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (limit, batch) = (args.requests, args.batch);
         let mix = Arc::clone(&mix);
         let latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        let pace = match args.rate {
+            Some(rate) if rate > 0.0 => Some(Duration::from_secs_f64(
+                args.concurrency.max(1) as f64 / rate,
+            )),
+            _ => None,
+        };
         workers.push(tokio::spawn(async move {
             run_worker(
-                worker, channel, &mix, &ids, &stop, &issued, limit, batch, latency,
+                worker, channel, &mix, &ids, &stop, &issued, limit, batch, latency, pace,
             )
             .await
         }));
@@ -385,13 +396,22 @@ async fn seed(channels: &[Channel], n: usize, workload: Workload) -> anyhow::Res
         ids.push(order.order_id);
     }
     if workload == Workload::GetHit {
+        // A read that fails (a server with injected faults) only leaves
+        // that order uncached; too many failures mean a broken server.
+        let mut failed = 0usize;
         for id in &ids {
-            client
+            let read = client
                 .get_order(GetOrderRequest {
                     order_id: id.clone(),
                 })
-                .await
-                .context("warming the cache")?;
+                .await;
+            if let Err(status) = read {
+                failed += 1;
+                anyhow::ensure!(
+                    failed * 10 <= ids.len(),
+                    "warming the cache: {failed} reads failed, the last with {status}"
+                );
+            }
         }
     }
     Ok(ids)
@@ -448,6 +468,7 @@ async fn run_worker(
     limit: Option<u64>,
     batch: usize,
     latency: Histogram<u64>,
+    pace: Option<Duration>,
 ) -> Outcome {
     let mut outcome = Outcome {
         latency,
@@ -460,7 +481,17 @@ async fn run_worker(
     let mut orders = OrderServiceClient::new(channel.clone());
     let mut events = EventServiceClient::new(channel);
     let mut cursor = worker.wrapping_mul(7_919);
+    // Missed ticks are skipped: a slow server lowers the rate instead of
+    // being hit by a burst afterwards.
+    let mut ticker = pace.map(|every| {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker
+    });
     loop {
+        if let Some(ticker) = &mut ticker {
+            ticker.tick().await;
+        }
         if stop.load(Ordering::Relaxed) {
             break;
         }
