@@ -308,39 +308,71 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
             settled.dropped += lost;
         }
         if !out.kept.is_empty() {
-            // One id for every attempt, and for the dead-letter fallback: the
-            // batch lands in exactly one store however the attempts end.
-            let write = WriteId::generate();
-            let count = out.kept.len() as u64;
-            match with_retries(&self.stop, || self.sink.append(write, &out.kept)).await {
-                Ok(_) => settled.processed += count,
-                Err(error) => {
-                    let reason = format!("event store unavailable: {error}");
-                    let letters: Vec<DeadLetter> = out
-                        .kept
-                        .drain(..)
-                        .map(|event| DeadLetter {
-                            event,
-                            reason: reason.clone(),
-                        })
-                        .collect();
-                    match with_retries(&self.stop, || self.dead.dead_letter(write, &letters)).await
-                    {
-                        // The append committed after all (its outcome was
-                        // unknown): the events are stored, not dead.
-                        Ok(Written::StoredElsewhere) => settled.processed += count,
-                        Ok(_) => settled.dead_lettered += count,
-                        Err(error) => {
-                            tracing::error!(%error, count, "neither store took these events; they are lost");
-                            settled.dropped += count;
-                        }
-                    }
-                }
-            }
+            settled += self.store(&mut out.kept).await;
         }
         if !out.dead.is_empty() {
             settled += dead_letter(&*self.dead, &out.dead, &self.stop).await;
         }
+        settled
+    }
+}
+
+impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
+    /// Writes `kept` to the event store, or failing that for the retry
+    /// budget, to the dead-letter store, under one write id throughout, so
+    /// the batch lands in exactly one store however the attempts end. While
+    /// both refuse for a reason that may pass, it keeps trying (the queue
+    /// fills meanwhile and ingest pushes back): an accepted event is not
+    /// given up while the server runs. Once shutdown has begun, or when the
+    /// dead-letter store refuses them for good, the events are counted
+    /// dropped, with an ERROR.
+    async fn store(&self, kept: &mut Vec<Event>) -> Settled {
+        let write = WriteId::generate();
+        let count = kept.len() as u64;
+        let mut settled = Settled::default();
+        loop {
+            let error = match with_retries(&self.stop, || self.sink.append(write, kept)).await {
+                // An earlier dead-letter attempt committed after all.
+                Ok(Written::StoredElsewhere) => {
+                    settled.dead_lettered += count;
+                    break;
+                }
+                Ok(_) => {
+                    settled.processed += count;
+                    break;
+                }
+                Err(error) => error,
+            };
+            let reason = format!("event store unavailable: {error}");
+            let letters: Vec<DeadLetter> = kept
+                .iter()
+                .map(|event| DeadLetter {
+                    event: event.clone(),
+                    reason: reason.clone(),
+                })
+                .collect();
+            match with_retries(&self.stop, || self.dead.dead_letter(write, &letters)).await {
+                // The append committed after all (its outcome was unknown):
+                // the events are stored, not dead.
+                Ok(Written::StoredElsewhere) => {
+                    settled.processed += count;
+                    break;
+                }
+                Ok(_) => {
+                    settled.dead_lettered += count;
+                    break;
+                }
+                Err(error) if *self.stop.borrow() || !error.retryable() => {
+                    tracing::error!(%error, count, "neither store took these events; they are lost");
+                    settled.dropped += count;
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, count, "neither store takes these events; still trying");
+                }
+            }
+        }
+        kept.clear();
         settled
     }
 }
@@ -407,8 +439,8 @@ impl<T> Draining<T> {
 }
 
 /// Writes `letters` (one write id for every attempt) and says how they
-/// settled: dead-lettered, or dropped (logged) when the store would not
-/// take them.
+/// settled: dead-lettered, or, when the store would not take them before
+/// shutdown, dropped (logged). While the server runs it keeps trying.
 async fn dead_letter<D: DeadLetterSink>(
     dead: &D,
     letters: &[DeadLetter],
@@ -416,16 +448,23 @@ async fn dead_letter<D: DeadLetterSink>(
 ) -> Settled {
     let write = WriteId::generate();
     let count = letters.len() as u64;
-    match with_retries(stop, || dead.dead_letter(write, letters)).await {
-        Ok(_) => Settled {
-            dead_lettered: count,
-            ..Settled::default()
-        },
-        Err(error) => {
-            tracing::error!(%error, count, "the dead-letter store did not take these events; they are lost");
-            Settled {
-                dropped: count,
-                ..Settled::default()
+    loop {
+        match with_retries(stop, || dead.dead_letter(write, letters)).await {
+            Ok(_) => {
+                return Settled {
+                    dead_lettered: count,
+                    ..Settled::default()
+                };
+            }
+            Err(error) if *stop.borrow() || !error.retryable() => {
+                tracing::error!(%error, count, "the dead-letter store did not take these events; they are lost");
+                return Settled {
+                    dropped: count,
+                    ..Settled::default()
+                };
+            }
+            Err(error) => {
+                tracing::error!(%error, count, "the dead-letter store does not take these events; still trying");
             }
         }
     }

@@ -173,3 +173,93 @@ pub async fn acknowledged_batches_survive_sigkill_in_a_group_commit(db: &TestDb)
 pub async fn acknowledged_batches_survive_sigkill_while_outputs_commit(db: &TestDb) {
     kill_and_recover(db, Some("storage-log-commit=sleep(300)")).await;
 }
+
+/// Order writes against SIGKILL: 16 writers create orders and mark half of
+/// them paid, concurrently, until the server is killed at a random moment;
+/// after a restart every acknowledged order reads back as acknowledged. An
+/// update in flight at the kill may have committed without its answer, so
+/// such an order may read back one version later, paid, and nothing else.
+/// `ORDERFLOW_FAULT_SCALE` rounds (1 in CI).
+pub async fn acknowledged_orders_survive_sigkill_under_concurrent_writers(db: &TestDb) {
+    use grpc_api::proto::order_service_client::OrderServiceClient;
+    use grpc_api::proto::{GetOrderRequest, Order, OrderStatus, UpdateOrderStatusRequest};
+
+    let rounds = std::env::var("ORDERFLOW_FAULT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize);
+    for round in 0..rounds {
+        let server = Server::start(db, &[]);
+        let channel = server.channel().await;
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let mut orders = OrderServiceClient::new(channel.clone());
+                tokio::spawn(async move {
+                    // (acknowledged state, whether an update was in flight)
+                    let mut seen: Vec<(Order, bool)> = Vec::new();
+                    for n in 0.. {
+                        let request = crate::suite::create(&format!("kill-{round}-{w}-{n}"), "");
+                        let Ok(created) = orders.create_order(request).await else {
+                            break;
+                        };
+                        let order = created.into_inner();
+                        if n % 2 == 1 {
+                            seen.push((order, false));
+                            continue;
+                        }
+                        let update = orders
+                            .update_order_status(UpdateOrderStatusRequest {
+                                order_id: order.order_id.clone(),
+                                status: OrderStatus::Paid.into(),
+                                expected_version: order.version,
+                            })
+                            .await;
+                        match update {
+                            Ok(paid) => seen.push((paid.into_inner(), false)),
+                            Err(_) => {
+                                seen.push((order, true));
+                                break;
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let kill_after = rand::rng().random_range(300..1200);
+        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        server.kill();
+        let mut acknowledged = Vec::new();
+        for writer in writers {
+            acknowledged.extend(writer.await.unwrap());
+        }
+        assert!(
+            !acknowledged.is_empty(),
+            "writes were acknowledged before the kill"
+        );
+
+        let restarted = Server::start(db, &[]);
+        let mut orders = restarted.orders().await;
+        for (order, in_flight) in acknowledged {
+            let read = orders
+                .get_order(GetOrderRequest {
+                    order_id: order.order_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if read != order {
+                assert!(
+                    in_flight,
+                    "changed without a write in flight: {order:?} -> {read:?}"
+                );
+                assert_eq!(
+                    (read.version, read.status),
+                    (order.version + 1, i32::from(OrderStatus::Paid)),
+                    "only the in-flight update may have landed"
+                );
+            }
+        }
+        drop(restarted);
+    }
+}

@@ -34,4 +34,5 @@ test_support::backend_tests!(
     acknowledged_batches_survive_sigkill_in_a_group_commit,
     acknowledged_batches_survive_sigkill_while_outputs_commit,
     the_blackhole_sink_counts_and_discards,
+    acknowledged_orders_survive_sigkill_under_concurrent_writers,
 );

@@ -237,9 +237,11 @@ async fn a_slow_postgres_still_answers_every_call() {
 }
 
 /// Events accepted while the database is cut each end in exactly one
-/// place, and a cut shorter than the engine's retry budget (30 s) stores
-/// them all once it is over. (Past the budget they are dead-lettered, or
-/// counted dropped with an ERROR: `transform-engine`'s
+/// place, and all are stored once it is over: the engine repeats a failing
+/// write while the server runs, and ingest pushes back meanwhile (events it
+/// sheds are counted in each stream's answer). (A store that refuses for
+/// good dead-letters; at shutdown both down counts dropped with an ERROR:
+/// `transform-engine`'s
 /// `an_unavailable_store_dead_letters_and_both_down_counts_dropped`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {
@@ -265,9 +267,12 @@ async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {
     );
     proxy.set(Mode::Cut);
     wait_for(&mut health_client, 2, "outage").await;
+    // A fixed 300 during the cut: an event shed under pushback first waits
+    // out the overflow policy's timeout, so this part does not scale.
+    let during = 300;
     answered.add(
         events
-            .publish_events(publish(n))
+            .publish_events(tokio_stream::iter((n..n + during).map(crate::suite::event)))
             .await
             .unwrap()
             .into_inner(),
@@ -277,14 +282,14 @@ async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {
     wait_for(&mut health_client, 1, "recovery").await;
     answered.add(
         events
-            .publish_events(publish(2 * n))
+            .publish_events(publish(n + during))
             .await
             .unwrap()
             .into_inner(),
     );
     assert_eq!(
         answered.accepted + answered.shed,
-        3 * n as u64,
+        (2 * n + during) as u64,
         "every event was answered for"
     );
 
@@ -303,14 +308,7 @@ async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {
         assert!(Instant::now() < deadline, "never settled: {stats:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("settled: {stats:?}");
-    for l in server
-        .logs()
-        .iter()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-    {
-        eprintln!("{l}");
-    }
+
     assert_eq!(stats.received, answered.accepted + answered.shed);
     let (status, stdout, stderr) = crate::support::run(&db, &["events", "export"], None);
     assert!(status.success(), "{stderr}");
@@ -319,8 +317,8 @@ async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {
         .filter(|l| !l.is_empty())
         .count() as u64;
     assert_eq!(stored, stats.processed, "processed means stored: {stats:?}");
-    // A cut shorter than the engine's retry budget loses nothing: the
-    // writes are repeated until the database is back.
+    // Nothing accepted is lost to the cut, however long: the writes are
+    // repeated until the database is back.
     assert_eq!(
         (stats.dropped + stats.dead_lettered, stats.processed),
         (answered.shed, answered.accepted),

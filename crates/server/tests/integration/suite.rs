@@ -14,6 +14,7 @@ pub use crate::kill::{
     acknowledged_batches_survive_sigkill_exactly_once,
     acknowledged_batches_survive_sigkill_in_a_group_commit,
     acknowledged_batches_survive_sigkill_while_outputs_commit,
+    acknowledged_orders_survive_sigkill_under_concurrent_writers,
 };
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 

@@ -471,3 +471,35 @@ async fn refused_outputs_are_dead_lettered_and_the_log_moves_on() {
     );
     assert_eq!(log.events().len(), 3, "the next range is stored as usual");
 }
+
+/// Both stores down for longer than the retry budget, while the engine
+/// runs: the batch is not given up. It keeps being tried and lands in one
+/// store once one takes it; nothing is dropped.
+#[tokio::test(start_paused = true)]
+async fn both_stores_down_for_minutes_loses_nothing_while_running() {
+    let store = Arc::new(MemorySink::new());
+    let letters = Arc::new(MemorySink::new());
+    let cfg = EngineConfig {
+        workers: 1,
+        batch_size: 8,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(cfg, Arc::clone(&store), Arc::clone(&letters));
+    let ingest = engine.ingest();
+    // About two minutes of failures on each (2 s apart once backed off).
+    store.fail_next(60);
+    letters.fail_next(60);
+    for event in events(8) {
+        ingest.submit(event).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        store.event_count() + letters.letters().len(),
+        8,
+        "the batch landed in one store"
+    );
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert_eq!(stats.processed + stats.dead_lettered, 8, "{stats:?}");
+}
