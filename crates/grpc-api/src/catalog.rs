@@ -3,7 +3,6 @@
 use storage::CatalogRepository;
 use tonic::{Request, Response, Status};
 
-use crate::observe::observe;
 use crate::proto::catalog_service_server::CatalogService;
 use crate::proto::{GetPrimaryWarehouseRequest, GetProductRequest, Product, Warehouse};
 use crate::{convert, status};
@@ -23,7 +22,7 @@ impl<C: CatalogRepository> CatalogApi<C> {
 #[tonic::async_trait]
 impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
     async fn upsert_product(&self, request: Request<Product>) -> Result<Response<Product>, Status> {
-        observe("UpsertProduct", async {
+        async {
             let product = convert::product_from_wire(request.into_inner())?;
             let stored = self
                 .catalog
@@ -31,7 +30,7 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
                 .await
                 .map_err(status::storage)?;
             Ok(Response::new(convert::product_to_wire(&stored)))
-        })
+        }
         .await
     }
 
@@ -39,7 +38,7 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
         &self,
         request: Request<GetProductRequest>,
     ) -> Result<Response<Product>, Status> {
-        observe("GetProduct", async {
+        async {
             let id = convert::product_id_from_wire(request.into_inner().product_id)?;
             let product = self
                 .catalog
@@ -47,7 +46,7 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
                 .await
                 .map_err(status::storage)?;
             Ok(Response::new(convert::product_to_wire(&product)))
-        })
+        }
         .await
     }
 
@@ -55,7 +54,7 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
         &self,
         request: Request<GetPrimaryWarehouseRequest>,
     ) -> Result<Response<Warehouse>, Status> {
-        observe("GetPrimaryWarehouse", async {
+        async {
             let id = convert::product_id_from_wire(request.into_inner().product_id)?;
             let product = self
                 .catalog
@@ -64,7 +63,7 @@ impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
                 .map_err(status::storage)?;
             let primary = product.primary_warehouse().map_err(status::domain)?;
             Ok(Response::new(convert::warehouse_to_wire(primary)))
-        })
+        }
         .await
     }
 }

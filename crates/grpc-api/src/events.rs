@@ -9,7 +9,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
-use crate::observe::observe;
 use crate::proto::event_service_server::EventService;
 use crate::proto::{
     Event, EventBatch, EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
@@ -94,7 +93,7 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<Event>>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        observe("PublishEvents", async {
+        async {
             let mut stream = request.into_inner();
             let mut counts = PublishEventsResponse::default();
             let mut index = 0usize;
@@ -130,7 +129,7 @@ impl EventService for EventApi {
                 index += 1;
             }
             Ok(Response::new(counts))
-        })
+        }
         .await
     }
 
@@ -138,7 +137,7 @@ impl EventService for EventApi {
         &self,
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
-        observe("PublishEvent", async {
+        async {
             let event = convert::event_from_wire(request.into_inner(), "")?;
             match self.ingest.submit(event).await.map_err(status::ingest)? {
                 Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
@@ -149,7 +148,7 @@ impl EventService for EventApi {
                     "event queue full: the event goes to the dead-letter store",
                 )),
             }
-        })
+        }
         .await
     }
 
@@ -157,7 +156,7 @@ impl EventService for EventApi {
         &self,
         request: Request<EventBatch>,
     ) -> Result<Response<EventBatchAck>, Status> {
-        observe("PublishEventBatch", async {
+        async {
             let (log, wait) = self.log()?;
             let message = request.into_inner();
             let sequence = message.sequence;
@@ -168,7 +167,7 @@ impl EventService for EventApi {
                 accepted: ack.accepted,
                 duplicate: ack.duplicate,
             }))
-        })
+        }
         .await
     }
 
@@ -178,7 +177,7 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<Self::StreamEventBatchesStream>, Status> {
-        observe("StreamEventBatches", async {
+        async {
             let (log, _) = self.log()?;
             let log = log.clone();
             let idle = self.stream_idle;
@@ -232,7 +231,7 @@ impl EventService for EventApi {
                 }
             });
             Ok(Response::new(ReceiverStream::new(outbound)))
-        })
+        }
         .await
     }
 
@@ -240,7 +239,7 @@ impl EventService for EventApi {
         &self,
         _request: Request<()>,
     ) -> Result<Response<PipelineStats>, Status> {
-        observe("GetPipelineStats", async {
+        async {
             let s = self.ingest.stats();
             Ok(Response::new(PipelineStats {
                 received: s.received,
@@ -253,7 +252,7 @@ impl EventService for EventApi {
                 queue_capacity: s.queue_capacity,
                 log_backlog: self.log.as_ref().map_or(0, |(log, _)| log.backlog()),
             }))
-        })
+        }
         .await
     }
 }

@@ -30,6 +30,7 @@ pub use layers::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, Guarded, LoadShedLayer, MetadataLimitLayer,
     panic_response, parse_grpc_timeout,
 };
+pub use observe::MetricsLayer;
 pub use orders::OrderApi;
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

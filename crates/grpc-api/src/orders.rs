@@ -6,7 +6,6 @@ use std::borrow::Borrow;
 use storage::OrderRepository;
 use tonic::{Request, Response, Status};
 
-use crate::observe::observe;
 use crate::proto::order_service_server::OrderService;
 use crate::proto::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
@@ -32,7 +31,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        observe("CreateOrder", async {
+        async {
             let new = convert::new_order_from_wire(request.into_inner())?;
             let created = self
                 .orders
@@ -40,7 +39,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .await
                 .map_err(status::storage)?;
             Ok(Response::new(convert::order_to_wire(&created.order)))
-        })
+        }
         .await
     }
 
@@ -48,12 +47,12 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        observe("GetOrder", async {
+        async {
             fail::fail_point!("grpc-get-order");
             let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
             let order = self.orders.find_order(id).await.map_err(status::storage)?;
             Ok(Response::new(convert::order_to_wire(order.borrow())))
-        })
+        }
         .await
     }
 
@@ -61,7 +60,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        observe("ListOrders", async {
+        async {
             let request = request.into_inner();
             let user = convert::user_id_from_wire(request.user_id)?;
             let after = match request.page_token.as_str() {
@@ -82,7 +81,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 orders: page.orders.iter().map(convert::order_to_wire).collect(),
                 next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
             }))
-        })
+        }
         .await
     }
 
@@ -90,7 +89,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<Order>, Status> {
-        observe("UpdateOrderStatus", async {
+        async {
             let request = request.into_inner();
             let id = convert::order_id_from_wire(&request.order_id)?;
             let next = convert::order_status_from_wire(request.status)?;
@@ -100,7 +99,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .await
                 .map_err(status::storage)?;
             Ok(Response::new(convert::order_to_wire(&order)))
-        })
+        }
         .await
     }
 }

@@ -12,7 +12,7 @@ use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
     AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer,
-    MetadataLimitLayer, OrderApi,
+    MetadataLimitLayer, MetricsLayer, OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
@@ -200,6 +200,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
         .http2_max_header_list_size(header_list_limit)
         .trace_fn(request_span)
+        .layer(MetricsLayer)
         .layer(ActivityLayer)
         .layer(MetadataLimitLayer::new(settings.max_metadata_bytes))
         .layer(LoadShedLayer::new(

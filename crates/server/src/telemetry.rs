@@ -111,7 +111,11 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "orderflow_grpc_requests_total",
-        "gRPC requests by method and status code"
+        "finished gRPC requests by service, method and status code, including those a layer answered (auth, deadline, shedding, panics)"
+    );
+    describe_gauge!(
+        "orderflow_grpc_requests_in_flight",
+        "gRPC requests in progress by service and method (streams until they end)"
     );
     describe_histogram!(
         "orderflow_grpc_request_duration_seconds",

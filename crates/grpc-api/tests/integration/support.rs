@@ -13,7 +13,8 @@ use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_client::OrderServiceClient;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, OrderApi,
+    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, MetricsLayer,
+    OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, OrderRepository};
 use test_support::TestDb;
@@ -81,6 +82,7 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let router = tonic::transport::Server::builder()
+            .layer(MetricsLayer)
             .layer(LoadShedLayer::new(max_concurrent, max_streams))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 grpc_api::panic_response,

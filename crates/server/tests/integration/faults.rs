@@ -256,3 +256,93 @@ async fn one_percent_panics_under_load_leave_every_other_call_ok() {
         "every panic is counted: {panicked}"
     );
 }
+
+/// `orderflow_grpc_requests_total` counts requests that a layer answered
+/// before any handler ran, each under its code: UNAUTHENTICATED (auth),
+/// DEADLINE_EXCEEDED (deadline), RESOURCE_EXHAUSTED (shed), INTERNAL (a
+/// panic), beside those the handlers answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_counted_under_its_code() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_AUTH_TOKEN", "secret"),
+            ("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1"),
+            (
+                "FAILPOINTS",
+                "grpc-get-order=1*panic(boom);storage-find-order=sleep(1500)",
+            ),
+        ],
+    );
+    let missing = || GetOrderRequest {
+        order_id: "00000000-0000-7000-8000-000000000001".into(),
+    };
+    let mut orders = server.orders().await;
+    // INTERNAL: the first GetOrder panics.
+    let status = orders.get_order(missing()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    // UNAUTHENTICATED: a write without the token.
+    let status = orders
+        .create_order(crate::suite::create("u", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    // DEADLINE_EXCEEDED: a lookup that sleeps past the caller's deadline.
+    let mut request = tonic::Request::new(missing());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "200m".parse().unwrap());
+    let status = orders.get_order(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    // RESOURCE_EXHAUSTED: the only unary permit is held by a slow lookup.
+    let mut slow = server.orders().await;
+    let held = tokio::spawn(async move { slow.get_order(missing()).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = orders
+        .get_order(GetOrderRequest {
+            order_id: "00000000-0000-7000-8000-000000000002".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        held.await.unwrap().unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    let metrics = crate::suite::scrape(&server).await;
+    let count = |method: &str, code: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("orderflow_grpc_requests_total{")
+                    && l.contains("service=\"orderflow.v1.OrderService\"")
+                    && l.contains(&format!("method=\"{method}\""))
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        count("GetOrder", "INTERNAL").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        count("CreateOrder", "UNAUTHENTICATED").as_deref(),
+        Some("1")
+    );
+    assert_eq!(count("GetOrder", "DEADLINE_EXCEEDED").as_deref(), Some("1"));
+    assert_eq!(
+        count("GetOrder", "RESOURCE_EXHAUSTED").as_deref(),
+        Some("1")
+    );
+    assert_eq!(count("GetOrder", "NOT_FOUND").as_deref(), Some("1"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("# HELP orderflow_grpc_requests_in_flight")),
+        "the in-flight gauge is described"
+    );
+}
