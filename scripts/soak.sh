@@ -23,8 +23,9 @@ mkdir -p "$out"
 if [ "$profile" = release ]; then
     cargo build --quiet --release -p server --features server/failpoints -p loadgen
 fi
-bin=target/$profile/orderflow
-loadgen=target/$profile/loadgen
+target_dir=${CARGO_TARGET_DIR:-target}
+bin=$target_dir/$profile/orderflow
+loadgen=$target_dir/$profile/loadgen
 scripts/ensure-postgres.sh
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
