@@ -8,7 +8,7 @@
 //! the invariant is needed. Mapping to gRPC codes lives in `grpc-api`, in one
 //! place.
 
-use crate::{OrderStatus, ProductId};
+use crate::{IdempotencyKey, OrderStatus, ProductId};
 
 /// Why a domain rule rejected a value or an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,15 @@ pub enum DomainError {
         /// How many warehouses were marked primary.
         count: usize,
     },
+    /// An idempotency key was sent again with a different request (other
+    /// lines or currency) than the order it created; an identical retry is
+    /// not an error (it returns the original order).
+    #[error(
+        "idempotency_key {} was already used for a different order (other lines or currency); \
+         send a new key for a new order",
+        crate::quote(.0.as_str())
+    )]
+    IdempotencyKeyReused(IdempotencyKey),
     /// A stored or imported event is not valid event JSON (syntax, an
     /// unknown field, a duplicate key, or a field that fails its rule).
     #[error("malformed event: {0}")]

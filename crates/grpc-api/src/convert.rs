@@ -242,3 +242,65 @@ fn strip(error: &domain::DomainError, field: &str) -> String {
     text.strip_prefix(&format!("invalid {field}: "))
         .map_or(text.clone(), str::to_owned)
 }
+
+/// Page tokens: opaque, and bound to the listing that issued them.
+///
+/// A token is URL-safe base64 of a version byte, the last order id of the
+/// page, the request's `page_size`, and a 64-bit FNV-1a hash of its
+/// `user_id`. A token presented with another `user_id` or `page_size` is
+/// INVALID_ARGUMENT: it would page some other listing. (The binding catches
+/// client mistakes; it is not a secret, and listing is open to every
+/// caller anyway.)
+const PAGE_TOKEN_VERSION: u8 = 1;
+
+/// The token for the page after `last`.
+pub fn page_token_to_wire(last: OrderId, user: &UserId, page_size: u32) -> String {
+    use base64::Engine as _;
+    let mut bytes = Vec::with_capacity(29);
+    bytes.push(PAGE_TOKEN_VERSION);
+    bytes.extend_from_slice(last.as_bytes());
+    bytes.extend_from_slice(&page_size.to_be_bytes());
+    bytes.extend_from_slice(&fnv1a(user.as_str().as_bytes()).to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Where the listing continues: `None` for an empty token (the first page).
+pub fn page_token_from_wire(token: &str, user: &UserId, page_size: u32) -> Parsed<Option<OrderId>> {
+    use base64::Engine as _;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let not_ours = || {
+        invalid(
+            "page_token",
+            format!("{} is not a token this server issued", domain::quote(token)),
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| not_ours())?;
+    let (&[version], rest) = bytes.split_first_chunk::<1>().ok_or_else(not_ours)?;
+    let (id, rest) = rest.split_first_chunk::<16>().ok_or_else(not_ours)?;
+    let (size, rest) = rest.split_first_chunk::<4>().ok_or_else(not_ours)?;
+    let hash: [u8; 8] = rest.try_into().map_err(|_| not_ours())?;
+    if version != PAGE_TOKEN_VERSION {
+        return Err(not_ours());
+    }
+    if u32::from_be_bytes(*size) != page_size
+        || u64::from_be_bytes(hash) != fnv1a(user.as_str().as_bytes())
+    {
+        return Err(invalid(
+            "page_token",
+            "was issued for another user_id or page_size; list again from the first page",
+        ));
+    }
+    Ok(Some(OrderId::from_bytes(*id)))
+}
+
+/// 64-bit FNV-1a: stable across releases and replicas (std's hasher is
+/// not promised to be).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

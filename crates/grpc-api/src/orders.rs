@@ -63,15 +63,8 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         async {
             let request = request.into_inner();
             let user = convert::user_id_from_wire(request.user_id)?;
-            let after = match request.page_token.as_str() {
-                "" => None,
-                token => Some(convert::order_id_from_wire(token).map_err(|_| {
-                    Status::invalid_argument(format!(
-                        "invalid page_token: {} is not a token this server issued",
-                        domain::quote(token)
-                    ))
-                })?),
-            };
+            let after =
+                convert::page_token_from_wire(&request.page_token, &user, request.page_size)?;
             let page = self
                 .orders
                 .list_orders(&user, request.page_size, after)
@@ -79,7 +72,10 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .map_err(status::storage)?;
             Ok(Response::new(ListOrdersResponse {
                 orders: page.orders.iter().map(convert::order_to_wire).collect(),
-                next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+                next_page_token: page
+                    .next
+                    .map(|id| convert::page_token_to_wire(id, &user, request.page_size))
+                    .unwrap_or_default(),
             }))
         }
         .await

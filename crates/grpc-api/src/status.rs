@@ -26,9 +26,9 @@ pub fn domain(error: DomainError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         DomainError::MalformedEvent(_) => Status::invalid_argument(error.to_string()),
-        DomainError::IllegalTransition { .. } | DomainError::NoPrimaryWarehouse(_) => {
-            Status::failed_precondition(error.to_string())
-        }
+        DomainError::IllegalTransition { .. }
+        | DomainError::NoPrimaryWarehouse(_)
+        | DomainError::IdempotencyKeyReused(_) => Status::failed_precondition(error.to_string()),
     }
 }
 

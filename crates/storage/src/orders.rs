@@ -10,8 +10,8 @@ use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use domain::{
-    Cents, Currency, IdempotencyKey, NewOrder, Order, OrderId, OrderLine, OrderStatus, ProductId,
-    Quantity, RestoredOrder, UserId,
+    Cents, Currency, DomainError, IdempotencyKey, NewOrder, Order, OrderId, OrderLine, OrderStatus,
+    ProductId, Quantity, RestoredOrder, UserId,
 };
 
 use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
@@ -322,6 +322,9 @@ impl OrderRepository for Database {
     async fn create_order(&self, new: NewOrder) -> Result<Created, StorageError> {
         let key = new.idempotency_key().cloned();
         let retry = key.clone().map(|key| (new.user_id().clone(), key));
+        // What a retry with the same key must repeat to get the original
+        // order back (the user is part of the key).
+        let asked = (new.lines().to_vec(), new.currency(), key.clone());
         let order = Order::place(OrderId::generate(), new, now());
         let (row, lines) = order_rows(&order)?;
         let result = self
@@ -359,7 +362,7 @@ impl OrderRepository for Database {
                 })
             })
             .await;
-        match (result, retry) {
+        let outcome = match (result, retry) {
             // Two concurrent first attempts with one key (PostgreSQL): the
             // loser hits the key's primary key and rolls back; the winner's
             // order is the answer.
@@ -373,6 +376,20 @@ impl OrderRepository for Database {
                 }
             }
             (result, _) => result,
+        }?;
+        // A key sent again with a different request is a client bug that
+        // returning the first order would hide.
+        match (&outcome, asked.2) {
+            (
+                Created {
+                    order,
+                    created: false,
+                },
+                Some(key),
+            ) if order.lines() != asked.0.as_slice() || order.currency() != asked.1 => {
+                Err(DomainError::IdempotencyKeyReused(key).into())
+            }
+            _ => Ok(outcome),
         }
     }
 

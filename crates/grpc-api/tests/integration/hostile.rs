@@ -397,3 +397,91 @@ pub async fn a_duplicate_sku_answers_one_message_on_both_backends(db: &TestDb) {
         "duplicate sku: another product has this sku"
     );
 }
+
+/// Page tokens are opaque (not the order id) and page only the listing
+/// that issued them: another user_id or page_size is INVALID_ARGUMENT.
+pub async fn page_tokens_are_opaque_and_bound_to_their_listing(db: &TestDb) {
+    let server = InProcess::start(db, &[]).await;
+    let mut orders = server.orders().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let order = orders
+            .create_order(crate::suite::create("pager", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(order.order_id);
+    }
+    let list = |user: &str, size: u32, token: &str| ListOrdersRequest {
+        user_id: user.into(),
+        page_size: size,
+        page_token: token.into(),
+    };
+    let first = orders
+        .list_orders(list("pager", 2, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = first.next_page_token;
+    assert!(!token.is_empty());
+    assert!(
+        ids.iter().all(|id| !token.contains(id.as_str())),
+        "the token does not show an order id: {token}"
+    );
+    let second = orders
+        .list_orders(list("pager", 2, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.orders.len(), 1);
+    assert_eq!(second.orders[0].order_id, ids[0], "the oldest comes last");
+
+    for (request, what) in [
+        (list("someone-else", 2, &token), "another user"),
+        (list("pager", 3, &token), "another page size"),
+        (list("pager", 2, "not-a-token"), "garbage"),
+        (list("pager", 2, &ids[0]), "a raw order id"),
+    ] {
+        let status = orders.list_orders(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains("page_token"),
+            "{what}: {status:?}"
+        );
+    }
+}
+
+/// An idempotency key sent again with a different request is
+/// FAILED_PRECONDITION naming the key; an identical retry still returns the
+/// original order.
+pub async fn an_idempotency_key_reused_for_another_order_is_refused(db: &TestDb) {
+    let server = InProcess::start(db, &[]).await;
+    let mut orders = server.orders().await;
+    let first = orders
+        .create_order(crate::suite::create("keyed", "key-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = orders
+        .create_order(crate::suite::create("keyed", "key-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first);
+    let mut different = crate::suite::create("keyed", "key-1");
+    different.lines[0].quantity += 1;
+    let status = orders.create_order(different).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("\"key-1\""), "{status:?}");
+    let other_currency = CreateOrderRequest {
+        currency: "USD".into(),
+        ..crate::suite::create("keyed", "key-1")
+    };
+    let status = orders.create_order(other_currency).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // The same key for another user is another key.
+    orders
+        .create_order(crate::suite::create("keyed-2", "key-1"))
+        .await
+        .unwrap();
+}

@@ -35,4 +35,6 @@ test_support::backend_tests!(
     attribute_floods_are_refused_naming_the_event,
     a_duplicate_sku_answers_one_message_on_both_backends,
     idle_streams_are_ended,
+    page_tokens_are_opaque_and_bound_to_their_listing,
+    an_idempotency_key_reused_for_another_order_is_refused,
 );

@@ -1,7 +1,7 @@
 //! The one status mapping, case by case: every storage, domain and ingest
 //! error a handler can meet, with the code and the message a client sees.
 
-use domain::{DomainError, OrderStatus, ProductId};
+use domain::{DomainError, IdempotencyKey, OrderStatus, ProductId};
 use grpc_api::status;
 use storage::{Conflict, StorageError};
 use tonic::Code;
@@ -108,6 +108,11 @@ fn domain_errors_split_into_invalid_input_and_failed_preconditions() {
     let answer = status::domain(gap);
     assert_eq!(answer.code(), Code::FailedPrecondition);
     assert!(answer.message().contains("p-1"), "{}", answer.message());
+
+    let reused = DomainError::IdempotencyKeyReused(IdempotencyKey::parse("k-9").unwrap());
+    let answer = status::domain(reused);
+    assert_eq!(answer.code(), Code::FailedPrecondition);
+    assert!(answer.message().contains("\"k-9\""), "{}", answer.message());
 }
 
 #[test]

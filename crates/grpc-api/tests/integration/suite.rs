@@ -14,8 +14,10 @@ use tonic::{Code, Request};
 
 pub use crate::hostile::{
     a_duplicate_sku_answers_one_message_on_both_backends,
+    an_idempotency_key_reused_for_another_order_is_refused,
     attribute_floods_are_refused_naming_the_event, error_messages_quote_a_bounded_prefix,
-    nul_is_refused_in_every_text_field, undecodable_messages_mid_stream_are_invalid_argument,
+    nul_is_refused_in_every_text_field, page_tokens_are_opaque_and_bound_to_their_listing,
+    undecodable_messages_mid_stream_are_invalid_argument,
     undecodable_requests_are_invalid_argument,
 };
 pub use crate::layers::{
