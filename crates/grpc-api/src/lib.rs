@@ -27,8 +27,8 @@ pub mod status;
 pub use catalog::CatalogApi;
 pub use events::EventApi;
 pub use layers::{
-    AuthLayer, DeadlineLayer, DecodeErrorLayer, Guarded, LoadShedLayer, MetadataLimitLayer,
-    panic_response, parse_grpc_timeout,
+    AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,
+    MetadataLimitLayer, panic_response, parse_grpc_timeout,
 };
 pub use observe::MetricsLayer;
 pub use orders::OrderApi;

@@ -11,8 +11,8 @@ use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer,
-    MetadataLimitLayer, MetricsLayer, OrderApi,
+    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, EventApi,
+    LoadShedLayer, MetadataLimitLayer, MetricsLayer, OrderApi,
 };
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
@@ -25,13 +25,21 @@ use crate::config::Settings;
 use crate::connections::{self, ActivityLayer, Limits};
 use crate::sinks::{DatabaseLog, StoreSink};
 
-/// Services whose health is reported (besides the overall `""`).
-const SERVICES: [&str; 4] = [
+/// Health names that follow the dependencies (database through the RPCs'
+/// pool, pipeline workers): the overall `""`, `readiness` (for readiness
+/// probes) and each service.
+const SERVICES: [&str; 5] = [
     "",
+    "readiness",
     "orderflow.v1.OrderService",
     "orderflow.v1.CatalogService",
     "orderflow.v1.EventService",
 ];
+
+/// The health name for liveness probes: SERVING while the process works
+/// (its pipeline workers alive), whether or not the database answers, so a
+/// database outage does not get every replica restarted.
+const LIVENESS: &str = "liveness";
 
 /// The database settings these flags describe.
 pub fn store_config(settings: &Settings) -> StoreConfig {
@@ -123,6 +131,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let orders = CachedOrders::new(
         db.clone(),
         CacheConfig {
@@ -181,13 +192,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc_api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build reflection (v1)")?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc_api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build reflection (v1alpha)")?;
 
+    // Cancelled when the server stops accepting: open health watches end.
+    let stopping = tokio_util::sync::CancellationToken::new();
     let max = settings.max_message_bytes;
     // HTTP/2 refuses metadata over 16 times the setting outright (HTTP 431,
     // which clients see as UNKNOWN); between the two, MetadataLimitLayer
@@ -213,6 +228,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .layer(AuthLayer::new(settings.auth_token.as_deref()))
         .layer(DeadlineLayer)
         .layer(DecodeErrorLayer)
+        .layer(EndWatchesLayer::new(stopping.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -241,7 +257,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     monitor.abort();
     forgetting.abort();
-    for service in SERVICES {
+    for service in SERVICES.into_iter().chain([LIVENESS]) {
         health
             .set_service_status(service, ServingStatus::NotServing)
             .await;
@@ -250,6 +266,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(delay = %settings.shutdown_delay, "NOT_SERVING; still answering until the delay passes");
         tokio::time::sleep(*settings.shutdown_delay).await;
     }
+    stopping.cancel();
     let _ = stop.send(());
     let grace = *settings.shutdown_grace;
     let deadline = Instant::now() + grace;
@@ -306,8 +323,18 @@ async fn monitor<R: storage::OrderRepository>(
 ) {
     let mut ticker = tokio::time::interval(interval);
     let mut serving = None;
+    let mut alive = true;
     loop {
         ticker.tick().await;
+        if engine.is_alive() != alive {
+            alive = !alive;
+            let status = if alive {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(LIVENESS, status).await;
+        }
         let database =
             tokio::time::timeout(interval.max(Duration::from_millis(500)), db.ping()).await;
         let database_up = matches!(database, Ok(Ok(())));

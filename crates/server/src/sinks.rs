@@ -33,13 +33,16 @@ pub struct StoreSink {
     pub output: Output,
 }
 
-/// How a storage failure reads to the engine: only a write that never
-/// started (`Unavailable`) or whose commit went unconfirmed
-/// (`OutcomeUnknown`; the stores are idempotent per write id) is worth
-/// repeating.
+/// How a storage failure reads to the engine: a write that never started
+/// (`Unavailable`, or `Misconfigured`: a database that stopped taking
+/// writes) or whose commit went unconfirmed (`OutcomeUnknown`; the stores
+/// are idempotent per write id) is worth repeating; anything else is
+/// refused for good.
 fn sink_error(error: StorageError) -> SinkError {
     let kind = match error {
-        StorageError::Unavailable(_) => SinkErrorKind::Unavailable,
+        // A database that stopped taking writes (made read-only, a role
+        // revoked) may be fixed while the engine waits: keep trying.
+        StorageError::Unavailable(_) | StorageError::Misconfigured(_) => SinkErrorKind::Unavailable,
         StorageError::OutcomeUnknown(_) => SinkErrorKind::OutcomeUnknown,
         _ => SinkErrorKind::Rejected,
     };

@@ -100,6 +100,9 @@ impl From<diesel::result::Error> for StorageError {
                     _ if is_sqlite_busy(info.message()) => {
                         Self::Unavailable(info.message().to_owned())
                     }
+                    _ if is_postgres_going_away(info.message()) => {
+                        Self::Unavailable(info.message().to_owned())
+                    }
                     // A read-only file or database, or one SQLite cannot
                     // open: no retry fixes these.
                     _ if is_sqlite_unusable(info.message()) => {
@@ -114,6 +117,14 @@ impl From<diesel::result::Error> for StorageError {
             Error::BrokenTransactionManager => {
                 Self::Unavailable("connection left in a broken transaction".to_owned())
             }
+            // COMMIT failed (the connection broke under it) and so did the
+            // rollback: the commit may or may not have been applied.
+            Error::RollbackErrorOnCommit {
+                commit_error,
+                rollback_error,
+            } => Self::OutcomeUnknown(format!(
+                "commit failed ({commit_error}) and so did the rollback ({rollback_error})"
+            )),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -166,6 +177,15 @@ fn unique_key(info: &dyn diesel::result::DatabaseErrorInformation) -> &'static s
             "a record with this key exists"
         }
     }
+}
+
+/// PostgreSQL going away under a session (a restart, a failover, an
+/// administrator) reports these, not a closed connection; they pass.
+fn is_postgres_going_away(message: &str) -> bool {
+    message.contains("terminating connection")
+        || message.contains("the database system is shutting down")
+        || message.contains("the database system is starting up")
+        || message.contains("the database system is in recovery mode")
 }
 
 fn is_sqlite_busy(message: &str) -> bool {

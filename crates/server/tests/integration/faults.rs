@@ -346,3 +346,50 @@ async fn every_request_is_counted_under_its_code() {
         "the in-flight gauge is described"
     );
 }
+
+/// An open `Health/Watch` does not hold shutdown for the grace period: on
+/// SIGTERM it hears NOT_SERVING, then ends, and the process exits once the
+/// in-flight work is done (here: at once, well inside a 30 s grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_does_not_hold_shutdown() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(&db, &[("ORDERFLOW_SHUTDOWN_GRACE", "30s")]);
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let update = watch.message().await.unwrap().unwrap();
+        if update.status == 1 {
+            break; // SERVING
+        }
+    }
+    let signalled = std::time::Instant::now();
+    server.signal_term();
+    let mut saw_not_serving = false;
+    loop {
+        match watch.message().await {
+            Ok(Some(update)) => saw_not_serving |= update.status == 2,
+            Ok(None) => break,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                break;
+            }
+        }
+    }
+    assert!(
+        saw_not_serving,
+        "the watch heard NOT_SERVING before it ended"
+    );
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "exited {:?} after SIGTERM; the 30 s grace was not waited out",
+        signalled.elapsed()
+    );
+}

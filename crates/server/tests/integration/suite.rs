@@ -135,6 +135,8 @@ pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDb) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for service in [
         "",
+        "liveness",
+        "readiness",
         "orderflow.v1.OrderService",
         "orderflow.v1.CatalogService",
         "orderflow.v1.EventService",
@@ -185,6 +187,7 @@ pub async fn health_is_serving_and_reflection_lists_the_services(db: &TestDb) {
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     for service in [
+        "grpc.health.v1.Health",
         "orderflow.v1.OrderService",
         "orderflow.v1.CatalogService",
         "orderflow.v1.EventService",
