@@ -1,5 +1,8 @@
-//! Layers every request passes: bearer-token auth for mutating RPCs,
-//! deadlines answered as DEADLINE_EXCEEDED, and the panic response.
+//! Layers every request passes: load shedding (separate budgets for unary
+//! calls and streams), a metadata size limit, bearer-token auth for mutating
+//! RPCs, deadlines answered as DEADLINE_EXCEEDED, codes for requests tonic
+//! could not decode, the end of health watches at shutdown, and the panic
+//! response. (Metrics are recorded by `crate::observe`, outside them all.)
 
 use std::any::Any;
 use std::future::Future;

@@ -1,12 +1,15 @@
 //! orderflow's gRPC surface: the generated `orderflow.v1` types, the three
 //! services, the one mapping from domain and storage errors to gRPC
-//! statuses, and the layers every request passes (panic catching, auth,
-//! deadlines, load shedding). The `server` crate wires it; this crate knows
-//! nothing of configuration files or process lifetime.
+//! statuses, the servers' codec, and the layers every request passes
+//! (metrics, load shedding, limits, panic catching, auth, deadlines). The
+//! `server` crate wires it; this crate knows nothing of configuration files
+//! or process lifetime.
 
 /// Generated from `proto/orderflow/v1/*.proto`.
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
+    // Messages and servers (with `crate::codec::RequestCodec`), then the
+    // clients, generated apart with tonic-prost's codec (see `build.rs`).
     tonic::include_proto!("orderflow.v1");
     include!(concat!(env!("OUT_DIR"), "/clients/orderflow.v1.rs"));
 

@@ -360,6 +360,11 @@ async fn monitor<R: storage::OrderRepository>(
         }
         orders.cache().publish_metrics();
         engine.stats().publish_metrics();
+        let (open, idle) = db.pool_connections();
+        metrics::gauge!("orderflow_db_pool_connections").set(f64::from(open));
+        metrics::gauge!("orderflow_db_pool_idle_connections").set(f64::from(idle));
+        metrics::gauge!("orderflow_db_pool_max_connections")
+            .set(f64::from(db.config().max_connections));
     }
 }
 

@@ -143,6 +143,23 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         "cache entries evicted to stay within capacity"
     );
     describe_gauge!("orderflow_cache_entries", "orders held in the cache");
+    describe_gauge!(
+        "orderflow_build_info",
+        "always 1; the version label says which build is running"
+    );
+    metrics::gauge!("orderflow_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_gauge!(
+        "orderflow_db_pool_connections",
+        "database connections open in the pool (in use or idle)"
+    );
+    describe_gauge!(
+        "orderflow_db_pool_idle_connections",
+        "database connections idle in the pool"
+    );
+    describe_gauge!(
+        "orderflow_db_pool_max_connections",
+        "the pool's size (--db-pool-size)"
+    );
     describe_counter!(
         "orderflow_events_received_total",
         "events that reached ingest"

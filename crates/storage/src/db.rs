@@ -239,6 +239,15 @@ impl Database {
         }
     }
 
+    /// The pool's connections: `(open, idle)`.
+    pub fn pool_connections(&self) -> (u32, u32) {
+        let state = match &self.inner.pools {
+            Pools::Postgres(pool) => pool.state(),
+            Pools::Sqlite(pool) => pool.state(),
+        };
+        (state.connections, state.idle_connections)
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.inner.config.backend()

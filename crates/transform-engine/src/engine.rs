@@ -61,11 +61,10 @@ impl Default for EngineConfig {
     }
 }
 
-/// How long a sink write that fails as retryable is repeated: long enough
-/// to ride out a database restart or a short network cut, during which the
-/// worker's queue fills and ingest pushes back as its overflow policy says.
-/// Only then are the events dead-lettered (or, with that store down too,
-/// counted dropped with an ERROR).
+/// How long a sink write that fails as retryable is repeated before the
+/// worker says so (an ERROR) and, while the server runs, starts over: the
+/// worker's queue fills meanwhile and ingest pushes back as its overflow
+/// policy says.
 const SINK_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Once shutdown has begun, a failing write is tried this many times in
 /// all instead, so draining ends within the server's grace period.
@@ -318,14 +317,15 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
 }
 
 impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
-    /// Writes `kept` to the event store, or failing that for the retry
-    /// budget, to the dead-letter store, under one write id throughout, so
-    /// the batch lands in exactly one store however the attempts end. While
-    /// both refuse for a reason that may pass, it keeps trying (the queue
-    /// fills meanwhile and ingest pushes back): an accepted event is not
-    /// given up while the server runs. Once shutdown has begun, or when the
-    /// dead-letter store refuses them for good, the events are counted
-    /// dropped, with an ERROR.
+    /// Writes `kept` to the event store under one write id throughout, so
+    /// the batch lands in exactly one store however the attempts end.
+    ///
+    /// An unavailable store is waited for while the server runs (the queue
+    /// fills meanwhile and ingest pushes back): an outage is not a reason to
+    /// dead-letter good events. A store that refuses the batch for good, or
+    /// is still away once shutdown has begun, sends it to the dead-letter
+    /// store; if that one will not take it either (for good, or before
+    /// shutdown ends), the events are counted dropped, with an ERROR.
     async fn store(&self, kept: &mut Vec<Event>) -> Settled {
         let write = WriteId::generate();
         let count = kept.len() as u64;
@@ -341,9 +341,13 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
                     settled.processed += count;
                     break;
                 }
+                Err(error) if error.retryable() && !*self.stop.borrow() => {
+                    tracing::error!(%error, count, "the event store is still unavailable; still trying these events");
+                    continue;
+                }
                 Err(error) => error,
             };
-            let reason = format!("event store unavailable: {error}");
+            let reason = format!("event store refused the batch: {error}");
             let letters: Vec<DeadLetter> = kept
                 .iter()
                 .map(|event| DeadLetter {
@@ -368,7 +372,7 @@ impl<S: EventSink, D: DeadLetterSink> Worker<S, D> {
                     break;
                 }
                 Err(error) => {
-                    tracing::error!(%error, count, "neither store takes these events; still trying");
+                    tracing::error!(%error, count, "the dead-letter store does not take these events; still trying");
                 }
             }
         }

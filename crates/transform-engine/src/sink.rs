@@ -88,6 +88,8 @@ pub struct MemorySink {
     delay: Mutex<Duration>,
     /// Fail this many upcoming writes (retryable).
     failures: AtomicUsize,
+    /// Refuse this many upcoming writes for good.
+    refusals: AtomicUsize,
     /// Apply this many upcoming writes but answer `OutcomeUnknown`.
     unconfirmed: AtomicUsize,
 }
@@ -109,6 +111,12 @@ impl MemorySink {
     /// The next `n` writes fail as retryable.
     pub fn fail_next(&self, n: usize) {
         self.failures.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are refused for good
+    /// ([`SinkErrorKind::Rejected`]).
+    pub fn refuse_next(&self, n: usize) {
+        self.refusals.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` writes are applied but answered as
@@ -158,6 +166,16 @@ impl MemorySink {
             return Err(SinkError {
                 message: "memory sink told to fail".to_owned(),
                 kind: SinkErrorKind::Unavailable,
+            });
+        }
+        let refused = self
+            .refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Err(SinkError {
+                message: "memory sink told to refuse".to_owned(),
+                kind: SinkErrorKind::Rejected,
             });
         }
         Ok(())

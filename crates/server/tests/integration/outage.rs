@@ -248,9 +248,10 @@ async fn a_slow_postgres_still_answers_every_call() {
 /// Events accepted while the database is cut each end in exactly one
 /// place, and all are stored once it is over: the engine repeats a failing
 /// write while the server runs, and ingest pushes back meanwhile (events it
-/// sheds are counted in each stream's answer). (A store that refuses for
-/// good dead-letters; at shutdown both down counts dropped with an ERROR:
-/// `transform-engine`'s
+/// sheds are counted in each stream's answer), however long the cut (here
+/// it outlasts the 30 s retry round when the shedding slows the producer).
+/// (A store that refuses for good dead-letters; at shutdown both down
+/// counts dropped with an ERROR: `transform-engine`'s
 /// `an_unavailable_store_dead_letters_and_both_down_counts_dropped`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_accepted_during_a_postgres_cut_are_all_accounted_for() {

@@ -322,6 +322,11 @@ pub async fn metrics_pass_promtool(db: &TestDb) {
         "orderflow_cache_misses_total",
         "orderflow_events_received_total",
         "orderflow_queue_depth",
+        "orderflow_build_info{version=",
+        "orderflow_db_pool_connections ",
+        "orderflow_db_pool_idle_connections ",
+        "orderflow_db_pool_max_connections ",
+        "orderflow_grpc_requests_in_flight",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }

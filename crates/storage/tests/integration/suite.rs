@@ -87,7 +87,7 @@ pub async fn idempotency_key_returns_the_original_order(db: &TestDb) {
         .await
         .unwrap();
     let again = db
-        .create_order(new_order("u-1", Some("k-1"), &[999]))
+        .create_order(new_order("u-1", Some("k-1"), &[100]))
         .await
         .unwrap();
     assert!(first.created);
@@ -95,6 +95,15 @@ pub async fn idempotency_key_returns_the_original_order(db: &TestDb) {
     assert_eq!(
         again.order, first.order,
         "the retry answers with the original order"
+    );
+    // The same key with a different request is refused, naming the key.
+    let reused = db
+        .create_order(new_order("u-1", Some("k-1"), &[999]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&reused, StorageError::Domain(DomainError::IdempotencyKeyReused(key)) if key.as_str() == "k-1"),
+        "{reused:?}"
     );
     // Keys are per user; no key means always new.
     let other_user = db
