@@ -28,13 +28,17 @@ forbid storage tonic prost
 # other, so they compile in parallel; `server` adapts one to the other.
 forbid transform-engine storage
 forbid storage transform-engine
+# The client crate is what users compile: the wire contract and a client,
+# no server stack, no database driver.
+forbid orderflow-proto domain storage transform-engine grpc-api diesel diesel-async \
+    libsqlite3-sys tokio-postgres axum
 # Test support is a dev-dependency only.
-for krate in domain storage transform-engine grpc-api server loadgen; do
+for krate in domain storage transform-engine grpc-api server loadgen orderflow-proto; do
     forbid "$krate" test-support
 done
 # Libraries return typed errors; anyhow is for the binaries only (as a
 # direct dependency: proc macros deep in the graph may use it internally).
-for library in domain storage transform-engine grpc-api; do
+for library in domain storage transform-engine grpc-api orderflow-proto; do
     if cargo tree --quiet -p "$library" -e normal --depth 1 --prefix none --format '{p}' | cut -d' ' -f1 | grep -qx anyhow; then
         echo "architecture: $library depends on anyhow directly; libraries return thiserror types"
         failed=1

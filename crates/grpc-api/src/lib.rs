@@ -5,17 +5,16 @@
 //! `server` crate wires it; this crate knows nothing of configuration files
 //! or process lifetime.
 
-/// Generated from `proto/orderflow/v1/*.proto`.
+/// `orderflow.v1`: the messages, clients and descriptor set of
+/// `orderflow-proto`, and the servers, generated here (see `build.rs`).
 pub mod proto {
-    #![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
-    // Messages and servers (with `crate::codec::RequestCodec`), then the
-    // clients, generated apart with tonic-prost's codec (see `build.rs`).
-    tonic::include_proto!("orderflow.v1");
-    include!(concat!(env!("OUT_DIR"), "/clients/orderflow.v1.rs"));
+    pub use orderflow_proto::proto::*;
 
-    /// The encoded descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("orderflow_descriptor");
+    #[allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
+    mod servers {
+        tonic::include_proto!("orderflow.v1");
+    }
+    pub use servers::*;
 }
 
 mod catalog;

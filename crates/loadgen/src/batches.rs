@@ -12,12 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use grpc_api::proto::EventBatch;
-use grpc_api::proto::event_service_client::EventServiceClient;
 use hdrhistogram::Histogram;
+use orderflow_proto::Client;
+use orderflow_proto::proto::EventBatch;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 /// One stream's settings.
 #[derive(Debug, Clone)]
@@ -44,7 +43,7 @@ pub struct StreamOutcome {
 
 /// Streams batches until `stop`, then waits for the outstanding acks.
 pub async fn stream(
-    channel: Channel,
+    channel: Client,
     worker: usize,
     config: StreamConfig,
     stop: Arc<AtomicBool>,
@@ -94,7 +93,7 @@ pub async fn stream(
         events: 0,
         errors: Vec::new(),
     };
-    let mut client = EventServiceClient::new(channel);
+    let mut client = channel.events();
     match client
         .stream_event_batches(tokio_stream::wrappers::ReceiverStream::new(outbound))
         .await
@@ -144,13 +143,13 @@ pub async fn stream(
 /// export) and checks that each acknowledged event of this run appears
 /// exactly once and nothing else of this run does.
 pub async fn verify(
-    channel: Channel,
+    channel: Client,
     run: &str,
     acked: &[(usize, u64)],
     batch: usize,
     export_command: &str,
 ) -> anyhow::Result<u64> {
-    let mut client = EventServiceClient::new(channel);
+    let mut client = channel.events();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let stats = client

@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use grpc_api::proto::event_service_client::EventServiceClient;
-use grpc_api::proto::order_service_client::OrderServiceClient;
-use grpc_api::proto::{CreateOrderRequest, Event, GetOrderRequest, OrderLine};
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
+use orderflow_proto::Client;
+use orderflow_proto::proto::{CreateOrderRequest, Event, GetOrderRequest, OrderLine};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -109,6 +107,9 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// The bearer token, for a server started with ORDERFLOW_AUTH_TOKEN.
+    #[arg(long)]
+    token: Option<String>,
     /// The workload.
     #[arg(long, value_enum)]
     workload: Workload,
@@ -178,11 +179,11 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
-        let channel = Channel::from_shared(args.target.clone())
-            .context("invalid --target")?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", args.target))?;
+        let mut client = Client::builder(args.target.clone());
+        if let Some(token) = &args.token {
+            client = client.bearer_token(token.clone());
+        }
+        let channel = client.connect().await.context("--target")?;
         channels.push(channel);
     }
     if args.workload == Workload::StreamBatches {
@@ -293,7 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The stream-batches workload (see `batches.rs`), with the same summary.
-async fn run_batches(args: &Args, channels: &[Channel]) -> anyhow::Result<()> {
+async fn run_batches(args: &Args, channels: &[Client]) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.requests.is_none(),
         "stream-batches runs for --duration; --requests does not apply"
@@ -383,9 +384,9 @@ async fn run_batches(args: &Args, channels: &[Channel]) -> anyhow::Result<()> {
 }
 
 /// Creates `n` orders (and, for hits, reads each once so it is cached).
-async fn seed(channels: &[Channel], n: usize, workload: Workload) -> anyhow::Result<Vec<String>> {
+async fn seed(channels: &[Client], n: usize, workload: Workload) -> anyhow::Result<Vec<String>> {
     let channel = channels.first().context("no channel")?.clone();
-    let mut client = OrderServiceClient::new(channel);
+    let mut client = channel.orders();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let order = client
@@ -460,7 +461,7 @@ struct Outcome {
 )]
 async fn run_worker(
     worker: usize,
-    channel: Channel,
+    channel: Client,
     mix: &[(Call, u32)],
     ids: &[String],
     stop: &AtomicBool,
@@ -477,9 +478,9 @@ async fn run_worker(
         events: 0,
         codes: std::collections::BTreeMap::new(),
     };
-    let mut health = HealthClient::new(channel.clone());
-    let mut orders = OrderServiceClient::new(channel.clone());
-    let mut events = EventServiceClient::new(channel);
+    let mut health = HealthClient::new(channel.channel());
+    let mut orders = channel.orders();
+    let mut events = channel.events();
     let mut cursor = worker.wrapping_mul(7_919);
     // Missed ticks are skipped: a slow server lowers the rate instead of
     // being hit by a burst afterwards.

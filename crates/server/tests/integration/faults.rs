@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use grpc_api::proto::GetOrderRequest;
+use orderflow_proto::proto::GetOrderRequest;
 use test_support::TestDb;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -22,8 +22,9 @@ async fn a_sleeping_failpoint_delays_only_its_own_requests() {
     // cache holds (distinct, so none are coalesced).
     let lookups: Vec<_> = (0..6)
         .map(|n| {
-            let mut orders =
-                grpc_api::proto::order_service_client::OrderServiceClient::new(channel.clone());
+            let mut orders = orderflow_proto::proto::order_service_client::OrderServiceClient::new(
+                channel.clone(),
+            );
             tokio::spawn(async move {
                 orders
                     .get_order(GetOrderRequest {
@@ -216,8 +217,9 @@ async fn one_percent_panics_under_load_leave_every_other_call_ok() {
     let calls_per_client = 250;
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let mut orders =
-                grpc_api::proto::order_service_client::OrderServiceClient::new(channel.clone());
+            let mut orders = orderflow_proto::proto::order_service_client::OrderServiceClient::new(
+                channel.clone(),
+            );
             let id = order.order_id.clone();
             tokio::spawn(async move {
                 let mut panicked = 0u64;

@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use grpc_api::proto::event_service_client::EventServiceClient;
-use grpc_api::proto::{Event, EventBatch};
+use orderflow_proto::proto::{Event, EventBatch};
 use rand::Rng as _;
 use test_support::TestDb;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 use crate::support::{Server, run};
 
@@ -44,7 +42,7 @@ fn batch(producer: usize, sequence: u64) -> EventBatch {
 /// stream breaks, counting each ack in `progress`; returns the last
 /// acknowledged sequence.
 async fn produce(
-    mut client: EventServiceClient<Channel>,
+    mut client: orderflow_proto::EventClient,
     producer: usize,
     mut acked: u64,
     progress: Arc<AtomicU64>,
@@ -181,8 +179,8 @@ pub async fn acknowledged_batches_survive_sigkill_while_outputs_commit(db: &Test
 /// such an order may read back one version later, paid, and nothing else.
 /// `ORDERFLOW_FAULT_SCALE` rounds (1 in CI).
 pub async fn acknowledged_orders_survive_sigkill_under_concurrent_writers(db: &TestDb) {
-    use grpc_api::proto::order_service_client::OrderServiceClient;
-    use grpc_api::proto::{GetOrderRequest, Order, OrderStatus, UpdateOrderStatusRequest};
+    use orderflow_proto::proto::order_service_client::OrderServiceClient;
+    use orderflow_proto::proto::{GetOrderRequest, Order, OrderStatus, UpdateOrderStatusRequest};
 
     let rounds = std::env::var("ORDERFLOW_FAULT_SCALE")
         .ok()

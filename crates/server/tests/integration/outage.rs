@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use grpc_api::proto::{CreateOrderRequest, GetOrderRequest, OrderLine};
+use orderflow_proto::proto::{CreateOrderRequest, GetOrderRequest, OrderLine};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -214,8 +214,9 @@ async fn a_slow_postgres_still_answers_every_call() {
     let channel = server.channel().await;
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let mut orders =
-                grpc_api::proto::order_service_client::OrderServiceClient::new(channel.clone());
+            let mut orders = orderflow_proto::proto::order_service_client::OrderServiceClient::new(
+                channel.clone(),
+            );
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for _ in 0..4 * scale() {
@@ -348,7 +349,7 @@ struct StreamCounts {
 }
 
 impl StreamCounts {
-    fn add(&mut self, response: grpc_api::proto::PublishEventsResponse) {
+    fn add(&mut self, response: orderflow_proto::proto::PublishEventsResponse) {
         self.accepted += response.accepted;
         self.shed += response.dropped + response.dead_lettered;
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use grpc_api::proto::{
+use orderflow_proto::proto::{
     CreateOrderRequest, Event, GetOrderRequest, OrderLine, OrderStatus, UpdateOrderStatusRequest,
 };
 use test_support::{LEGACY_EVENTS as FIXTURE, TestDb};
@@ -409,7 +409,7 @@ pub async fn the_blackhole_sink_counts_and_discards(db: &TestDb) {
     let server = Server::start(db, &[("ORDERFLOW_EVENT_SINK", "blackhole")]);
     let mut events = server.events().await;
     let ack = events
-        .publish_event_batch(grpc_api::proto::EventBatch {
+        .publish_event_batch(orderflow_proto::proto::EventBatch {
             producer_id: "bh".into(),
             sequence: 1,
             events: (0..40).map(event).collect(),

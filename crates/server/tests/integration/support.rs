@@ -5,8 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grpc_api::proto::event_service_client::EventServiceClient;
-use grpc_api::proto::order_service_client::OrderServiceClient;
+use orderflow_proto::{Client, EventClient, OrderClient};
 use test_support::TestDb;
 use tonic::transport::Channel;
 
@@ -80,20 +79,21 @@ impl Server {
         }
     }
 
+    /// A client of the client crate, as users connect.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.address.clone()).await.unwrap()
+    }
+
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        self.client().await.channel()
     }
 
-    pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(self.channel().await)
+    pub async fn orders(&self) -> OrderClient {
+        self.client().await.orders()
     }
 
-    pub async fn events(&self) -> EventServiceClient<Channel> {
-        EventServiceClient::new(self.channel().await)
+    pub async fn events(&self) -> EventClient {
+        self.client().await.events()
     }
 
     pub fn logs(&self) -> Vec<String> {

@@ -1,0 +1,187 @@
+//! Why a request failed, in a form a program can act on.
+//!
+//! Every error an orderflow service answers carries a `google.rpc.ErrorInfo`
+//! in its `grpc-status-details-bin` trailer (AIP-193): [`DOMAIN`] and one
+//! [`Reason`]. INVALID_ARGUMENT also carries a `google.rpc.BadRequest` whose
+//! field violation names the field the message names, and errors a retry
+//! can cure carry a `google.rpc.RetryInfo` with the delay to wait. The
+//! messages are for people; the reasons are the stable part.
+
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// `ErrorInfo.domain` on every orderflow error.
+pub const DOMAIN: &str = "orderflow.v1";
+
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal,)+) => {
+        /// `ErrorInfo.reason`: the stable, upper-snake name of what went wrong.
+        ///
+        /// New reasons may be added; an existing one is never renamed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Reason {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Reason {
+            /// Every reason, in the order the README lists them.
+            pub const ALL: &[Reason] = &[$(Reason::$variant,)+];
+
+            /// The name on the wire.
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)+
+                }
+            }
+
+            /// The reason named `name`, if this version of the crate knows it.
+            #[must_use]
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Reason::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// INVALID_ARGUMENT: a request field breaks its rule; `BadRequest` names
+    /// the field (`lines[2].quantity`, `events[0].attributes`).
+    InvalidField = "INVALID_FIELD",
+    /// INVALID_ARGUMENT: the request body is not a valid protobuf message
+    /// of the method's type (or a string in it is not UTF-8).
+    MalformedRequest = "MALFORMED_REQUEST",
+    /// INVALID_ARGUMENT: a product names more than one primary warehouse.
+    MultiplePrimaryWarehouses = "MULTIPLE_PRIMARY_WAREHOUSES",
+    /// INVALID_ARGUMENT: a value breaks a rule of the order store that the
+    /// request's types do not express.
+    RuleBroken = "RULE_BROKEN",
+    /// NOT_FOUND: metadata `entity` (`order`, `product`) and `id`.
+    NotFound = "NOT_FOUND",
+    /// ALREADY_EXISTS: a unique key is taken; metadata `key` names it.
+    DuplicateKey = "DUPLICATE_KEY",
+    /// ABORTED: the order changed since the version the request was based
+    /// on; metadata `order_id`, `expected_version`, `actual_version`. Re-read
+    /// and retry.
+    StaleVersion = "STALE_VERSION",
+    /// FAILED_PRECONDITION: the order's status cannot move to the one asked
+    /// for; metadata `from` and `to`.
+    IllegalTransition = "ILLEGAL_TRANSITION",
+    /// FAILED_PRECONDITION: the product has no primary warehouse; metadata
+    /// `product_id`.
+    NoPrimaryWarehouse = "NO_PRIMARY_WAREHOUSE",
+    /// FAILED_PRECONDITION: the idempotency key already created a different
+    /// order; metadata `idempotency_key`.
+    IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED",
+    /// UNAVAILABLE, with `RetryInfo`: the database cannot be reached or
+    /// refuses writes; nothing was applied.
+    DatabaseUnavailable = "DATABASE_UNAVAILABLE",
+    /// UNKNOWN: a write was sent but not confirmed; it may have been
+    /// applied. Read before retrying, or retry with the same idempotency key
+    /// (or the same batch sequence).
+    OutcomeUnknown = "OUTCOME_UNKNOWN",
+    /// UNAVAILABLE, with `RetryInfo`: the server is shutting down; retry
+    /// (another replica answers).
+    ShuttingDown = "SHUTTING_DOWN",
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the server is at its limit of
+    /// concurrent requests or open streams; metadata `limit`.
+    Overloaded = "OVERLOADED",
+    /// RESOURCE_EXHAUSTED: the request (or one message of a stream) is
+    /// larger than the server accepts. Retrying the same request cannot
+    /// help, so there is no `RetryInfo`.
+    MessageTooLarge = "MESSAGE_TOO_LARGE",
+    /// RESOURCE_EXHAUSTED: the request's metadata is larger than the server
+    /// accepts; no `RetryInfo`.
+    MetadataTooLarge = "METADATA_TOO_LARGE",
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
+    /// the event was dropped (overflow policy `drop_newest`).
+    EventDropped = "EVENT_DROPPED",
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
+    /// the event went to the dead-letter store (overflow policy
+    /// `dead_letter`).
+    EventDeadLettered = "EVENT_DEAD_LETTERED",
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the acknowledged-ingest backlog
+    /// stayed full for the whole wait; retry the batch with the same
+    /// sequence.
+    EventLogFull = "EVENT_LOG_FULL",
+    /// UNAVAILABLE, with `RetryInfo`: the event log cannot take the batch
+    /// now; retry it with the same sequence.
+    EventLogUnavailable = "EVENT_LOG_UNAVAILABLE",
+    /// UNIMPLEMENTED: this server runs without acknowledged ingest.
+    AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED",
+    /// UNAUTHENTICATED: the `authorization: Bearer <token>` metadata is
+    /// missing or wrong.
+    Unauthenticated = "UNAUTHENTICATED",
+    /// DEADLINE_EXCEEDED: the request's `grpc-timeout` ran out in the server.
+    DeadlineExceeded = "DEADLINE_EXCEEDED",
+    /// DEADLINE_EXCEEDED: a client stream sent nothing for the server's
+    /// stream idle timeout; metadata `idle_timeout`.
+    StreamIdle = "STREAM_IDLE",
+    /// INTERNAL: a fault in the server (a bug, corrupt data, a panic); the
+    /// detail is in the server's log, never in the answer.
+    Internal = "INTERNAL",
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reason in `status`'s `ErrorInfo`, when it is an orderflow reason this
+/// version of the crate knows.
+#[must_use]
+pub fn reason(status: &Status) -> Option<Reason> {
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    (info.domain == DOMAIN)
+        .then(|| Reason::from_name(&info.reason))
+        .flatten()
+}
+
+/// All the standard details in `status` (`ErrorInfo`, `BadRequest`,
+/// `RetryInfo`, ...); empty when it carries none or they do not decode.
+#[must_use]
+pub fn details(status: &Status) -> ErrorDetails {
+    status.get_error_details()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_upper_snake() {
+        for reason in Reason::ALL {
+            let name = reason.as_str();
+            assert_eq!(Reason::from_name(name), Some(*reason));
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
+        }
+        assert_eq!(Reason::from_name("NOT_A_REASON"), None);
+    }
+
+    #[test]
+    fn reason_reads_only_the_orderflow_domain() {
+        let mut ours = ErrorDetails::new();
+        ours.set_error_info("STALE_VERSION", DOMAIN, std::collections::HashMap::new());
+        let status = Status::with_error_details(tonic::Code::Aborted, "stale", ours);
+        assert_eq!(reason(&status), Some(Reason::StaleVersion));
+
+        let mut foreign = ErrorDetails::new();
+        foreign.set_error_info(
+            "STALE_VERSION",
+            "example.com",
+            std::collections::HashMap::new(),
+        );
+        let status = Status::with_error_details(tonic::Code::Aborted, "stale", foreign);
+        assert_eq!(reason(&status), None);
+        assert_eq!(reason(&Status::aborted("no details")), None);
+    }
+}
