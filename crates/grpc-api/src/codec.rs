@@ -66,7 +66,12 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
 /// and never quotes the bytes, so it is kept.
 fn blame_client(status: Status) -> Status {
     if status.code() == Code::Internal {
-        Status::invalid_argument(status.message().to_owned())
+        crate::status::error(
+            Code::InvalidArgument,
+            crate::status::Reason::MalformedRequest,
+            status.message(),
+        )
+        .status()
     } else {
         status
     }

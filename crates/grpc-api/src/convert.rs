@@ -19,7 +19,7 @@ use crate::status;
 pub type Parsed<T> = Result<T, Status>;
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("invalid {field}: {reason}"))
+    status::invalid_field(field, reason)
 }
 
 /// An order id from a request field.
@@ -78,7 +78,7 @@ pub fn order_status_from_wire(value: i32) -> Parsed<OrderStatus> {
     }
 }
 
-fn wire_status(status: OrderStatus) -> proto::OrderStatus {
+pub(crate) fn wire_status(status: OrderStatus) -> proto::OrderStatus {
     match status {
         OrderStatus::Pending => proto::OrderStatus::Pending,
         OrderStatus::Paid => proto::OrderStatus::Paid,

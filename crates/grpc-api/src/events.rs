@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
 use crate::proto::event_service_server::EventService;
 use crate::proto::{
     Event, EventBatch, EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
 };
-use crate::{convert, status};
+use crate::status::{self, Reason};
+use crate::convert;
 
 /// Batches a stream may have in flight (enqueued, not yet acknowledged):
 /// the stream reads ahead this far while earlier batches are appended.
@@ -64,7 +65,14 @@ impl EventApi {
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
         self.log
             .as_ref()
-            .ok_or_else(|| Status::unimplemented("acknowledged ingest is not configured"))
+            .ok_or_else(|| {
+                status::error(
+                    Code::Unimplemented,
+                    Reason::AcknowledgedIngestDisabled,
+                    "acknowledged ingest is not configured",
+                )
+                .status()
+            })
     }
 }
 
@@ -73,9 +81,13 @@ impl EventApi {
 async fn next_message<T>(stream: &mut Streaming<T>, idle: Duration) -> Result<Option<T>, Status> {
     match tokio::time::timeout(idle, stream.message()).await {
         Ok(message) => message.map_err(crate::layers::stream_error),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no message for {idle:?}; the server closed the idle stream"
-        ))),
+        Err(_) => Err(status::error(
+            Code::DeadlineExceeded,
+            Reason::StreamIdle,
+            format!("no message for {idle:?}; the server closed the idle stream"),
+        )
+        .meta("idle_timeout", format!("{}s", idle.as_secs_f64()))
+        .status()),
     }
 }
 
@@ -100,12 +112,12 @@ impl EventService for EventApi {
             while let Some(message) =
                 next_message(&mut stream, self.stream_idle)
                     .await
-                    .map_err(|status| {
-                        Status::new(
-                            status.code(),
+                    .map_err(|error| {
+                        status::with_message(
+                            &error,
                             format!(
                                 "{} ({} events accepted before it)",
-                                status.message(),
+                                error.message(),
                                 counts.accepted
                             ),
                         )
@@ -114,12 +126,15 @@ impl EventService for EventApi {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
                 let event = convert::event_from_wire(message, &format!("events[{index}]."))
-                    .map_err(|status| {
-                        Status::invalid_argument(format!(
-                            "{} ({} events accepted before it)",
-                            status.message(),
-                            counts.accepted
-                        ))
+                    .map_err(|error| {
+                        status::with_message(
+                            &error,
+                            format!(
+                                "{} ({} events accepted before it)",
+                                error.message(),
+                                counts.accepted
+                            ),
+                        )
                     })?;
                 match self.ingest.submit(event).await.map_err(status::ingest)? {
                     Admission::Accepted => counts.accepted += 1,
@@ -141,12 +156,20 @@ impl EventService for EventApi {
             let event = convert::event_from_wire(request.into_inner(), "")?;
             match self.ingest.submit(event).await.map_err(status::ingest)? {
                 Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
-                Admission::Dropped => Err(Status::resource_exhausted(
+                Admission::Dropped => Err(status::error(
+                    Code::ResourceExhausted,
+                    Reason::EventDropped,
                     "event queue full: the event was dropped",
-                )),
-                Admission::DeadLettered => Err(Status::resource_exhausted(
+                )
+                .retry_after(status::RETRY_OVERLOADED)
+                .status()),
+                Admission::DeadLettered => Err(status::error(
+                    Code::ResourceExhausted,
+                    Reason::EventDeadLettered,
                     "event queue full: the event goes to the dead-letter store",
-                )),
+                )
+                .retry_after(status::RETRY_OVERLOADED)
+                .status()),
             }
         }
         .await

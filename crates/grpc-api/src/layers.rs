@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tonic::Status;
+use tonic::{Code, Status};
+
+use crate::status::{self, Reason};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -91,9 +93,12 @@ where
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
             if !presented.is_some_and(|p| constant_time_eq(p, expected)) {
-                let status = Status::unauthenticated(
+                let status = status::error(
+                    Code::Unauthenticated,
+                    Reason::Unauthenticated,
                     "missing or wrong bearer token (metadata `authorization: Bearer <token>`)",
-                );
+                )
+                .status();
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
         }
@@ -149,7 +154,13 @@ where
             let ours = deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10));
             match tokio::time::timeout(ours, work).await {
                 Ok(result) => result,
-                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+                Err(_) => Ok(status::error(
+                    Code::DeadlineExceeded,
+                    Reason::DeadlineExceeded,
+                    "deadline exceeded",
+                )
+                .status()
+                .into_http()),
             }
         })
     }
@@ -204,27 +215,40 @@ where
                 .get("grpc-message")
                 .and_then(|m| m.to_str().ok())
                 .unwrap_or_default();
-            let code = match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+            let replace = match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
                 Some(b"11")
                     if message.contains("message%20length%20too%20large")
                         || message.contains("message length too large") =>
                 {
-                    Some("8")
+                    Some(too_large as fn(&str) -> Status)
                 }
                 Some(b"13")
                     if message.starts_with("failed%20to%20decode%20Protobuf%20message")
                         || message.starts_with("failed to decode Protobuf message") =>
                 {
-                    Some("3")
+                    Some(malformed as fn(&str) -> Status)
                 }
                 _ => None,
             };
-            if let Some(code) = code {
-                headers.insert("grpc-status", http::HeaderValue::from_static(code));
+            if let Some(replace) = replace
+                && let Some(original) = Status::from_header_map(headers)
+                && replace(original.message()).add_header(headers).is_err()
+            {
+                tracing::warn!("could not rewrite a decode error's status headers");
             }
             Ok(response)
         })
     }
+}
+
+/// RESOURCE_EXHAUSTED for an oversized message, keeping tonic's words.
+fn too_large(message: &str) -> Status {
+    status::error(Code::ResourceExhausted, Reason::MessageTooLarge, message).status()
+}
+
+/// INVALID_ARGUMENT for a body that did not decode, keeping tonic's words.
+fn malformed(message: &str) -> Status {
+    status::error(Code::InvalidArgument, Reason::MalformedRequest, message).status()
 }
 
 /// Maps a request stream's read error: an oversized message is
@@ -233,7 +257,7 @@ pub fn stream_error(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {
-        Status::resource_exhausted(status.message().to_owned())
+        too_large(status.message())
     } else {
         status
     }
@@ -331,9 +355,14 @@ where
             }
             Err(_) => {
                 metrics::counter!("orderflow_grpc_shed_total").increment(1);
-                let status = Status::resource_exhausted(format!(
-                    "server at its limit of {what}; retry with backoff"
-                ));
+                let status = status::error(
+                    Code::ResourceExhausted,
+                    Reason::Overloaded,
+                    format!("server at its limit of {what}; retry with backoff"),
+                )
+                .meta("limit", what)
+                .retry_after(status::RETRY_OVERLOADED)
+                .status();
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
@@ -443,11 +472,17 @@ where
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
         if bytes > self.max_bytes {
-            let status = Status::resource_exhausted(format!(
-                "request metadata is {bytes} bytes in {} entries, at most {} bytes are allowed",
-                headers.len(),
-                self.max_bytes
-            ));
+            let status = status::error(
+                Code::ResourceExhausted,
+                Reason::MetadataTooLarge,
+                format!(
+                    "request metadata is {bytes} bytes in {} entries, at most {} bytes are allowed",
+                    headers.len(),
+                    self.max_bytes
+                ),
+            )
+            .meta("max_bytes", self.max_bytes)
+            .status();
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         Box::pin(self.inner.call(request))
@@ -499,7 +534,7 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<tonic::b
         "an RPC handler panicked; answered INTERNAL"
     );
     metrics::counter!("orderflow_panics_total").increment(1);
-    Status::internal("internal error").into_http()
+    status::internal_status().into_http()
 }
 
 /// Ends every open `grpc.health.v1.Health/Watch` stream once `stopping` is

@@ -1,4 +1,5 @@
-//! The one mapping from domain, storage and ingest errors to gRPC statuses.
+//! The one mapping from domain, storage and ingest errors to gRPC statuses,
+//! and the machine-readable details every error carries.
 //!
 //! Policy: a deliberately small set of codes, as the contract lists them.
 //! INVALID_ARGUMENT for input a client must fix (the message names the
@@ -13,78 +14,259 @@
 //! role, a file made read-only: the client cannot fix it, an operator can),
 //! INTERNAL for everything else, with a generic message: details are logged,
 //! never sent.
+//!
+//! Details (AIP-193): every status built here carries a `google.rpc.ErrorInfo`
+//! with domain `orderflow.v1` and a [`Reason`]; INVALID_ARGUMENT naming a
+//! field carries a `BadRequest` violation for that field path; statuses a
+//! retry can cure carry `RetryInfo`. Build them with [`error`].
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use domain::DomainError;
+pub use orderflow_proto::Reason;
 use storage::{Conflict, StorageError};
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 use transform_engine::{IngestError, LogError, SinkErrorKind};
+
+/// How long a client should wait before retrying after the database or the
+/// event log was unavailable.
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
+/// How long a client should wait before retrying after being shed, or after
+/// its event was dropped for a full queue.
+pub const RETRY_OVERLOADED: Duration = Duration::from_millis(100);
+
+/// A status under construction: code, message, reason, and the details that
+/// go with them. Finish with [`Rich::status`] (or `Status::from`).
+#[derive(Debug)]
+#[must_use]
+pub struct Rich {
+    code: Code,
+    message: String,
+    reason: Reason,
+    metadata: HashMap<String, String>,
+    field: Option<(String, String)>,
+    retry: Option<Duration>,
+}
+
+/// A status with `code`, `message` and an `ErrorInfo` naming `reason`.
+pub fn error(code: Code, reason: Reason, message: impl Into<String>) -> Rich {
+    Rich {
+        code,
+        message: message.into(),
+        reason,
+        metadata: HashMap::new(),
+        field: None,
+        retry: None,
+    }
+}
+
+impl Rich {
+    /// One `ErrorInfo.metadata` entry.
+    pub fn meta(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    /// A `BadRequest` violation for `field` (the path the message names).
+    pub fn field(mut self, field: impl Into<String>, description: impl Into<String>) -> Self {
+        self.field = Some((field.into(), description.into()));
+        self
+    }
+
+    /// A `RetryInfo` with this delay.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry = Some(delay);
+        self
+    }
+
+    /// The status.
+    pub fn status(self) -> Status {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(self.reason.as_str(), orderflow_proto::DOMAIN, self.metadata);
+        if let Some((field, description)) = self.field {
+            details.add_bad_request_violation(field, description);
+        }
+        if self.retry.is_some() {
+            details.set_retry_info(self.retry);
+        }
+        Status::with_error_details(self.code, self.message, details)
+    }
+}
+
+impl From<Rich> for Status {
+    fn from(rich: Rich) -> Self {
+        rich.status()
+    }
+}
+
+/// INVALID_ARGUMENT for `field`: "invalid {field}: {reason}", with the
+/// field in `BadRequest`.
+pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
+    let reason = reason.to_string();
+    error(
+        Code::InvalidArgument,
+        Reason::InvalidField,
+        format!("invalid {field}: {reason}"),
+    )
+    .field(field, reason)
+    .status()
+}
+
+/// `status` with another message, keeping its code and details.
+pub fn with_message(status: &Status, message: String) -> Status {
+    Status::with_details(status.code(), message, status.details().to_vec().into())
+}
 
 /// The status for a domain rule violation.
 pub fn domain(error: DomainError) -> Status {
+    let message = error.to_string();
     match error {
-        DomainError::InvalidField { .. } | DomainError::MultiplePrimaryWarehouses { .. } => {
-            Status::invalid_argument(error.to_string())
+        DomainError::InvalidField { field, reason } => self::error(
+            Code::InvalidArgument,
+            Reason::InvalidField,
+            message,
+        )
+        .field(field, reason),
+        DomainError::MultiplePrimaryWarehouses { product, count } => self::error(
+            Code::InvalidArgument,
+            Reason::MultiplePrimaryWarehouses,
+            message.clone(),
+        )
+        .meta("product_id", &product)
+        .meta("count", count)
+        .field("warehouses", message),
+        DomainError::MalformedEvent(_) => {
+            self::error(Code::InvalidArgument, Reason::MalformedRequest, message)
         }
-        DomainError::MalformedEvent(_) => Status::invalid_argument(error.to_string()),
-        DomainError::IllegalTransition { .. }
-        | DomainError::NoPrimaryWarehouse(_)
-        | DomainError::IdempotencyKeyReused(_) => Status::failed_precondition(error.to_string()),
+        DomainError::IllegalTransition { from, to } => {
+            // The wire enum's names, as a client's generated code knows them.
+            self::error(Code::FailedPrecondition, Reason::IllegalTransition, message)
+                .meta("from", crate::convert::wire_status(from).as_str_name())
+                .meta("to", crate::convert::wire_status(to).as_str_name())
+        }
+        DomainError::NoPrimaryWarehouse(product) => {
+            self::error(Code::FailedPrecondition, Reason::NoPrimaryWarehouse, message)
+                .meta("product_id", product)
+        }
+        DomainError::IdempotencyKeyReused(key) => self::error(
+            Code::FailedPrecondition,
+            Reason::IdempotencyKeyReused,
+            message,
+        )
+        .meta("idempotency_key", key.as_str()),
     }
+    .status()
 }
 
 /// The status for a storage failure.
 pub fn storage(error: StorageError) -> Status {
+    let message = error.to_string();
     match error {
-        StorageError::NotFound { .. } => Status::not_found(error.to_string()),
-        StorageError::Conflict(Conflict::StaleVersion { .. }) => Status::aborted(error.to_string()),
-        StorageError::Conflict(Conflict::Duplicate(_)) => Status::already_exists(error.to_string()),
-        StorageError::Invalid(_) => Status::invalid_argument(error.to_string()),
-        StorageError::Domain(inner) => domain(inner),
+        StorageError::NotFound { entity, id } => {
+            self::error(Code::NotFound, Reason::NotFound, message)
+                .meta("entity", entity)
+                .meta("id", id)
+        }
+        StorageError::Conflict(Conflict::StaleVersion {
+            id,
+            expected,
+            actual,
+        }) => self::error(Code::Aborted, Reason::StaleVersion, message)
+            .meta("order_id", id)
+            .meta("expected_version", expected)
+            .meta("actual_version", actual),
+        StorageError::Conflict(Conflict::Duplicate(what)) => {
+            let rich = self::error(Code::AlreadyExists, Reason::DuplicateKey, message);
+            // The store's messages for the keys a client can collide with
+            // start with the field (`sku: ...`).
+            match what.split_once(':') {
+                Some((key, _)) => rich.meta("key", key),
+                None => rich,
+            }
+        }
+        StorageError::Invalid(_) => self::error(Code::InvalidArgument, Reason::RuleBroken, message),
+        StorageError::Domain(inner) => return domain(inner),
         StorageError::Unavailable(_) => {
             tracing::warn!(%error, "database unavailable");
-            Status::unavailable("database unavailable, retry later")
+            unavailable()
         }
         StorageError::Misconfigured(_) => {
             // Start-up refuses such a database; seeing it here means it
             // changed under a running server (a revoked role, a file made
             // read-only). Nothing was applied; operators must act.
             tracing::error!(%error, "database misconfigured");
-            Status::unavailable("database unavailable, retry later")
+            unavailable()
         }
         StorageError::OutcomeUnknown(_) => {
             tracing::warn!(%error, "write outcome unknown");
-            Status::unknown(
+            self::error(
+                Code::Unknown,
+                Reason::OutcomeUnknown,
                 "the database did not confirm the write in time; it may have been applied \
                  (read before retrying, or retry with the same idempotency_key)",
             )
         }
-        StorageError::Internal(_) => internal(&error),
+        StorageError::Internal(_) => return internal(&error),
     }
+    .status()
+}
+
+fn unavailable() -> Rich {
+    error(
+        Code::Unavailable,
+        Reason::DatabaseUnavailable,
+        "database unavailable, retry later",
+    )
+    .retry_after(RETRY_UNAVAILABLE)
+}
+
+/// UNAVAILABLE for a server that is shutting down.
+pub fn shutting_down(message: impl Into<String>) -> Status {
+    error(Code::Unavailable, Reason::ShuttingDown, message)
+        .retry_after(RETRY_OVERLOADED)
+        .status()
 }
 
 /// The status for an event ingest refusal.
 pub fn ingest(error: IngestError) -> Status {
     match error {
-        IngestError::ShuttingDown => Status::unavailable(error.to_string()),
+        IngestError::ShuttingDown => shutting_down(error.to_string()),
     }
 }
 
 /// The status for an acknowledged batch that was not acknowledged.
 pub fn log(error: LogError) -> Status {
     match error {
-        LogError::Full(_) => Status::resource_exhausted(error.to_string()),
-        LogError::ShuttingDown => Status::unavailable(error.to_string()),
+        LogError::Full(_) => self::error(
+            Code::ResourceExhausted,
+            Reason::EventLogFull,
+            error.to_string(),
+        )
+        .retry_after(RETRY_UNAVAILABLE)
+        .status(),
+        LogError::ShuttingDown => shutting_down(error.to_string()),
         LogError::Log(sink) => match sink.kind {
             SinkErrorKind::Unavailable => {
                 tracing::warn!(error = %sink, "event log unavailable");
-                Status::unavailable("event log unavailable, retry the batch with the same sequence")
+                self::error(
+                    Code::Unavailable,
+                    Reason::EventLogUnavailable,
+                    "event log unavailable, retry the batch with the same sequence",
+                )
+                .retry_after(RETRY_UNAVAILABLE)
+                .status()
             }
             SinkErrorKind::OutcomeUnknown => {
                 tracing::warn!(error = %sink, "event log append outcome unknown");
-                Status::unknown(
+                self::error(
+                    Code::Unknown,
+                    Reason::OutcomeUnknown,
                     "the event log did not confirm the append in time; retry the batch with the \
                      same producer_id and sequence (a durable one answers duplicate)",
                 )
+                .status()
             }
             SinkErrorKind::Rejected => internal(&sink),
         },
@@ -94,5 +276,10 @@ pub fn log(error: LogError) -> Status {
 /// INTERNAL with a generic message; the detail goes to the log only.
 pub fn internal(error: &dyn std::fmt::Display) -> Status {
     tracing::error!(%error, "internal error");
-    Status::internal("internal error")
+    internal_status()
+}
+
+/// INTERNAL with the generic message, for a fault already logged (or a panic).
+pub fn internal_status() -> Status {
+    self::error(Code::Internal, Reason::Internal, "internal error").status()
 }

@@ -108,6 +108,12 @@ pub async fn undecodable_requests_are_invalid_argument(db: &TestDb) {
                 status.message().contains("decode"),
                 "{path}: the message says what failed: {status:?}"
             );
+            // The standard service's status is rewritten whole, details too.
+            assert_eq!(
+                crate::details::reason(&status),
+                orderflow_proto::Reason::MalformedRequest,
+                "{path}"
+            );
         }
     }
     // A UTF-8 error names the field.

@@ -236,3 +236,60 @@ pub async fn idle_streams_are_ended(db: &TestDb) {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     drop(tx);
 }
+
+pub async fn layer_errors_carry_reasons_and_retry_delays(db: &TestDb) {
+    use crate::details::{reason, retry_delay};
+    use orderflow_proto::Reason;
+
+    // The first lookup panics; every lookup takes 1 s; one request at once.
+    let server = InProcess::start_with(
+        db,
+        Rigged::new(db, 1, Duration::from_secs(1)),
+        &[
+            ("ORDERFLOW_AUTH_TOKEN", "secret"),
+            ("ORDERFLOW_MAX_CONCURRENT_REQUESTS", "1"),
+            ("ORDERFLOW_MAX_MESSAGE_BYTES", "1024"),
+        ],
+    )
+    .await;
+    let mut orders = server.orders().await;
+
+    let status = orders
+        .create_order(crate::suite::create("u-layers", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason(&status), Reason::Unauthenticated);
+
+    let status = orders.get_order(unknown_id()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(reason(&status), Reason::Internal);
+
+    let mut request = Request::new(unknown_id());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "200m".parse().unwrap());
+    let status = orders.get_order(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason(&status), Reason::DeadlineExceeded);
+    assert_eq!(retry_delay(&status), None);
+
+    // Wait out the timed-out lookup, then hold the one permit.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut holder = server.orders().await;
+    let held = tokio::spawn(async move { holder.get_order(unknown_id()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = orders.get_order(unknown_id()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), Reason::Overloaded);
+    assert!(retry_delay(&status).is_some(), "{status:?}");
+    held.await.unwrap().unwrap_err();
+
+    let mut big = Request::new(crate::suite::create(&"u".repeat(2000), ""));
+    big.metadata_mut()
+        .insert("authorization", "Bearer secret".parse().unwrap());
+    let status = orders.create_order(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), Reason::MessageTooLarge);
+    assert_eq!(retry_delay(&status), None, "retrying cannot help");
+}

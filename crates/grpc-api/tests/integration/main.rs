@@ -12,6 +12,7 @@
 )]
 
 mod batches;
+mod details;
 mod hostile;
 mod layers;
 mod status;
@@ -37,4 +38,6 @@ test_support::backend_tests!(
     idle_streams_are_ended,
     page_tokens_are_opaque_and_bound_to_their_listing,
     an_idempotency_key_reused_for_another_order_is_refused,
+    clients_read_reasons_fields_and_metadata,
+    layer_errors_carry_reasons_and_retry_delays,
 );

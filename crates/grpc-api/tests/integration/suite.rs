@@ -12,6 +12,7 @@ use grpc_api::proto::{
 use test_support::TestDb;
 use tonic::{Code, Request};
 
+pub use crate::details::clients_read_reasons_fields_and_metadata;
 pub use crate::hostile::{
     a_duplicate_sku_answers_one_message_on_both_backends,
     an_idempotency_key_reused_for_another_order_is_refused,
@@ -22,6 +23,7 @@ pub use crate::hostile::{
 };
 pub use crate::layers::{
     a_panicking_handler_answers_internal_and_the_connection_keeps_serving, idle_streams_are_ended,
+    layer_errors_carry_reasons_and_retry_delays,
     requests_past_the_concurrency_limit_are_shed,
 };
 use crate::support::InProcess;

@@ -190,6 +190,11 @@ async fn oversized_metadata_is_resource_exhausted() {
     let status = orders.get_order(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("metadata"), "{status:?}");
+    assert_eq!(
+        orderflow_proto::reason(&status),
+        Some(orderflow_proto::Reason::MetadataTooLarge),
+        "{status:?}"
+    );
     // The connection is fine afterwards.
     let status = orders
         .get_order(GetOrderRequest {
