@@ -35,6 +35,9 @@ cargo machete
 section "architecture"
 scripts/check-architecture.sh
 
+section "protobuf (buf lint, buf breaking)"
+scripts/check-proto.sh
+
 section "workflows (actionlint)"
 actionlint
 

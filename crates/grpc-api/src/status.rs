@@ -110,6 +110,7 @@ pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
         Reason::InvalidField,
         format!("invalid {field}: {reason}"),
     )
+    .meta("field", field)
     .field(field, reason)
     .status()
 }
@@ -128,6 +129,7 @@ pub fn domain(error: DomainError) -> Status {
             Reason::InvalidField,
             message,
         )
+        .meta("field", &field)
         .field(field, reason),
         DomainError::MultiplePrimaryWarehouses { product, count } => self::error(
             Code::InvalidArgument,

@@ -49,8 +49,8 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// INVALID_ARGUMENT: a request field breaks its rule; `BadRequest` names
-    /// the field (`lines[2].quantity`, `events[0].attributes`).
+    /// INVALID_ARGUMENT: a request field breaks its rule; `BadRequest` and
+    /// metadata `field` name it (`lines[2].quantity`, `events[0].attributes`).
     InvalidField = "INVALID_FIELD",
     /// INVALID_ARGUMENT: the request body is not a valid protobuf message
     /// of the method's type (or a string in it is not UTF-8).

@@ -196,6 +196,7 @@ pub async fn clients_read_reasons_fields_and_metadata(db: &TestDb) {
     let status = orders.create_order(bad).await.unwrap_err();
     check(&status, Code::InvalidArgument, Reason::InvalidField);
     assert_eq!(bad_field(&status), "lines[1].quantity");
+    assert_eq!(meta(&status, "field"), "lines[1].quantity");
     let status = orders
         .create_order(CreateOrderRequest {
             currency: "euros".into(),
