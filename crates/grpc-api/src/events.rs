@@ -9,12 +9,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
+use crate::convert;
 use crate::proto::event_service_server::EventService;
 use crate::proto::{
     Event, EventBatch, EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
 };
 use crate::status::{self, Reason};
-use crate::convert;
 
 /// Batches a stream may have in flight (enqueued, not yet acknowledged):
 /// the stream reads ahead this far while earlier batches are appended.
@@ -63,16 +63,14 @@ impl EventApi {
     }
 
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
-        self.log
-            .as_ref()
-            .ok_or_else(|| {
-                status::error(
-                    Code::Unimplemented,
-                    Reason::AcknowledgedIngestDisabled,
-                    "acknowledged ingest is not configured",
-                )
-                .status()
-            })
+        self.log.as_ref().ok_or_else(|| {
+            status::error(
+                Code::Unimplemented,
+                Reason::AcknowledgedIngestDisabled,
+                "acknowledged ingest is not configured",
+            )
+            .status()
+        })
     }
 }
 

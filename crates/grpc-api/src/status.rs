@@ -124,13 +124,11 @@ pub fn with_message(status: &Status, message: String) -> Status {
 pub fn domain(error: DomainError) -> Status {
     let message = error.to_string();
     match error {
-        DomainError::InvalidField { field, reason } => self::error(
-            Code::InvalidArgument,
-            Reason::InvalidField,
-            message,
-        )
-        .meta("field", &field)
-        .field(field, reason),
+        DomainError::InvalidField { field, reason } => {
+            self::error(Code::InvalidArgument, Reason::InvalidField, message)
+                .meta("field", &field)
+                .field(field, reason)
+        }
         DomainError::MultiplePrimaryWarehouses { product, count } => self::error(
             Code::InvalidArgument,
             Reason::MultiplePrimaryWarehouses,
@@ -148,10 +146,12 @@ pub fn domain(error: DomainError) -> Status {
                 .meta("from", crate::convert::wire_status(from).as_str_name())
                 .meta("to", crate::convert::wire_status(to).as_str_name())
         }
-        DomainError::NoPrimaryWarehouse(product) => {
-            self::error(Code::FailedPrecondition, Reason::NoPrimaryWarehouse, message)
-                .meta("product_id", product)
-        }
+        DomainError::NoPrimaryWarehouse(product) => self::error(
+            Code::FailedPrecondition,
+            Reason::NoPrimaryWarehouse,
+            message,
+        )
+        .meta("product_id", product),
         DomainError::IdempotencyKeyReused(key) => self::error(
             Code::FailedPrecondition,
             Reason::IdempotencyKeyReused,

@@ -34,14 +34,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         idempotency_key: "example-order-1".into(),
     };
     let created = orders.create_order(request.clone()).await?.into_inner();
-    println!("created {} at version {}", created.order_id, created.version);
+    println!(
+        "created {} at version {}",
+        created.order_id, created.version
+    );
     let read = orders
         .get_order(GetOrderRequest {
             order_id: created.order_id.clone(),
         })
         .await?
         .into_inner();
-    println!("read back: {} line(s), total {}", read.lines.len(), read.total_cents);
+    println!(
+        "read back: {} line(s), total {}",
+        read.lines.len(),
+        read.total_cents
+    );
 
     // A bad request: the reason and the field are data, not English.
     let bad = CreateOrderRequest {

@@ -83,6 +83,8 @@ impl Client {
             token: None,
             connect_timeout: Duration::from_secs(5),
             timeout: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -128,6 +130,8 @@ pub struct ClientBuilder {
     token: Option<String>,
     connect_timeout: Duration,
     timeout: Option<Duration>,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientBuilder {
@@ -150,6 +154,15 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS settings: the CA to trust, a client certificate for mutual TLS,
+    /// the name to check. Without them, an `https://` endpoint is checked
+    /// against the system's roots.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     fn endpoint(&self) -> Result<(Endpoint, Authenticated), ClientError> {
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|source| ClientError::InvalidEndpoint {
@@ -159,6 +172,25 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout);
         if let Some(timeout) = self.timeout {
             endpoint = endpoint.timeout(timeout);
+        }
+        #[cfg(feature = "tls")]
+        {
+            let tls = match &self.tls {
+                Some(config) => Some(config.clone()),
+                None if self.endpoint.starts_with("https://") => {
+                    Some(tonic::transport::ClientTlsConfig::new().with_native_roots())
+                }
+                None => None,
+            };
+            if let Some(tls) = tls {
+                endpoint =
+                    endpoint
+                        .tls_config(tls)
+                        .map_err(|source| ClientError::InvalidEndpoint {
+                            endpoint: self.endpoint.clone(),
+                            source,
+                        })?;
+            }
         }
         let header = match &self.token {
             Some(token) => Some(

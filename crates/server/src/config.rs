@@ -86,10 +86,26 @@ pub struct Settings {
     /// Bearer token required on mutating RPCs; unset disables auth.
     #[arg(long, env = "ORDERFLOW_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// OTLP trace endpoint (`http://host:4317`; a bare `host:port` means
-    /// plain http); unset disables trace export.
+    /// OTLP trace endpoint (`http://host:4317`, or `https://` for TLS
+    /// checked against the system's roots; a bare `host:port` means plain
+    /// http); unset disables trace export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// A PEM CA bundle to trust for an `https://` OTLP endpoint instead of
+    /// the system's roots.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_certificate: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs
+    /// `--tls-key`); unset serves plaintext HTTP/2.
+    #[arg(long, env = "ORDERFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "ORDERFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS; needs
+    /// `--tls-cert`).
+    #[arg(long, env = "ORDERFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Service name on exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
     pub service_name: String,

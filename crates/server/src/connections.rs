@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 /// The limits [`incoming`] applies.
 #[derive(Debug, Clone, Copy)]
@@ -281,7 +281,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let guard = request.extensions().get::<ConnectionInfo>().map(|info| {
+        // Over TLS, tonic wraps the connection's information.
+        let extensions = request.extensions();
+        let info = extensions.get::<ConnectionInfo>().or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<ConnectionInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        });
+        let guard = info.map(|info| {
             info.activity.started();
             InProgress(Arc::clone(&info.activity))
         });

@@ -11,3 +11,4 @@ pub mod events_cli;
 pub mod serve;
 pub mod sinks;
 pub mod telemetry;
+pub mod tls;

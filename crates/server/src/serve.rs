@@ -119,6 +119,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(path) => PipelineSpec::from_file(path)?,
         None => PipelineSpec::default(),
     };
+    // Read before anything starts: a bad file fails at once, naming it.
+    let tls = crate::tls::server(&settings, *settings.handshake_timeout)?;
     crate::telemetry::metrics(settings.metrics_listen)?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -209,7 +211,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // answers RESOURCE_EXHAUSTED.
     let header_list_limit =
         u32::try_from(settings.max_metadata_bytes.saturating_mul(16)).unwrap_or(u32::MAX);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("--tls-cert / --tls-key: not a usable certificate and key")?;
+    }
+    let router = builder
         .max_concurrent_streams(settings.max_streams_per_connection)
         .http2_keepalive_interval(Some(*settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
@@ -239,7 +247,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .add_service(EventServiceServer::new(events).max_decoding_message_size(max));
 
     let address = listener.local_addr()?;
-    tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?db.backend(), "serving gRPC");
+    let tls = match (&settings.tls_cert, &settings.tls_client_ca) {
+        (None, _) => "off",
+        (Some(_), None) => "on",
+        (Some(_), Some(_)) => "mutual",
+    };
+    tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?db.backend(), tls, "serving gRPC");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let limits = Limits {
         max_connections: settings.max_connections,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -62,9 +62,13 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     let (traces, otel) = match &settings.otlp_endpoint {
         Some(endpoint) => {
             let endpoint = otlp_endpoint(endpoint);
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(&endpoint)
+                .with_endpoint(&endpoint);
+            if endpoint.starts_with("https://") {
+                exporter = exporter.with_tls_config(crate::tls::otlp(settings)?);
+            }
+            let exporter = exporter
                 .build()
                 .with_context(|| format!("cannot set up OTLP export to {endpoint}"))?;
             let provider = SdkTracerProvider::builder()

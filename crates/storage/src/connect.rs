@@ -19,6 +19,7 @@ use diesel_async::AsyncPgConnection;
 use tokio_postgres::error::SqlState;
 
 use crate::StorageError;
+use crate::tls::PgTarget;
 
 /// SQLSTATEs a retry cannot fix: the database, role or password is wrong.
 const PERMANENT: [SqlState; 4] = [
@@ -35,22 +36,59 @@ pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to PostgreSQL at `url`, classifying a failure.
 pub(crate) async fn postgres(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| ConnectionError::InvalidConnectionUrl(format!("malformed URL: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
-    }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| match e.code() {
-            Some(code) if PERMANENT.contains(code) => {
-                ConnectionError::InvalidConnectionUrl(postgres_message(&e))
+    Postgres::new(url).connect().await
+}
+
+/// A PostgreSQL URL parsed once, with its TLS connector, for a pool's
+/// connections (building a TLS configuration reads the system's roots).
+pub(crate) struct Postgres {
+    target: Result<PgTarget, String>,
+}
+
+impl Postgres {
+    /// Parses `url`; an error is reported by each [`Self::connect`].
+    pub(crate) fn new(url: &str) -> Self {
+        let target = PgTarget::parse(url).map(|mut target| {
+            if target.config.get_connect_timeout().is_none() {
+                target.config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
             }
-            _ => ConnectionError::BadConnection(postgres_message(&e)),
-        })?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            target
+        });
+        Self { target }
+    }
+
+    /// Opens one connection, classifying a failure: a URL, role, password
+    /// or certificate that cannot work is `InvalidConnectionUrl`.
+    pub(crate) async fn connect(&self) -> Result<AsyncPgConnection, ConnectionError> {
+        let target = self
+            .target
+            .as_ref()
+            .map_err(|e| ConnectionError::InvalidConnectionUrl(e.clone()))?;
+        let (client, connection) =
+            target
+                .config
+                .connect(target.tls.clone())
+                .await
+                .map_err(|e| {
+                    let message = postgres_message(&e);
+                    match e.code() {
+                        Some(code) if PERMANENT.contains(code) => {
+                            ConnectionError::InvalidConnectionUrl(message)
+                        }
+                        None if is_tls_refusal(&message) => ConnectionError::InvalidConnectionUrl(
+                            format!("TLS: {message} (check sslmode and sslrootcert)"),
+                        ),
+                        _ => ConnectionError::BadConnection(message),
+                    }
+                })?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+}
+
+/// A certificate that failed verification, or a server without TLS under
+/// `sslmode=require` or stricter: no retry changes either.
+fn is_tls_refusal(message: &str) -> bool {
+    message.contains("invalid peer certificate") || message.contains("server does not support TLS")
 }
 
 /// The server's own words where there are some ("database \"x\" does not

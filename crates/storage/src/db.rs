@@ -208,7 +208,11 @@ impl Database {
         let pools = match config.backend() {
             Backend::Postgres => {
                 let mut setup = ManagerConfig::<AsyncPgConnection>::default();
-                setup.custom_setup = Box::new(|url| Box::pin(crate::connect::postgres(url)));
+                let postgres = std::sync::Arc::new(crate::connect::Postgres::new(&config.url));
+                setup.custom_setup = Box::new(move |_| {
+                    let postgres = std::sync::Arc::clone(&postgres);
+                    Box::pin(async move { postgres.connect().await })
+                });
                 let manager =
                     AsyncDieselConnectionManager::new_with_config(config.url.clone(), setup);
                 Pools::Postgres(pool_builder(&config, &errors).build_unchecked(manager))

@@ -19,6 +19,7 @@ mod log;
 pub mod migrate;
 mod orders;
 mod schema;
+mod tls;
 
 pub use cache::{CacheConfig, CacheStats, CachedOrder, CachedOrders, OrderCache};
 pub use catalog::CatalogRepository;

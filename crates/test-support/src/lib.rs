@@ -13,6 +13,12 @@ mod db;
 #[cfg(feature = "db")]
 pub use db::{TestDb, postgres_url, schema_url};
 
+#[cfg(feature = "tls")]
+mod tls;
+
+#[cfg(feature = "tls")]
+pub use tls::{Issued, TestCa};
+
 /// The project's copy of the legacy event fixture: 500 stored events, each
 /// of which must load and write back byte for byte.
 pub const LEGACY_EVENTS: &str = include_str!("../data/legacy-events.jsonl");

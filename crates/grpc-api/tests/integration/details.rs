@@ -165,7 +165,10 @@ fn every_mapped_error_has_its_reason() {
     for (error, code, expected) in domain_cases {
         check(&status::domain(error), code, expected);
     }
-    let invalid = status::domain(DomainError::invalid("lines[2].quantity", "must be at least 1"));
+    let invalid = status::domain(DomainError::invalid(
+        "lines[2].quantity",
+        "must be at least 1",
+    ));
     assert_eq!(bad_field(&invalid), "lines[2].quantity");
 
     check(
@@ -260,7 +263,11 @@ pub async fn clients_read_reasons_fields_and_metadata(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    check(&status, Code::FailedPrecondition, Reason::IdempotencyKeyReused);
+    check(
+        &status,
+        Code::FailedPrecondition,
+        Reason::IdempotencyKeyReused,
+    );
     assert_eq!(meta(&status, "idempotency_key"), "details-1");
 
     // A product with no primary warehouse.
@@ -275,7 +282,11 @@ pub async fn clients_read_reasons_fields_and_metadata(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    check(&status, Code::FailedPrecondition, Reason::NoPrimaryWarehouse);
+    check(
+        &status,
+        Code::FailedPrecondition,
+        Reason::NoPrimaryWarehouse,
+    );
     assert_eq!(meta(&status, "product_id"), "legacy-details");
 
     // An event deep in a batch, named by its index.

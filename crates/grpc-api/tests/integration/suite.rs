@@ -23,8 +23,7 @@ pub use crate::hostile::{
 };
 pub use crate::layers::{
     a_panicking_handler_answers_internal_and_the_connection_keeps_serving, idle_streams_are_ended,
-    layer_errors_carry_reasons_and_retry_delays,
-    requests_past_the_concurrency_limit_are_shed,
+    layer_errors_carry_reasons_and_retry_delays, requests_past_the_concurrency_limit_are_shed,
 };
 use crate::support::InProcess;
 

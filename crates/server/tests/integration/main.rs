@@ -21,6 +21,7 @@ mod proxy;
 mod startup;
 mod suite;
 mod support;
+mod tls;
 
 test_support::backend_tests!(
     a_panicking_handler_answers_internal_and_the_channel_keeps_serving,

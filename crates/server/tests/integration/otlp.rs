@@ -92,3 +92,53 @@ async fn spans_reach_the_collector_with_the_callers_trace_id() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_trusting_the_configured_ca() {
+    let ca = test_support::TestCa::new("collector CA");
+    let issued = ca.server(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(issued.cert_pem, issued.key_pem),
+            ))
+            .unwrap()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let db = TestDb::sqlite().await;
+    let endpoint = format!("https://localhost:{}", address.port());
+    let server = Server::start(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                &ca_file.display().to_string(),
+            ),
+        ],
+    );
+    let mut orders = server.orders().await;
+    let _ = orders
+        .get_order(GetOrderRequest {
+            order_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+        })
+        .await;
+    assert!(server.terminate().success(), "exit flushes telemetry");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.spans.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no span reached the https collector"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -84,7 +84,7 @@ fn an_unreachable_database_is_retried_then_reported() {
 /// A configuration that can never work fails without retrying, whatever the
 /// command, with one line naming the setting. The start-up budget is 30 s;
 /// finishing well inside it shows nothing was retried.
-fn assert_fails_at_once(url: &str, needle: &str) {
+pub fn assert_fails_at_once(url: &str, needle: &str) {
     assert_commands_fail_at_once(&[&[], &["migrate"], &["events", "export"]], url, needle);
 }
 
