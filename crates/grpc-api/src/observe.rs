@@ -49,8 +49,10 @@ const METHODS: [(&str, &str); 17] = [
     ),
 ];
 
-/// The labels for a request path (`/orderflow.v1.OrderService/GetOrder`).
-fn labels(path: &str) -> (&'static str, &'static str) {
+/// The `(service, method)` a request path names
+/// (`/orderflow.v1.OrderService/GetOrder`), from the fixed list of methods
+/// served; `("unknown", "unknown")` for any other path.
+pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     METHODS
@@ -92,9 +94,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let mut rpc = Rpc::start(labels(request.uri().path()));
+        let mut rpc = Rpc::start(rpc_labels(request.uri().path()));
         let work = self.inner.call(request);
         Box::pin(async move {
+            // tonic enters the request's span around this future (not around
+            // `call`), so this is where it is found.
+            rpc.span = tracing::Span::current();
             let response = work.await?;
             // An answer with no body carries its status in the headers.
             if let Some(code) = status_of(response.headers()) {
@@ -114,6 +119,9 @@ struct Rpc {
     method: &'static str,
     started: Instant,
     done: bool,
+    /// The request's span: the status code is recorded on it (kept open
+    /// until then, a stream's too).
+    span: tracing::Span,
 }
 
 impl Rpc {
@@ -125,6 +133,7 @@ impl Rpc {
             method,
             started: Instant::now(),
             done: false,
+            span: tracing::Span::none(),
         }
     }
 
@@ -148,6 +157,14 @@ impl Rpc {
             "method" => method
         )
         .record(self.started.elapsed().as_secs_f64());
+        // OpenTelemetry's RPC conventions: the numeric code, and an error
+        // status for the codes that mean the server failed (a client's
+        // mistake is not the server span's error).
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("otel.status_description", code_name(code));
+        }
     }
 }
 
@@ -204,6 +221,19 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Codes OpenTelemetry's gRPC conventions count as a server span's error.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// The canonical upper-case name of a gRPC code (`NOT_FOUND`).

@@ -106,6 +106,10 @@ pub struct Settings {
     /// `--tls-cert`).
     #[arg(long, env = "ORDERFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Trace `grpc.health.v1.Health` calls too (off: probes every second
+    /// would drown the traces that matter).
+    #[arg(long, env = "ORDERFLOW_TRACE_HEALTH_CHECKS", default_value_t = false)]
+    pub trace_health_checks: bool,
     /// Service name on exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
     pub service_name: String,

@@ -14,6 +14,7 @@ use grpc_api::{
     AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, EventApi,
     LoadShedLayer, MetadataLimitLayer, MetricsLayer, OrderApi,
 };
+use opentelemetry::trace::TraceContextExt as _;
 use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -211,6 +212,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // answers RESOURCE_EXHAUSTED.
     let header_list_limit =
         u32::try_from(settings.max_metadata_bytes.saturating_mul(16)).unwrap_or(u32::MAX);
+    let trace_health = settings.trace_health_checks;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -222,7 +224,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(*settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
         .http2_max_header_list_size(header_list_limit)
-        .trace_fn(request_span)
+        .trace_fn(move |request| request_span(request, trace_health))
         .layer(MetricsLayer)
         .layer(ActivityLayer)
         .layer(MetadataLimitLayer::new(settings.max_metadata_bytes))
@@ -381,14 +383,42 @@ async fn monitor<R: storage::OrderRepository>(
     }
 }
 
-/// The span every request runs in: named by its RPC path, continuing the
-/// caller's trace when `traceparent` is present.
-fn request_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("rpc", path = %request.uri().path());
+/// The span a request runs in, after OpenTelemetry's RPC conventions: a
+/// SERVER span named `orderflow.v1.OrderService/GetOrder` with `rpc.system`,
+/// `rpc.service`, `rpc.method`, continuing the caller's trace when
+/// `traceparent` is present. `MetricsLayer` records `rpc.grpc.status_code`
+/// (and the error status) when the RPC ends. Its `trace_id` and `span_id`
+/// are recorded for the logs (`telemetry::Correlated`). Health checks get
+/// no span unless `trace_health` (probes every second would drown traces).
+fn request_span(request: &http::Request<()>, trace_health: bool) -> tracing::Span {
+    let path = request.uri().path();
+    if !trace_health && path.starts_with("/grpc.health.v1.Health/") {
+        return tracing::Span::none();
+    }
+    let (service, method) = grpc_api::rpc_labels(path);
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
     span
 }
 

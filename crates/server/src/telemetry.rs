@@ -50,7 +50,8 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
+            .event_format(Correlated(tracing_subscriber::fmt::format().json()))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -59,7 +60,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let (traces, otel) = match &settings.otlp_endpoint {
+    let provider = match &settings.otlp_endpoint {
         Some(endpoint) => {
             let endpoint = otlp_endpoint(endpoint);
             let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -71,29 +72,124 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
             let exporter = exporter
                 .build()
                 .with_context(|| format!("cannot set up OTLP export to {endpoint}"))?;
-            let provider = SdkTracerProvider::builder()
+            SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(
                     opentelemetry_sdk::Resource::builder()
                         .with_service_name(settings.service_name.clone())
                         .build(),
                 )
-                .build();
-            let tracer = provider.tracer("orderflow");
-            (
-                Some(provider),
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
-            )
+                .build()
         }
-        None => (None, None),
+        // Nothing exported, but requests still get trace and span ids
+        // (continuing a caller's `traceparent`), so logs correlate with the
+        // caller's trace.
+        None => SdkTracerProvider::builder().build(),
     };
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("orderflow"));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
+        .with(CorrelationLayer)
         .try_init()
         .context("cannot install the log subscriber")?;
-    Ok(Telemetry { traces })
+    Ok(Telemetry {
+        traces: settings.otlp_endpoint.is_some().then_some(provider),
+    })
+}
+
+/// The ids a request's span carries, kept where the log formatter finds
+/// them: [`CorrelationLayer`] stores the `trace_id` and `span_id` fields
+/// when `serve::request_span` records them.
+#[derive(Debug, Clone, Default)]
+struct Correlation {
+    trace_id: String,
+    span_id: String,
+}
+
+/// Keeps a span's recorded `trace_id`/`span_id` as a [`Correlation`].
+struct CorrelationLayer;
+
+impl<S> tracing_subscriber::Layer<S> for CorrelationLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        let mut seen = extensions
+            .get_mut::<Correlation>()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        values.record(&mut CorrelationVisitor(&mut seen));
+        if !seen.trace_id.is_empty() {
+            extensions.replace(seen);
+        }
+    }
+}
+
+struct CorrelationVisitor<'a>(&'a mut Correlation);
+
+impl tracing::field::Visit for CorrelationVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "trace_id" => value.clone_into(&mut self.0.trace_id),
+            "span_id" => value.clone_into(&mut self.0.span_id),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+/// The JSON log line, with `trace_id` and `span_id` as top-level fields for
+/// every event inside a request (the innermost span that has them).
+struct Correlated<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Correlated<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.event_scope().and_then(|scope| {
+            scope
+                .into_iter()
+                .find_map(|span| span.extensions().get::<Correlation>().cloned())
+        });
+        let Some(ids) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        // The JSON formatter writes one object: put the ids first in it.
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id, ids.span_id
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Starts the Prometheus listener and describes every metric the contract

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::{Created, OrderPage, OrderRepository, StorageError};
 
@@ -405,22 +406,27 @@ impl<R: OrderRepository> CachedOrders<R> {
             let _ = sender.send(Some(Ok(order.clone())));
             return Ok(order);
         }
-        let lookup = tokio::spawn(async move {
-            let result = flight
-                .inner
-                .repo
-                .find_order(id)
-                .await
-                .map(|found| CachedOrder::new(found.into()));
-            if let Ok(order) = &result {
-                flight.inner.cache.store(order.clone());
+        // The lookup runs in the leader's span (a trace shows the database
+        // call under the request that made it).
+        let lookup = tokio::spawn(
+            async move {
+                let result = flight
+                    .inner
+                    .repo
+                    .find_order(id)
+                    .await
+                    .map(|found| CachedOrder::new(found.into()));
+                if let Ok(order) = &result {
+                    flight.inner.cache.store(order.clone());
+                }
+                // Cache first, then forget the flight, then wake the waiters: a
+                // caller arriving in between finds one or the other.
+                drop(flight);
+                let _ = sender.send(Some(result.clone()));
+                result
             }
-            // Cache first, then forget the flight, then wake the waiters: a
-            // caller arriving in between finds one or the other.
-            drop(flight);
-            let _ = sender.send(Some(result.clone()));
-            result
-        });
+            .instrument(tracing::Span::current()),
+        );
         match lookup.await {
             Ok(result) => result,
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),

@@ -78,6 +78,11 @@ fn restore(row: ProductRow, rows: Vec<WarehouseRow>) -> Result<Product, StorageE
 }
 
 impl CatalogRepository for Database {
+    #[tracing::instrument(
+        name = "UPSERT products",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "UPSERT", db.collection.name = "products")
+    )]
     async fn upsert_product(&self, product: Product) -> Result<Product, StorageError> {
         let id = product.id().to_string();
         let row = ProductRow {
@@ -127,6 +132,11 @@ impl CatalogRepository for Database {
         Ok(product)
     }
 
+    #[tracing::instrument(
+        name = "SELECT products",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "SELECT", db.collection.name = "products")
+    )]
     async fn get_product(&self, id: &ProductId) -> Result<Product, StorageError> {
         self.timed(async {
             let mut conn = self.acquire().await?;

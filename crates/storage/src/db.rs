@@ -252,6 +252,15 @@ impl Database {
         (state.connections, state.idle_connections)
     }
 
+    /// OpenTelemetry's `db.system.name` for this backend (on the database
+    /// calls' CLIENT spans).
+    pub fn db_system(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres => "postgresql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.inner.config.backend()

@@ -284,6 +284,11 @@ impl Database {
 impl OrderRepository for Database {
     type Found = Order;
 
+    #[tracing::instrument(
+        name = "SELECT orders",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "SELECT", db.collection.name = "orders")
+    )]
     async fn find_order(&self, id: OrderId) -> Result<Order, StorageError> {
         if crate::failpoint::eval("storage-find-order").await.is_some() {
             return Err(StorageError::Unavailable(
@@ -319,6 +324,11 @@ impl OrderRepository for Database {
         .await
     }
 
+    #[tracing::instrument(
+        name = "INSERT orders",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "INSERT", db.collection.name = "orders")
+    )]
     async fn create_order(&self, new: NewOrder) -> Result<Created, StorageError> {
         let key = new.idempotency_key().cloned();
         let retry = key.clone().map(|key| (new.user_id().clone(), key));
@@ -393,6 +403,11 @@ impl OrderRepository for Database {
         }
     }
 
+    #[tracing::instrument(
+        name = "UPDATE orders",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "UPDATE", db.collection.name = "orders")
+    )]
     async fn update_status(
         &self,
         id: OrderId,
@@ -448,6 +463,11 @@ impl OrderRepository for Database {
         .await
     }
 
+    #[tracing::instrument(
+        name = "SELECT orders",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = self.db_system(), db.operation.name = "SELECT", db.collection.name = "orders")
+    )]
     async fn list_orders(
         &self,
         user_id: &UserId,

@@ -18,12 +18,72 @@ use test_support::TestDb;
 
 use crate::support::Server;
 
-/// A received span: its trace id and name.
-type SpanSeen = (Vec<u8>, String);
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<SpanSeen>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+impl Collector {
+    /// Waits up to 10 s for a span matching `wanted`.
+    async fn wait_for(&self, what: &str, wanted: impl Fn(&Span) -> bool) -> Span {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(span) = self.spans.lock().unwrap().iter().find(|s| wanted(s)) {
+                return span.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; got {:#?}",
+                self.spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|s| &s.name)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A span attribute's value, as text (strings as they are, numbers decimal).
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    let value = span
+        .attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Starts a plaintext collector; returns it and its `host:port`.
+async fn start_collector() -> (Collector, String) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (collector, address.to_string())
+}
+
+fn hex_id(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -35,7 +95,7 @@ impl TraceService for Collector {
         let mut spans = self.spans.lock().unwrap();
         for resource in request.into_inner().resource_spans {
             for scope in resource.scope_spans {
-                spans.extend(scope.spans.into_iter().map(|s| (s.trace_id, s.name)));
+                spans.extend(scope.spans);
             }
         }
         Ok(Response::new(ExportTraceServiceResponse {
@@ -45,52 +105,125 @@ impl TraceService for Collector {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_the_collector_with_the_callers_trace_id() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-
+async fn server_spans_follow_the_rpc_conventions_and_logs_carry_their_ids() {
+    let (collector, endpoint) = start_collector().await;
     let db = TestDb::sqlite().await;
     // The bare `host:port` form operators write; it must mean plain http.
-    let endpoint = address.to_string();
-    let server = Server::start(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
-    let mut orders = server.orders().await;
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = Request::new(GetOrderRequest {
-        order_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
+    // Every GetOrder panics: INTERNAL, the server's own failure.
+    let server = Server::start(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("FAILPOINTS", "grpc-get-order=1*panic(boom)"),
+        ],
     );
-    let _ = orders.get_order(request).await; // NOT_FOUND is fine: the span is what matters
+    let mut orders = server.orders().await;
+    let call = |trace_id: &str, order_id: &str| {
+        let mut request = Request::new(GetOrderRequest {
+            order_id: order_id.into(),
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        request
+    };
+    let panicked = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let missing = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let status = orders
+        .get_order(call(panicked, "01890a5d-ac96-774b-bcce-b302099a8057"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    let status = orders
+        .get_order(call(missing, "01890a5d-ac96-774b-bcce-b302099a8058"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    for _ in 0..3 {
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    let logs = server.logs();
     assert!(server.terminate().success(), "exit flushes telemetry");
 
-    let wanted: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace_id[i * 2..i * 2 + 2], 16).unwrap())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let spans = collector.spans.lock().unwrap().clone();
-        if spans
-            .iter()
-            .any(|(id, name)| *id == wanted && name == "rpc")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no span with the caller's trace id; got {spans:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The panicking call: a SERVER span named by the method, continuing the
+    // caller's trace, with the RPC attributes and an error status.
+    let rpc = collector
+        .wait_for("GetOrder span in the panicked trace", |s| {
+            s.trace_id == hex_id(panicked) && s.name == "orderflow.v1.OrderService/GetOrder"
+        })
+        .await;
+    assert_eq!(rpc.kind, SpanKind::Server as i32);
+    assert_eq!(rpc.parent_span_id, hex_id("00f067aa0ba902b7"));
+    assert_eq!(attribute(&rpc, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(&rpc, "rpc.service").as_deref(),
+        Some("orderflow.v1.OrderService")
+    );
+    assert_eq!(attribute(&rpc, "rpc.method").as_deref(), Some("GetOrder"));
+    assert_eq!(
+        attribute(&rpc, "rpc.grpc.status_code").as_deref(),
+        Some("13")
+    );
+    let status = rpc.status.as_ref().expect("a status");
+    assert_eq!(status.code, StatusCode::Error as i32, "{status:?}");
+
+    // NOT_FOUND is the client's answer, not the server's failure; the
+    // lookup is a CLIENT child span for the database.
+    let rpc = collector
+        .wait_for("GetOrder span in the missing trace", |s| {
+            s.trace_id == hex_id(missing) && s.name == "orderflow.v1.OrderService/GetOrder"
+        })
+        .await;
+    assert_eq!(
+        attribute(&rpc, "rpc.grpc.status_code").as_deref(),
+        Some("5")
+    );
+    assert_ne!(
+        rpc.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    let lookup = collector
+        .wait_for("database span under the GetOrder span", |s| {
+            s.parent_span_id == rpc.span_id && s.name == "SELECT orders"
+        })
+        .await;
+    assert_eq!(lookup.kind, SpanKind::Client as i32);
+    assert_eq!(
+        attribute(&lookup, "db.system.name").as_deref(),
+        Some("sqlite")
+    );
+
+    // Health checks are not traced by default.
+    let health_spans = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name.contains("Health"))
+        .count();
+    assert_eq!(health_spans, 0, "health checks were traced");
+
+    // The panic's log line carries the request's trace and span ids.
+    let line = logs
+        .iter()
+        .find(|line| line.contains("panic") && line.contains("boom"))
+        .unwrap_or_else(|| panic!("no panic log line in {logs:#?}"));
+    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(json["trace_id"], panicked, "{line}");
+    let span_id = json["span_id"].as_str().expect("span_id");
+    let panicked_rpc = collector
+        .wait_for("the panicked span again", |s| {
+            s.trace_id == hex_id(panicked)
+        })
+        .await;
+    assert_eq!(hex_id(span_id), panicked_rpc.span_id, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,12 +266,9 @@ async fn spans_reach_an_https_collector_trusting_the_configured_ca() {
         })
         .await;
     assert!(server.terminate().success(), "exit flushes telemetry");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while collector.spans.lock().unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no span reached the https collector"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    collector
+        .wait_for("span at the https collector", |s| {
+            s.name == "orderflow.v1.OrderService/GetOrder"
+        })
+        .await;
 }
