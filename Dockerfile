@@ -48,4 +48,9 @@ EXPOSE 50051 9464
 # SIGTERM drains: health NOT_SERVING, in-flight RPCs finish, queued events
 # are stored, exit 0. Give `docker stop -t` more than the grace period.
 STOPSIGNAL SIGTERM
+# `liveness`, not `readiness`: a database outage must not mark every
+# container unhealthy (an orchestrator would restart them all). With TLS on,
+# add `--ca` naming the CA of the server's certificate.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/orderflow", "health", "--service", "liveness"]
 ENTRYPOINT ["/usr/local/bin/orderflow"]

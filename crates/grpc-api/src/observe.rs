@@ -23,7 +23,7 @@ use tonic::Code;
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Every method served, as `(service, method)`: the metric labels.
-const METHODS: [(&str, &str); 17] = [
+pub const RPC_METHODS: [(&str, &str); 17] = [
     ("orderflow.v1.OrderService", "CreateOrder"),
     ("orderflow.v1.OrderService", "GetOrder"),
     ("orderflow.v1.OrderService", "ListOrders"),
@@ -55,7 +55,7 @@ const METHODS: [(&str, &str); 17] = [
 pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    METHODS
+    RPC_METHODS
         .iter()
         .find(|(s, m)| *s == service && *m == method)
         .map_or(("unknown", "unknown"), |(s, m)| (*s, *m))

@@ -34,6 +34,21 @@ pub enum Command {
     /// Import or export stored events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Ask the server at `--listen` whether a health name is SERVING; exit
+    /// 0 if so, 1 otherwise (for container HEALTHCHECKs and exec probes).
+    Health {
+        /// The health name: `readiness` (database and pipeline), `liveness`
+        /// (the process), `""`, or a service.
+        #[arg(long, default_value = "readiness")]
+        service: String,
+        /// With TLS on (`--tls-cert`): the CA that signed the server's
+        /// certificate (issued for `localhost`).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        timeout: Duration,
+    },
 }
 
 /// Event store tools for operators.

@@ -60,6 +60,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(count, "imported events");
             Ok(())
         }
+        Some(Command::Health {
+            service,
+            ca,
+            timeout,
+        }) => server::probe::check(&cli.settings, &service, ca.as_deref(), *timeout).await,
         Some(Command::Events(EventsCommand::Export)) => {
             let db = serve::connect(&cli.settings, Open::MustExist).await?;
             let count = events_cli::export(&db).await?;

@@ -192,8 +192,178 @@ where
     }
 }
 
-/// Starts the Prometheus listener and describes every metric the contract
-/// names (so `/metrics` carries HELP and TYPE lines from the start).
+/// What a metric is, for its TYPE line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+/// One metric orderflow exports.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The name on `/metrics`.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// Its HELP line.
+    pub help: &'static str,
+}
+
+const fn metric(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+    Metric { name, kind, help }
+}
+
+/// Every metric the workspace emits, with its description: the one list.
+/// `tests/integration/suite.rs` checks that every name a crate emits is
+/// here and that each has HELP on `/metrics` from start-up. The process
+/// metrics (`process_*`, from metrics-process) describe themselves.
+pub const METRICS: &[Metric] = &[
+    metric(
+        "orderflow_grpc_requests_total",
+        Kind::Counter,
+        "finished gRPC requests by service, method and status code, including those a layer answered (auth, deadline, shedding, panics)",
+    ),
+    metric(
+        "orderflow_grpc_requests_in_flight",
+        Kind::Gauge,
+        "gRPC requests in progress by service and method (streams until they end)",
+    ),
+    metric(
+        "orderflow_grpc_request_duration_seconds",
+        Kind::Histogram,
+        "gRPC request latency in seconds, from the request until its status is known",
+    ),
+    metric(
+        "orderflow_grpc_shed_total",
+        Kind::Counter,
+        "requests refused at once because a concurrency budget was full (answered RESOURCE_EXHAUSTED)",
+    ),
+    metric(
+        "orderflow_panics_total",
+        Kind::Counter,
+        "RPC handlers that panicked (answered INTERNAL)",
+    ),
+    metric(
+        "orderflow_cache_hits_total",
+        Kind::Counter,
+        "order lookups answered from the cache",
+    ),
+    metric(
+        "orderflow_cache_misses_total",
+        Kind::Counter,
+        "order lookups the cache could not answer",
+    ),
+    metric(
+        "orderflow_cache_coalesced_total",
+        Kind::Counter,
+        "cache misses that waited for another caller's lookup",
+    ),
+    metric(
+        "orderflow_cache_evictions_total",
+        Kind::Counter,
+        "cache entries evicted to stay within capacity",
+    ),
+    metric(
+        "orderflow_cache_entries",
+        Kind::Gauge,
+        "orders held in the cache",
+    ),
+    metric(
+        "orderflow_build_info",
+        Kind::Gauge,
+        "always 1; the version label says which build is running",
+    ),
+    metric(
+        "orderflow_db_pool_connections",
+        Kind::Gauge,
+        "database connections open in the pool (in use or idle)",
+    ),
+    metric(
+        "orderflow_db_pool_idle_connections",
+        Kind::Gauge,
+        "database connections idle in the pool",
+    ),
+    metric(
+        "orderflow_db_pool_max_connections",
+        Kind::Gauge,
+        "the pool's size (--db-pool-size)",
+    ),
+    metric(
+        "orderflow_events_received_total",
+        Kind::Counter,
+        "events that reached ingest",
+    ),
+    metric(
+        "orderflow_events_processed_total",
+        Kind::Counter,
+        "events stored after the pipeline",
+    ),
+    metric(
+        "orderflow_events_filtered_total",
+        Kind::Counter,
+        "events a pipeline filter dropped",
+    ),
+    metric(
+        "orderflow_events_deduplicated_total",
+        Kind::Counter,
+        "repeated events dropped",
+    ),
+    metric(
+        "orderflow_events_dropped_total",
+        Kind::Counter,
+        "events shed or lost (overflow policy or both stores down)",
+    ),
+    metric(
+        "orderflow_events_dead_lettered_total",
+        Kind::Counter,
+        "events written to the dead-letter store",
+    ),
+    metric(
+        "orderflow_queue_depth",
+        Kind::Gauge,
+        "events waiting in the ingest queues",
+    ),
+    metric(
+        "orderflow_queue_capacity",
+        Kind::Gauge,
+        "total capacity of the ingest queues",
+    ),
+    metric(
+        "orderflow_events_in_flight",
+        Kind::Gauge,
+        "accepted events not yet settled",
+    ),
+    metric(
+        "orderflow_log_backlog",
+        Kind::Gauge,
+        "events acknowledged (durable in the event log) and not yet processed",
+    ),
+    metric(
+        "orderflow_serving",
+        Kind::Gauge,
+        "1 while health reports SERVING, else 0",
+    ),
+    metric(
+        "orderflow_database_up",
+        Kind::Gauge,
+        "1 while the database answers through the pool, else 0",
+    ),
+];
+
+/// How often the process metrics are sampled.
+const PROCESS_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the Prometheus listener, describes every metric in [`METRICS`]
+/// and gives each a series from the start (at zero; per method for the RPC
+/// metrics), so `/metrics` carries every HELP and TYPE line before the
+/// first request and alerts can `rate()` from zero. Samples the process
+/// metrics (CPU, memory, file descriptors, threads, start time) every
+/// second. Call inside the runtime.
 pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
     const LATENCY_BUCKETS: [f64; 14] = [
         0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -208,107 +378,45 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         .context("invalid histogram buckets")?
         .install()
         .with_context(|| format!("cannot serve metrics on {listen}"))?;
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "orderflow_grpc_requests_total",
-        "finished gRPC requests by service, method and status code, including those a layer answered (auth, deadline, shedding, panics)"
-    );
-    describe_gauge!(
-        "orderflow_grpc_requests_in_flight",
-        "gRPC requests in progress by service and method (streams until they end)"
-    );
-    describe_histogram!(
-        "orderflow_grpc_request_duration_seconds",
-        metrics::Unit::Seconds,
-        "gRPC request latency"
-    );
-    describe_counter!(
-        "orderflow_panics_total",
-        "RPC handlers that panicked (answered INTERNAL)"
-    );
-    describe_counter!(
-        "orderflow_cache_hits_total",
-        "order lookups answered from the cache"
-    );
-    describe_counter!(
-        "orderflow_cache_misses_total",
-        "order lookups the cache could not answer"
-    );
-    describe_counter!(
-        "orderflow_cache_coalesced_total",
-        "cache misses that waited for another caller's lookup"
-    );
-    describe_counter!(
-        "orderflow_cache_evictions_total",
-        "cache entries evicted to stay within capacity"
-    );
-    describe_gauge!("orderflow_cache_entries", "orders held in the cache");
-    describe_gauge!(
-        "orderflow_build_info",
-        "always 1; the version label says which build is running"
-    );
+    for metric in METRICS {
+        let (name, help) = (metric.name, metric.help);
+        match metric.kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
+        }
+    }
+    for metric in METRICS {
+        match metric.name {
+            "orderflow_grpc_requests_total"
+            | "orderflow_grpc_requests_in_flight"
+            | "orderflow_grpc_request_duration_seconds"
+            | "orderflow_build_info" => {}
+            name => match metric.kind {
+                Kind::Counter => metrics::counter!(name).increment(0),
+                Kind::Gauge => metrics::gauge!(name).increment(0.0),
+                Kind::Histogram => {
+                    let _ = metrics::histogram!(name);
+                }
+            },
+        }
+    }
+    for (service, method) in grpc_api::RPC_METHODS {
+        metrics::counter!("orderflow_grpc_requests_total", "service" => service, "method" => method, "code" => "OK").increment(0);
+        metrics::gauge!("orderflow_grpc_requests_in_flight", "service" => service, "method" => method).increment(0.0);
+        let _ = metrics::histogram!("orderflow_grpc_request_duration_seconds", "service" => service, "method" => method);
+    }
     metrics::gauge!("orderflow_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    describe_gauge!(
-        "orderflow_db_pool_connections",
-        "database connections open in the pool (in use or idle)"
-    );
-    describe_gauge!(
-        "orderflow_db_pool_idle_connections",
-        "database connections idle in the pool"
-    );
-    describe_gauge!(
-        "orderflow_db_pool_max_connections",
-        "the pool's size (--db-pool-size)"
-    );
-    describe_counter!(
-        "orderflow_events_received_total",
-        "events that reached ingest"
-    );
-    describe_counter!(
-        "orderflow_events_processed_total",
-        "events stored after the pipeline"
-    );
-    describe_counter!(
-        "orderflow_events_filtered_total",
-        "events a pipeline filter dropped"
-    );
-    describe_counter!(
-        "orderflow_events_deduplicated_total",
-        "repeated events dropped"
-    );
-    describe_counter!(
-        "orderflow_events_dropped_total",
-        "events shed or lost (overflow policy or both stores down)"
-    );
-    describe_counter!(
-        "orderflow_events_dead_lettered_total",
-        "events written to the dead-letter store"
-    );
-    describe_gauge!(
-        "orderflow_queue_depth",
-        "events waiting in the ingest queues"
-    );
-    describe_gauge!(
-        "orderflow_serving",
-        "1 while health reports SERVING, else 0"
-    );
-    describe_gauge!(
-        "orderflow_database_up",
-        "1 while the database answers through the pool, else 0"
-    );
-    describe_gauge!(
-        "orderflow_queue_capacity",
-        "total capacity of the ingest queues"
-    );
-    describe_gauge!(
-        "orderflow_events_in_flight",
-        "accepted events not yet settled"
-    );
-    describe_gauge!(
-        "orderflow_log_backlog",
-        "events acknowledged (durable in the event log) and not yet processed"
-    );
-    // Present from the start, at zero, so alerts can rate() them.
-    metrics::counter!("orderflow_panics_total").increment(0);
+
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROCESS_METRICS_INTERVAL);
+        loop {
+            tick.tick().await;
+            process.collect();
+        }
+    });
     Ok(())
 }

@@ -12,6 +12,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod catalog;
 mod faults;
 mod kill;
 mod otlp;

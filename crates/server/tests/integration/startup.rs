@@ -198,3 +198,27 @@ fn an_import_that_is_not_utf8_names_its_line() {
     );
     assert_clean_failure(code, &stderr, "line 2: malformed event: not valid UTF-8");
 }
+
+/// `orderflow health` (the image's HEALTHCHECK): exit 0 for a SERVING name,
+/// non-zero with one line for an unknown name or a server that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_exits_zero_only_while_serving() {
+    let db = test_support::TestDb::sqlite().await;
+    let server = crate::support::Server::start(&db, &[]);
+    let listen = server.address.trim_start_matches("http://").to_owned();
+    let health = |args: &[&str]| {
+        let mut all = vec!["health"];
+        all.extend_from_slice(args);
+        orderflow(&[("ORDERFLOW_LISTEN", &listen)], &all)
+    };
+    for service in ["readiness", "liveness", ""] {
+        let (code, stderr, _) = health(&["--service", service]);
+        assert_eq!(code, Some(0), "{service:?}: {stderr}");
+    }
+    let (code, stderr, _) = health(&["--service", "no.such.Service"]);
+    assert_clean_failure(code, &stderr, "no.such.Service");
+    drop(server);
+    let (code, stderr, took) = health(&["--timeout", "1s"]);
+    assert_clean_failure(code, &stderr, "cannot reach");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
