@@ -140,15 +140,26 @@ async fn postgres_verify_full_serves_with_the_right_ca_and_fails_fast_with_anoth
         &format!("sslmode=verify-full&sslrootcert={}", trusted.display()),
     );
     let server = Server::start_url(&url, &[]);
+    // Health follows the monitor's first ping through the pool.
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    let answer = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "readiness".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(answer.status, 1, "SERVING under verify-full: {answer:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "readiness".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if answer.status == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not SERVING under verify-full: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut orders = server.orders().await;
     orders
         .create_order(crate::suite::create("u-tls", ""))
