@@ -128,6 +128,11 @@ pub struct Settings {
     /// Service name on exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
     pub service_name: String,
+    /// Where the order cache's change feed (PostgreSQL `LISTEN`) connects,
+    /// when not `--database-url`: a pooler in transaction mode (PgBouncer)
+    /// cannot hold a `LISTEN`, so point this past it at PostgreSQL itself.
+    #[arg(long, env = "ORDERFLOW_CACHE_FEED_URL", hide_env_values = true)]
+    pub cache_feed_url: Option<String>,
     /// Orders kept in the cache.
     #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = CacheConfig::DEFAULT_CAPACITY)]
     pub cache_capacity: usize,

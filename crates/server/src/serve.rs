@@ -15,7 +15,9 @@ use grpc_api::{
     LoadShedLayer, MetadataLimitLayer, MetricsLayer, OrderApi,
 };
 use opentelemetry::trace::TraceContextExt as _;
-use storage::{CacheConfig, CachedOrders, Database, StorageError, StoreConfig};
+use storage::{
+    Backend, CacheConfig, CachedOrders, Database, ListenerState, StorageError, StoreConfig,
+};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -41,6 +43,12 @@ const SERVICES: [&str; 5] = [
 /// (its pipeline workers alive), whether or not the database answers, so a
 /// database outage does not get every replica restarted.
 const LIVENESS: &str = "liveness";
+
+/// The health name for the order cache's change feed: SERVING while
+/// other replicas' writes reach this cache (PostgreSQL `LISTEN` up; always
+/// on SQLite, which has one replica). While it is NOT_SERVING reads bypass
+/// the cache, so the replica stays correct and ready, only slower.
+const CACHE_COHERENCE: &str = "order-cache";
 
 /// The database settings these flags describe.
 pub fn store_config(settings: &Settings) -> StoreConfig {
@@ -144,6 +152,31 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             ttl: *settings.cache_ttl,
         },
     );
+    // On PostgreSQL other replicas may write: their changes reach this
+    // cache through the change feed. SQLite is one replica's.
+    let feed = (db.backend() == Backend::Postgres).then(|| {
+        let state = Arc::new(ListenerState::default());
+        let config = match &settings.cache_feed_url {
+            Some(url) => StoreConfig::new(url.clone()),
+            None => db.config().clone(),
+        };
+        let task = tokio::spawn(storage::listen_for_order_changes(
+            config,
+            orders.clone(),
+            Arc::clone(&state),
+        ));
+        (state, task)
+    });
+    health
+        .set_service_status(
+            CACHE_COHERENCE,
+            if feed.is_some() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            },
+        )
+        .await;
     let sink = Arc::new(StoreSink {
         db: db.clone(),
         output: settings.event_sink,
@@ -189,6 +222,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         db.clone(),
         Arc::clone(&engine),
         orders.clone(),
+        feed.as_ref().map(|(state, _)| Arc::clone(state)),
         health.clone(),
         *settings.health_interval,
     ));
@@ -272,7 +306,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     monitor.abort();
     forgetting.abort();
-    for service in SERVICES.into_iter().chain([LIVENESS]) {
+    if let Some((_, task)) = &feed {
+        task.abort();
+    }
+    for service in SERVICES.into_iter().chain([LIVENESS, CACHE_COHERENCE]) {
         health
             .set_service_status(service, ServingStatus::NotServing)
             .await;
@@ -333,14 +370,27 @@ async fn monitor<R: storage::OrderRepository>(
     db: Database,
     engine: Arc<Engine>,
     orders: CachedOrders<R>,
+    feed: Option<Arc<ListenerState>>,
     health: HealthReporter,
     interval: Duration,
 ) {
     let mut ticker = tokio::time::interval(interval);
     let mut serving = None;
     let mut alive = true;
+    let mut coherent = None;
     loop {
         ticker.tick().await;
+        if let Some(feed) = &feed
+            && coherent != Some(feed.is_up())
+        {
+            coherent = Some(feed.is_up());
+            let status = if feed.is_up() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(CACHE_COHERENCE, status).await;
+        }
         if engine.is_alive() != alive {
             alive = !alive;
             let status = if alive {

@@ -274,6 +274,16 @@ pub const METRICS: &[Metric] = &[
         "orders held in the cache",
     ),
     metric(
+        "orderflow_cache_invalidations_total",
+        Kind::Counter,
+        "other replicas' order changes applied to this cache (PostgreSQL NOTIFY)",
+    ),
+    metric(
+        "orderflow_cache_listener_up",
+        Kind::Gauge,
+        "1 while the order change feed (PostgreSQL LISTEN) is up and the cache trusted; 0 when it is down or not used (SQLite)",
+    ),
+    metric(
         "orderflow_build_info",
         Kind::Gauge,
         "always 1; the version label says which build is running",

@@ -24,9 +24,18 @@
 //! - **Read your writes.** Writes through [`CachedOrders`] store the
 //!   committed order; a lookup that read an older version never overwrites a
 //!   newer one (versions only grow).
+//! - **Coherent across replicas.** Other replicas' writes arrive as
+//!   [`OrderCache::changed`] (from PostgreSQL `NOTIFY`, `crate::listen`): an
+//!   older cached copy is dropped, and a lookup that was in flight when the
+//!   change arrived does not store what it read (it may predate the
+//!   change). The feed holds a lease ([`OrderCache::trust_for`], renewed by
+//!   its heartbeats): when the lease runs out (the feed is down or silent)
+//!   every read goes to the database, and a new feed connection empties the
+//!   cache first ([`OrderCache::flush`]), since changes may have been missed
+//!   meanwhile.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -99,7 +108,27 @@ pub struct OrderCache {
     misses: Striped,
     coalesced: Striped,
     evictions: AtomicU64,
+    /// Set once a change feed manages this cache (several replicas): from
+    /// then on reads are served only while the feed's lease holds
+    /// (`trusted_until`). Clear: one replica, always trusted.
+    leased: AtomicBool,
+    /// The coarse clock's time the lease runs out.
+    trusted_until: AtomicU32,
+    /// Per key stripe, a count of changes seen (and of flushes, on every
+    /// stripe): a lookup stores its result only if its stripe's count did
+    /// not move while it ran.
+    generations: Box<[AtomicU64]>,
+    /// Never used: what [`Self::stripe`] would fall back to out of range.
+    generation_spare: AtomicU64,
+    invalidations: AtomicU64,
 }
+
+/// Stripes of [`OrderCache::generations`].
+const GENERATION_STRIPES: usize = 1024;
+
+/// Where a lookup started, for [`OrderCache::store_if_unchanged`].
+#[derive(Debug, Clone, Copy)]
+pub struct Generation(u64);
 
 impl std::fmt::Debug for OrderCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,6 +158,81 @@ impl OrderCache {
             misses: Striped::default(),
             coalesced: Striped::default(),
             evictions: AtomicU64::new(0),
+            leased: AtomicBool::new(false),
+            trusted_until: AtomicU32::new(0),
+            generations: (0..GENERATION_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            generation_spare: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    fn stripe(&self, id: &OrderId) -> &AtomicU64 {
+        // The id's random tail (UUIDv7) spreads keys over the stripes.
+        let [.., a, b] = *id.as_bytes();
+        let index = usize::from(u16::from_le_bytes([a, b])) % GENERATION_STRIPES;
+        // Always in range; `get` keeps the lints' no-panic rule.
+        self.generations
+            .get(index)
+            .unwrap_or(&self.generation_spare)
+    }
+
+    /// The point a lookup of `id` starts from.
+    pub fn generation(&self, id: &OrderId) -> Generation {
+        Generation(self.stripe(id).load(Ordering::SeqCst))
+    }
+
+    /// Another replica committed `version` of `id`: a cached older version
+    /// is dropped, and lookups of its stripe in flight will not store.
+    pub fn changed(&self, id: &OrderId, version: u64) {
+        self.stripe(id).fetch_add(1, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.entries
+            .remove_if_sync(id, |cached| cached.version() < version);
+    }
+
+    /// Stops serving from the cache until [`Self::trust_for`]: a change
+    /// feed now manages it, and it is down (or not up yet).
+    pub fn distrust(&self) {
+        self.trusted_until
+            .store(self.clock_ms.now(), Ordering::SeqCst);
+        self.leased.store(true, Ordering::SeqCst);
+    }
+
+    /// Serves from the cache for `lease` from now: the change feed has just
+    /// shown it delivers every change committed before the lease began.
+    pub fn trust_for(&self, lease: Duration) {
+        self.trusted_until
+            .store(self.clock_ms.after(lease), Ordering::SeqCst);
+    }
+
+    /// Empties the cache; lookups in flight will not store. For a change
+    /// feed that was replaced: changes may have been missed meanwhile.
+    pub fn flush(&self) {
+        for generation in &*self.generations {
+            generation.fetch_add(1, Ordering::SeqCst);
+        }
+        self.entries.clear_sync();
+    }
+
+    /// Whether reads are served from the cache now.
+    pub fn is_trusted(&self) -> bool {
+        !self.leased.load(Ordering::Relaxed)
+            || self.clock_ms.is_before(
+                self.clock_ms.now(),
+                self.trusted_until.load(Ordering::Relaxed),
+            )
+    }
+
+    /// Changes from other replicas applied since start.
+    pub fn invalidations(&self) -> u64 {
+        self.invalidations.load(Ordering::Relaxed)
+    }
+
+    /// [`Self::store`], unless a change to `order`'s stripe arrived since
+    /// `since` (the order may predate it) or the cache is not trusted.
+    pub fn store_if_unchanged(&self, order: CachedOrder, since: Generation) {
+        if self.is_trusted() && self.generation(&order.id()).0 == since.0 {
+            self.store(order);
         }
     }
 
@@ -148,6 +252,13 @@ impl OrderCache {
     #[inline]
     fn peek(&self, id: &OrderId) -> Option<CachedOrder> {
         let now = self.clock_ms.now();
+        if self.leased.load(Ordering::Relaxed)
+            && !self
+                .clock_ms
+                .is_before(now, self.trusted_until.load(Ordering::Relaxed))
+        {
+            return None;
+        }
         self.entries
             .peek_with(id, |_, order| {
                 let slot = order.slot();
@@ -352,7 +463,7 @@ struct Inner<R> {
     /// Lookups in progress, by key; each holds the receiving end its
     /// waiters subscribe to. An entry lives exactly as long as its lookup
     /// task (a drop guard removes it, also on panic).
-    flights: scc::HashMap<OrderId, watch::Receiver<FlightResult>>,
+    flights: scc::HashMap<OrderId, (Generation, watch::Receiver<FlightResult>)>,
 }
 
 impl<R: OrderRepository> CachedOrders<R> {
@@ -381,19 +492,27 @@ impl<R: OrderRepository> CachedOrders<R> {
         if let Some(order) = self.inner.cache.get(&id) {
             return Ok(order);
         }
+        let since = self.inner.cache.generation(&id);
         let (sender, receiver) = watch::channel(None);
         // The bucket lock is held only inside this match, never across an
         // await.
         let joined = match self.inner.flights.entry_sync(id) {
             scc::hash_map::Entry::Occupied(flight) => Some(flight.get().clone()),
             scc::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert_entry(receiver);
+                vacant.insert_entry((since, receiver));
                 None
             }
         };
-        if let Some(receiver) = joined {
-            self.inner.cache.coalesced.add();
-            return wait_for(receiver, id).await;
+        if let Some((started, receiver)) = joined {
+            if started.0 == since.0 {
+                self.inner.cache.coalesced.add();
+                return wait_for(receiver, id).await;
+            }
+            // That lookup began before another replica's change to this
+            // key's stripe and may return the old version: read afresh.
+            let found = CachedOrder::new(self.inner.repo.find_order(id).await?.into());
+            self.inner.cache.store_if_unchanged(found.clone(), since);
+            return Ok(found);
         }
         // We lead. A lookup may have finished between our miss and our
         // insert; if so, its result is already cached.
@@ -417,7 +536,7 @@ impl<R: OrderRepository> CachedOrders<R> {
                     .await
                     .map(|found| CachedOrder::new(found.into()));
                 if let Ok(order) = &result {
-                    flight.inner.cache.store(order.clone());
+                    flight.inner.cache.store_if_unchanged(order.clone(), since);
                 }
                 // Cache first, then forget the flight, then wake the waiters: a
                 // caller arriving in between finds one or the other.

@@ -85,6 +85,33 @@ impl Postgres {
     }
 }
 
+/// A raw tokio-postgres connection (for `LISTEN`): the client, and the
+/// connection to drive for its messages.
+pub(crate) type RawConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
+impl Postgres {
+    /// Opens one connection as tokio-postgres hands it out, classified as
+    /// [`Self::connect`] does.
+    pub(crate) async fn connect_raw(
+        &self,
+    ) -> Result<(tokio_postgres::Client, RawConnection), StorageError> {
+        let target = self
+            .target
+            .as_ref()
+            .map_err(|e| StorageError::Misconfigured(e.clone()))?;
+        target
+            .config
+            .connect(target.tls.clone())
+            .await
+            .map_err(|e| StorageError::Unavailable(postgres_message(&e)))
+    }
+}
+
 /// A certificate that failed verification, or a server without TLS under
 /// `sslmode=require` or stricter: no retry changes either.
 fn is_tls_refusal(message: &str) -> bool {

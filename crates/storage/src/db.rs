@@ -125,6 +125,42 @@ macro_rules! insert_rows {
 
 pub(crate) use insert_rows;
 
+/// The channel every committed order change is announced on (PostgreSQL
+/// `NOTIFY`), for the other replicas' caches (`crate::listen`).
+pub const ORDER_CHANGES_CHANNEL: &str = "orderflow_orders";
+
+/// Announces a changed order to the other replicas, inside the writing
+/// transaction: PostgreSQL delivers a `NOTIFY` only when (and if) the
+/// transaction commits, in commit order. SQLite serves one replica, so
+/// there it does nothing.
+pub(crate) trait Announce {
+    fn announce(
+        &mut self,
+        order_id: &str,
+        version: i64,
+    ) -> impl Future<Output = diesel::QueryResult<()>> + Send;
+}
+
+impl Announce for AsyncPgConnection {
+    async fn announce(&mut self, order_id: &str, version: i64) -> diesel::QueryResult<()> {
+        use diesel::sql_types::Text;
+        diesel_async::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(ORDER_CHANGES_CHANNEL)
+                .bind::<Text, _>(format!("{order_id} {version}")),
+            self,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Announce for SqliteConn {
+    async fn announce(&mut self, _order_id: &str, _version: i64) -> diesel::QueryResult<()> {
+        Ok(())
+    }
+}
+
 enum Pools {
     Postgres(Pool<AsyncPgConnection>),
     Sqlite(Pool<SqliteConn>),

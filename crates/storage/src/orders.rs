@@ -14,7 +14,7 @@ use domain::{
     ProductId, Quantity, RestoredOrder, UserId,
 };
 
-use crate::db::{Database, InsertRows, insert_rows, with_conn, write_transaction};
+use crate::db::{Announce as _, Database, InsertRows, insert_rows, with_conn, write_transaction};
 use crate::schema::{order_idempotency_keys, order_lines, orders};
 use crate::{Conflict, StorageError};
 
@@ -457,6 +457,7 @@ impl OrderRepository for Database {
                     }
                     .into());
                 }
+                c.announce(&key, row.version).await?;
                 Ok(updated)
             })
         })

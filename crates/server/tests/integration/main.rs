@@ -19,6 +19,7 @@ mod otlp;
 mod outage;
 mod pipeline;
 mod proxy;
+mod replicas;
 mod startup;
 mod suite;
 mod support;

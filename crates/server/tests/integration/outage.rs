@@ -116,7 +116,7 @@ async fn postgres_outage_is_not_serving_unavailable_and_recovers() {
 
 /// How many times larger the fault suite runs: `ORDERFLOW_FAULT_SCALE=10`
 /// for the full form by hand; 1 (the quick form) in CI.
-fn scale() -> usize {
+pub fn scale() -> usize {
     std::env::var("ORDERFLOW_FAULT_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -400,3 +400,83 @@ async fn cache_over_real_sqlite() {
     assert_eq!(stats.hits + stats.misses, 50);
     assert!(stats.misses - stats.coalesced <= 2, "{stats:?}");
 }
+
+/// Another replica's change drops an older copy and keeps a newer one.
+#[test]
+fn a_change_from_another_replica_drops_only_older_copies() {
+    let cache = storage::OrderCache::new(CacheConfig::default());
+    let repo = FakeRepo::new(Duration::ZERO, Lookup::Normal);
+    let id = repo.seed(1)[0];
+    let order = repo.orders.lock().unwrap()[&id].clone();
+    cache.store(CachedOrder::new(order.clone()));
+    cache.changed(&id, 1);
+    assert!(cache.get(&id).is_some(), "version 1 is not older than 1");
+    cache.changed(&id, 2);
+    assert!(cache.get(&id).is_none(), "version 1 is older than 2");
+    assert_eq!(cache.invalidations(), 2);
+    // A lookup that started before a change does not store what it read.
+    let since = cache.generation(&id);
+    cache.changed(&id, 3);
+    cache.store_if_unchanged(CachedOrder::new(order.clone()), since);
+    assert!(
+        cache.get(&id).is_none(),
+        "read before the change: not stored"
+    );
+    let since = cache.generation(&id);
+    cache.store_if_unchanged(CachedOrder::new(order), since);
+    assert!(cache.get(&id).is_some(), "no change since: stored");
+}
+
+/// Callers arriving after a change do not join a lookup that started
+/// before it (it may return the old version); their own read is cached.
+#[tokio::test]
+async fn a_lookup_in_flight_when_a_change_arrives_is_not_joined() {
+    let (cache, repo) = cached(100, Lookup::Normal);
+    let id = repo.seed(1)[0];
+    let slow = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get_or_fetch(id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cache.cache().changed(&id, 2);
+    // A caller after the change starts its own lookup instead of joining.
+    cache.get_or_fetch(id).await.unwrap();
+    slow.await.unwrap().unwrap();
+    assert_eq!(
+        repo.calls(id),
+        2,
+        "the late caller did not join the old lookup"
+    );
+    // The late caller's read (after the change) is what is cached.
+    assert!(cache.cache().get(&id).is_some());
+}
+
+/// Without a live lease every read goes to the repository; a lease serves
+/// from the cache until it runs out; a flush empties it.
+#[test]
+fn reads_bypass_the_cache_outside_the_feeds_lease() {
+    let (clock, time) = quanta::Clock::mock();
+    let cache = storage::OrderCache::with_clock(CacheConfig::default(), clock);
+    let repo = FakeRepo::new(Duration::ZERO, Lookup::Normal);
+    let id = repo.seed(1)[0];
+    let order = repo.orders.lock().unwrap()[&id].clone();
+    cache.store(CachedOrder::new(order.clone()));
+    assert!(cache.get(&id).is_some(), "no feed: always trusted");
+    cache.distrust();
+    assert!(!cache.is_trusted());
+    assert!(cache.get(&id).is_none(), "a feed that is down: bypassed");
+    cache.trust_for(Duration::from_secs(1));
+    assert!(cache.get(&id).is_some(), "inside the lease");
+    time.increment(Duration::from_millis(1_100));
+    assert!(cache.get(&id).is_none(), "the lease ran out: bypassed");
+    cache.trust_for(Duration::from_secs(1));
+    cache.flush();
+    assert!(cache.get(&id).is_none(), "flushed");
+    let since = cache.generation(&id);
+    cache.flush();
+    cache.store_if_unchanged(CachedOrder::new(order), since);
+    assert!(
+        cache.get(&id).is_none(),
+        "a lookup from before a flush is not stored"
+    );
+}
