@@ -6,6 +6,7 @@
 //! same server.
 
 mod batches;
+mod coherence;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +40,10 @@ enum Workload {
     /// (`--concurrency` producers), `--batch` events per batch, `--window`
     /// batches in flight; every ack checked.
     StreamBatches,
+    /// Several replicas: writes through `--target`, each timed until every
+    /// `--read-targets` replica returns the new version (`--requests`
+    /// writes; default 1,000).
+    Coherence,
 }
 
 /// Parses `get-hit=80,create=10,publish=5,health=5` into (workload, weight).
@@ -82,7 +87,7 @@ impl Call {
             Workload::GetHit | Workload::GetMiss => Some(Self::GetOrder),
             Workload::Create => Some(Self::Create),
             Workload::Publish => Some(Self::Publish),
-            Workload::Mix | Workload::StreamBatches => None,
+            Workload::Mix | Workload::StreamBatches | Workload::Coherence => None,
         }
     }
 }
@@ -150,6 +155,13 @@ struct Args {
     /// steady load below capacity, as `scripts/soak.sh` runs.
     #[arg(long)]
     rate: Option<f64>,
+    /// coherence: the replicas read after each write (comma-separated
+    /// addresses).
+    #[arg(long, value_delimiter = ',')]
+    read_targets: Vec<String>,
+    /// coherence: how long a reader may lag before the run fails.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    bound: Duration,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -188,6 +200,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.workload == Workload::StreamBatches {
         return run_batches(&args, &channels).await;
+    }
+    if args.workload == Workload::Coherence {
+        return run_coherence(&args, &channels).await;
     }
     let mix = Arc::new(match args.workload {
         Workload::Mix => parse_mix(&args.mix)?,
@@ -294,6 +309,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The stream-batches workload (see `batches.rs`), with the same summary.
+async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
+    let writer = writers.first().context("no connection")?;
+    let mut readers = Vec::with_capacity(args.read_targets.len());
+    for target in &args.read_targets {
+        let mut client = Client::builder(target.clone());
+        if let Some(token) = &args.token {
+            client = client.bearer_token(token.clone());
+        }
+        readers.push(client.connect().await.with_context(|| format!("--read-targets {target}"))?);
+    }
+    let writes = args.requests.unwrap_or(1_000);
+    let report = coherence::run(writer, &readers, writes, args.bound).await?;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let (p50, p99, max) = (
+        report.delays.value_at_quantile(0.5),
+        report.delays.value_at_quantile(0.99),
+        report.delays.max(),
+    );
+    let read_p50 = report.read_round_trip.value_at_quantile(0.5);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "Coherence",
+                "writes": report.writes,
+                "readers": readers.len(),
+                "delay_p50_ms": ms(p50),
+                "delay_p99_ms": ms(p99),
+                "delay_max_ms": ms(max),
+                "read_p50_ms": ms(read_p50),
+            })
+        );
+    } else {
+        println!(
+            "Coherence: {} writes, {} readers; acknowledgement to the new version on each reader: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (a read round trip: p50 {:.2} ms)",
+            report.writes,
+            readers.len(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            ms(read_p50)
+        );
+    }
+    Ok(())
+}
+
 async fn run_batches(args: &Args, channels: &[Client]) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.requests.is_none(),
