@@ -38,6 +38,9 @@ scripts/check-architecture.sh
 section "protobuf (buf lint, buf breaking)"
 scripts/check-proto.sh
 
+section "deploy kit (compose schema, Kubernetes schemas, shutdown budget)"
+scripts/check-deploy.sh
+
 section "workflows (actionlint)"
 actionlint
 
