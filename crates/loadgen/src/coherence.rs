@@ -70,7 +70,11 @@ pub async fn run(
             .context("CreateOrder on --target")?
             .into_inner();
         let mut current = order.version;
-        for status in [OrderStatus::Paid, OrderStatus::Shipped, OrderStatus::Delivered] {
+        for status in [
+            OrderStatus::Paid,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+        ] {
             if done >= writes {
                 break;
             }

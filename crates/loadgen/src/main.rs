@@ -317,7 +317,12 @@ async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
         if let Some(token) = &args.token {
             client = client.bearer_token(token.clone());
         }
-        readers.push(client.connect().await.with_context(|| format!("--read-targets {target}"))?);
+        readers.push(
+            client
+                .connect()
+                .await
+                .with_context(|| format!("--read-targets {target}"))?,
+        );
     }
     let writes = args.requests.unwrap_or(1_000);
     let report = coherence::run(writer, &readers, writes, args.bound).await?;

@@ -133,6 +133,28 @@ pub struct Settings {
     /// cannot hold a `LISTEN`, so point this past it at PostgreSQL itself.
     #[arg(long, env = "ORDERFLOW_CACHE_FEED_URL", hide_env_values = true)]
     pub cache_feed_url: Option<String>,
+    /// Where acknowledged batches are logged: `database` (the database
+    /// itself; one replica consumes it) or `nats://host:port` (a JetStream
+    /// stream all replicas share; see `ORDERFLOW_NATS_STREAM`).
+    #[arg(long, env = "ORDERFLOW_EVENT_LOG", default_value = "database")]
+    pub event_log: String,
+    /// The JetStream stream (created if missing) when `--event-log` is NATS;
+    /// its subject is `orderflow.events.<stream>`.
+    #[arg(
+        long,
+        env = "ORDERFLOW_NATS_STREAM",
+        default_value = "ORDERFLOW_EVENTS"
+    )]
+    pub nats_stream: String,
+    /// Most unconsumed batches the JetStream stream holds; past it, appends
+    /// answer UNAVAILABLE.
+    #[arg(long, env = "ORDERFLOW_NATS_MAX_BATCHES", default_value_t = 100_000)]
+    pub nats_max_batches: i64,
+    /// How long a replica may hold a pulled batch unacknowledged before
+    /// JetStream gives it to another (a replica that died mid-batch is
+    /// replaced after this). Applies when the consumer is created.
+    #[arg(long, env = "ORDERFLOW_NATS_ACK_WAIT", default_value = "10s", value_parser = duration)]
+    pub nats_ack_wait: Duration,
     /// Orders kept in the cache.
     #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = CacheConfig::DEFAULT_CAPACITY)]
     pub cache_capacity: usize,

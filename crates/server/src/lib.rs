@@ -8,6 +8,7 @@
 pub mod config;
 pub mod connections;
 pub mod events_cli;
+pub mod nats_log;
 pub mod probe;
 pub mod serve;
 pub mod sinks;

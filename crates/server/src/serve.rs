@@ -26,6 +26,7 @@ use transform_engine::{Engine, EngineConfig, LogConfig, OverflowPolicy, Pipeline
 
 use crate::config::Settings;
 use crate::connections::{self, ActivityLayer, Limits};
+use crate::nats_log::{NatsLog, NatsSettings};
 use crate::sinks::{DatabaseLog, StoreSink};
 
 /// Health names that follow the dependencies (database through the RPCs'
@@ -192,19 +193,51 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&sink),
         sink,
     );
-    let log = engine
-        .attach_log(
-            Arc::new(DatabaseLog {
-                db: db.clone(),
-                output: settings.event_sink,
-            }),
-            LogConfig {
-                max_backlog: settings.log_max_backlog,
-                ..LogConfig::default()
-            },
-        )
-        .await
-        .context("cannot open the event log")?;
+    let log_config = LogConfig {
+        max_backlog: settings.log_max_backlog,
+        ..LogConfig::default()
+    };
+    let mut event_log_up: Option<Arc<NatsLog>> = None;
+    let log = if settings.event_log == "database" {
+        engine
+            .attach_log(
+                Arc::new(DatabaseLog {
+                    db: db.clone(),
+                    output: settings.event_sink,
+                }),
+                log_config,
+            )
+            .await
+            .context("cannot open the event log")?
+    } else if settings.event_log.starts_with("nats://") {
+        let nats = Arc::new(
+            NatsLog::open(
+                &NatsSettings {
+                    url: settings.event_log.clone(),
+                    stream: settings.nats_stream.clone(),
+                    max_batches: settings.nats_max_batches,
+                    duplicate_window: Duration::from_secs(120),
+                    ack_wait: *settings.nats_ack_wait,
+                    discard_outputs: settings.event_sink == crate::sinks::Output::Blackhole,
+                },
+                db.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!("--event-log / ORDERFLOW_EVENT_LOG ({})", settings.event_log)
+            })?,
+        );
+        event_log_up = Some(Arc::clone(&nats));
+        engine
+            .attach_log(nats, log_config)
+            .await
+            .context("cannot open the JetStream event log")?
+    } else {
+        anyhow::bail!(
+            "--event-log / ORDERFLOW_EVENT_LOG: {:?} is neither `database` nor a nats:// URL",
+            settings.event_log
+        );
+    };
     // A unary acknowledged publish waits for room as long as the policy
     // lets a queued publish wait.
     let log_wait = match settings.overflow_policy {
@@ -223,6 +256,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&engine),
         orders.clone(),
         feed.as_ref().map(|(state, _)| Arc::clone(state)),
+        event_log_up,
         health.clone(),
         *settings.health_interval,
     ));
@@ -361,6 +395,11 @@ async fn forget_old_write_ids(db: Database) {
                 tracing::warn!(%error, "could not forget old batch write ids; retrying in a minute")
             }
         }
+        // A JetStream message is redelivered within its ack wait (seconds),
+        // far inside the hour its applied sequence is remembered.
+        if let Err(error) = db.forget_applied_sequences(WRITE_ID_MEMORY).await {
+            tracing::warn!(%error, "could not forget old applied stream sequences; retrying in a minute");
+        }
     }
 }
 
@@ -371,9 +410,11 @@ async fn monitor<R: storage::OrderRepository>(
     engine: Arc<Engine>,
     orders: CachedOrders<R>,
     feed: Option<Arc<ListenerState>>,
+    event_log: Option<Arc<NatsLog>>,
     health: HealthReporter,
     interval: Duration,
 ) {
+    let mut events_serving = None;
     let mut ticker = tokio::time::interval(interval);
     let mut serving = None;
     let mut alive = true;
@@ -422,6 +463,25 @@ async fn monitor<R: storage::OrderRepository>(
                 health.set_service_status(service, status).await;
             }
             serving = Some(healthy);
+            events_serving = None;
+        }
+        // With the event log on NATS, the event service also needs NATS.
+        if let Some(log) = &event_log {
+            let up = healthy && log.is_connected();
+            if events_serving != Some(up) {
+                if !log.is_connected() {
+                    tracing::warn!("NATS unreachable: the event service is NOT_SERVING");
+                }
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health
+                    .set_service_status("orderflow.v1.EventService", status)
+                    .await;
+                events_serving = Some(up);
+            }
         }
         orders.cache().publish_metrics();
         engine.stats().publish_metrics();

@@ -24,7 +24,7 @@ use domain::{DeadLetter, Event};
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
 use crate::events::{dead_letter_rows, event_rows, json_of};
-use crate::schema::{event_log, log_cursors, log_producers};
+use crate::schema::{event_log, log_applied, log_cursors, log_producers};
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
@@ -285,6 +285,111 @@ impl Database {
                 // Tests kill the process here: outputs written, not committed.
                 fail::fail_point!("storage-log-commit");
                 Ok::<_, StorageError>(LogCommit::Committed)
+            })
+        })
+        .await
+    }
+}
+
+/// A shared log's messages (NATS JetStream), recorded with their outputs.
+impl Database {
+    /// Which of `sequences` of `stream` already have their outputs committed
+    /// (a redelivery after a crash, or a message another replica committed).
+    pub async fn applied_sequences(
+        &self,
+        stream: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<i64>, StorageError> {
+        let stream = stream.to_owned();
+        let sequences = sequences.to_vec();
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let found: Vec<i64> = with_conn!(&mut conn, |c| {
+                log_applied::table
+                    .filter(log_applied::stream.eq(&stream))
+                    .filter(log_applied::sequence.eq_any(&sequences))
+                    .select(log_applied::sequence)
+                    .load(c)
+                    .await
+            })?;
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Commits the outputs of `sequences` of `stream` and records the
+    /// sequences, in one transaction. If any of them is already recorded
+    /// (another replica committed it meanwhile) nothing is stored:
+    /// [`LogCommit::AlreadyCommitted`], and the caller lets the messages be
+    /// redelivered, to be filtered by [`Self::applied_sequences`].
+    pub async fn commit_applied(
+        &self,
+        stream: &str,
+        sequences: &[i64],
+        events: &[Event],
+        letters: &[DeadLetter],
+    ) -> Result<LogCommit, StorageError> {
+        let event_rows = event_rows(events)?;
+        let letter_rows = dead_letter_rows(letters)?;
+        let stream = stream.to_owned();
+        let sequences = sequences.to_vec();
+        let now = chrono::Utc::now().timestamp_millis();
+        let result = self
+            .write(move |mut conn| async move {
+                write_transaction!(&mut conn, |c| {
+                    for sequence in &sequences {
+                        let inserted = diesel::insert_into(log_applied::table)
+                            .values((
+                                log_applied::stream.eq(&stream),
+                                log_applied::sequence.eq(sequence),
+                                log_applied::applied_at.eq(now),
+                            ))
+                            .on_conflict_do_nothing()
+                            .execute(c)
+                            .await?;
+                        if inserted == 0 {
+                            // Rolls the transaction back.
+                            return Err(StorageError::Conflict(crate::Conflict::Duplicate(
+                                "log_applied".to_owned(),
+                            )));
+                        }
+                    }
+                    for chunk in chunked(event_rows) {
+                        c.insert_rows(chunk).await?;
+                    }
+                    for chunk in chunked(letter_rows) {
+                        c.insert_rows(chunk).await?;
+                    }
+                    fail::fail_point!("storage-log-commit");
+                    Ok::<_, StorageError>(LogCommit::Committed)
+                })
+            })
+            .await;
+        match result {
+            Err(StorageError::Conflict(crate::Conflict::Duplicate(what)))
+                if what == "log_applied" =>
+            {
+                Ok(LogCommit::AlreadyCommitted)
+            }
+            other => other,
+        }
+    }
+
+    /// Forgets recorded sequences older than `age`: a message is redelivered
+    /// only within its consumer's ack wait times its deliveries, far less.
+    pub async fn forget_applied_sequences(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let cutoff = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                Ok::<_, StorageError>(
+                    diesel::delete(log_applied::table.filter(log_applied::applied_at.lt(cutoff)))
+                        .execute(c)
+                        .await?,
+                )
             })
         })
         .await

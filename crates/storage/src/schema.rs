@@ -104,6 +104,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    log_applied (stream, sequence) {
+        stream -> Text,
+        sequence -> BigInt,
+        applied_at -> BigInt,
+    }
+}
+
 diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(order_idempotency_keys -> orders (order_id));
 diesel::joinable!(warehouses -> products (product_id));
@@ -120,4 +128,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     event_log,
     log_producers,
     log_cursors,
+    log_applied,
 );

@@ -95,6 +95,16 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Events after the cursor.
     fn backlog(&self) -> impl Future<Output = Result<u64, SinkError>> + Send;
+
+    /// Whether several processes append to and consume this log (a
+    /// broker's). Then the log bounds its own backlog (an append past its
+    /// limit fails), this process's permits bound only its appends in
+    /// flight, and a process's counters cover the events it appended and
+    /// those it processed, which need not be the same. `false`: one process
+    /// owns the log, as the database log is owned.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// How the acknowledged path is sized.
@@ -167,6 +177,8 @@ struct Shared {
     /// Wakes the consumer after an append.
     appended: Notify,
     max_backlog: u64,
+    /// [`EventLog::shared`].
+    shared_log: bool,
 }
 
 impl LogIngest {
@@ -204,6 +216,7 @@ impl LogIngest {
             events: events as u64,
             permit,
             answer,
+            shared_log: self.shared.shared_log,
         })
     }
 
@@ -225,6 +238,8 @@ pub struct Pending {
     /// Its share of the backlog bound, returned if it never joins the log.
     permit: OwnedSemaphorePermit,
     answer: oneshot::Receiver<Result<Appended, SinkError>>,
+    /// A shared log bounds its own backlog: the permits come back now.
+    shared_log: bool,
 }
 
 impl Pending {
@@ -233,8 +248,12 @@ impl Pending {
         match self.answer.await.map_err(|_| LogError::ShuttingDown)?? {
             Appended::New => {
                 // The permits now belong to the backlog; the consumer
-                // returns them once the events are processed.
-                self.permit.forget();
+                // returns them once the events are processed. A shared log
+                // bounds its backlog itself, and any process may consume
+                // them: they come back at once.
+                if !self.shared_log {
+                    self.permit.forget();
+                }
                 Ok(Ack {
                     accepted: self.events,
                     duplicate: false,
@@ -264,7 +283,9 @@ pub(crate) async fn start<L: EventLog>(
     stop: watch::Receiver<bool>,
 ) -> Result<LogTasks, SinkError> {
     let max_backlog = config.max_backlog.max(MAX_BATCH_EVENTS);
-    let backlog = log.backlog().await?;
+    let shared_log = log.shared();
+    // A shared log's backlog is everyone's: not this process's to count.
+    let backlog = if shared_log { 0 } else { log.backlog().await? };
     let cursor = log.cursor().await?;
     // What an earlier run acknowledged and did not process is received and
     // in flight for this one.
@@ -275,6 +296,7 @@ pub(crate) async fn start<L: EventLog>(
         backlog: AtomicU64::new(backlog),
         appended: Notify::new(),
         max_backlog: max_backlog as u64,
+        shared_log,
     });
     let (writer, queue) = mpsc::channel(1_024);
     let ingest = LogIngest {
@@ -459,11 +481,13 @@ impl<L: EventLog> Consumer<L> {
                 dropped: 0,
             });
             self.shared.leave_backlog(taken);
-            self.permits.add_permits(
-                usize::try_from(taken)
-                    .unwrap_or(usize::MAX)
-                    .min(Semaphore::MAX_PERMITS),
-            );
+            if !self.shared.shared_log {
+                self.permits.add_permits(
+                    usize::try_from(taken)
+                        .unwrap_or(usize::MAX)
+                        .min(Semaphore::MAX_PERMITS),
+                );
+            }
             out.clear();
         }
         tracing::debug!(cursor = self.cursor, "event log consumer stopped");

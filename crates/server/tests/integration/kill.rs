@@ -19,10 +19,10 @@ use tokio_stream::StreamExt as _;
 use crate::support::{Server, run};
 
 const PRODUCERS: usize = 3;
-const BATCHES: u64 = 100;
-const EVENTS_PER_BATCH: u64 = 20;
+pub const BATCHES: u64 = 100;
+pub const EVENTS_PER_BATCH: u64 = 20;
 
-fn batch(producer: usize, sequence: u64) -> EventBatch {
+pub fn batch(producer: usize, sequence: u64) -> EventBatch {
     EventBatch {
         producer_id: format!("producer-{producer}"),
         sequence,
@@ -41,7 +41,7 @@ fn batch(producer: usize, sequence: u64) -> EventBatch {
 /// Streams the batches after `acked` until all are acknowledged or the
 /// stream breaks, counting each ack in `progress`; returns the last
 /// acknowledged sequence.
-async fn produce(
+pub async fn produce(
     mut client: orderflow_proto::EventClient,
     producer: usize,
     mut acked: u64,

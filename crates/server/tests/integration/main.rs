@@ -15,6 +15,7 @@
 mod catalog;
 mod faults;
 mod kill;
+mod nats;
 mod otlp;
 mod outage;
 mod pipeline;

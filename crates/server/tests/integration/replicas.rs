@@ -90,7 +90,7 @@ async fn walk(a: &mut OrderClient, readers: &mut [OrderClient], user: &str) {
     }
 }
 
-async fn health(server: &Server, name: &str) -> i32 {
+pub async fn health(server: &Server, name: &str) -> i32 {
     let mut client = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     client
         .check(tonic_health::pb::HealthCheckRequest {
@@ -102,7 +102,7 @@ async fn health(server: &Server, name: &str) -> i32 {
         .status
 }
 
-async fn wait_health(server: &Server, name: &str, status: i32) {
+pub async fn wait_health(server: &Server, name: &str, status: i32) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while health(server, name).await != status {
         assert!(Instant::now() < deadline, "{name} never reached {status}");

@@ -1,0 +1,347 @@
+//! The event log on NATS JetStream, for several replicas
+//! (`ORDERFLOW_EVENT_LOG=nats://host:4222`).
+//!
+//! - **Append**: each batch is one message on the stream's subject, its
+//!   events as canonical JSON lines. A batch with a producer id carries
+//!   `Nats-Msg-Id: <producer_id>/<sequence>`, so a retry within the stream's
+//!   duplicate window is acknowledged by JetStream as a duplicate and stored
+//!   once. The client's ack waits for JetStream's publish acknowledgement
+//!   (the message is stored, replicated as the stream is configured).
+//! - **Consume**: every replica pulls from one durable consumer, so the work
+//!   is shared. A message is acknowledged to JetStream only after its
+//!   outputs are committed, and the commit records the message's stream
+//!   sequence in the same database transaction (`log_applied`); a message
+//!   redelivered after a crash, or to a second replica while the first was
+//!   still committing, is recognised and stores nothing twice.
+//! - **Bounded**: the stream holds at most `max_batches` unconsumed batches
+//!   (work-queue retention, discard new): an append past it fails, and the
+//!   client hears UNAVAILABLE (`EVENT_LOG_UNAVAILABLE`) with a retry delay.
+//!   Each replica's permits bound only its own appends in flight
+//!   ([`EventLog::shared`]).
+//! - **Counted per replica**: a replica's pipeline counters cover what it
+//!   appended and what it processed, which differ when the work is shared;
+//!   the sum over replicas balances.
+//!
+//! The stream and the consumer are created on start if missing, with the
+//! settings in [`NatsSettings`]; existing ones are used as they are.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use domain::{DeadLetter, Event};
+use jetstream::message::PublishMessage;
+use storage::{Database, LogCommit, StorageError};
+use tokio_stream::StreamExt as _;
+use transform_engine::{Appended, EventLog, LogBatch, LogRecord, SinkError, SinkErrorKind};
+
+/// Where the stream and consumer live, and their limits.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// `nats://host:port`.
+    pub url: String,
+    /// The stream's name; its subject is `orderflow.events.<name>`.
+    pub stream: String,
+    /// Most batches in the stream not yet consumed.
+    pub max_batches: i64,
+    /// How long JetStream remembers a `Nats-Msg-Id` for de-duplication.
+    pub duplicate_window: Duration,
+    /// How long a pulled message may stay unacknowledged before JetStream
+    /// redelivers it (to any replica).
+    pub ack_wait: Duration,
+    /// The `blackhole` output: processed events are counted, not stored
+    /// (the applied sequences and dead letters still are).
+    pub discard_outputs: bool,
+}
+
+impl NatsSettings {
+    /// The durable consumer every replica shares.
+    const CONSUMER: &'static str = "orderflow-pipeline";
+
+    fn subject(&self) -> String {
+        format!("orderflow.events.{}", self.stream)
+    }
+}
+
+/// The log; see the module documentation.
+pub struct NatsLog {
+    context: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
+    subject: String,
+    stream: String,
+    db: Database,
+    /// Pulled and not yet acknowledged, by stream sequence.
+    pending: Mutex<BTreeMap<i64, jetstream::Message>>,
+    /// The client, for its connection state (health).
+    client: async_nats::Client,
+    discard_outputs: bool,
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> SinkError {
+    SinkError {
+        message: format!("{what}: {error}"),
+        kind: SinkErrorKind::Unavailable,
+    }
+}
+
+impl NatsLog {
+    /// Connects, and creates the stream and consumer if missing.
+    ///
+    /// # Errors
+    /// When NATS cannot be reached or refuses the stream's configuration.
+    pub async fn open(settings: &NatsSettings, db: Database) -> Result<Self, SinkError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|e| unavailable("cannot connect to NATS", e))?;
+        let context = jetstream::new(client.clone());
+        let stream = context
+            .get_or_create_stream(jetstream::stream::Config {
+                name: settings.stream.clone(),
+                subjects: vec![settings.subject()],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::File,
+                discard: jetstream::stream::DiscardPolicy::New,
+                max_messages: settings.max_batches,
+                duplicate_window: settings.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot create the JetStream stream", e))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                NatsSettings::CONSUMER,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(NatsSettings::CONSUMER.to_owned()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: settings.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| unavailable("cannot create the JetStream consumer", e))?;
+        Ok(Self {
+            context,
+            consumer,
+            subject: settings.subject(),
+            stream: settings.stream.clone(),
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+            client,
+            discard_outputs: settings.discard_outputs,
+        })
+    }
+
+    /// Whether the connection to NATS is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, jetstream::Message>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn encode(events: &[Event]) -> Result<Bytes, SinkError> {
+    let mut body = String::new();
+    for event in events {
+        let line = event.to_json().map_err(|e| SinkError {
+            message: e.to_string(),
+            kind: SinkErrorKind::Rejected,
+        })?;
+        body.push_str(&line);
+        body.push('\n');
+    }
+    Ok(Bytes::from(body))
+}
+
+fn storage_error(error: StorageError) -> SinkError {
+    let kind = match error {
+        StorageError::Unavailable(_) | StorageError::Misconfigured(_) => SinkErrorKind::Unavailable,
+        StorageError::OutcomeUnknown(_) => SinkErrorKind::OutcomeUnknown,
+        _ => SinkErrorKind::Rejected,
+    };
+    SinkError {
+        message: error.to_string(),
+        kind,
+    }
+}
+
+/// How long a pull waits for messages before answering with fewer.
+const FETCH_WAIT: Duration = Duration::from_millis(100);
+
+impl EventLog for NatsLog {
+    async fn append(&self, batches: &[LogBatch]) -> Result<Vec<Appended>, SinkError> {
+        // The client would buffer publishes while it reconnects and answer
+        // only when its request times out; a client must hear at once that
+        // nothing was stored.
+        if !self.is_connected() {
+            return Err(unavailable("NATS is unreachable", "reconnecting"));
+        }
+        // Publish all, then await the acks: JetStream stores them in order
+        // and answers each.
+        let mut acks = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut message = PublishMessage::build().payload(encode(&batch.events)?);
+            if let Some((producer, sequence)) = &batch.producer {
+                message = message.message_id(format!("{producer}/{sequence}"));
+            }
+            let ack = self
+                .context
+                .send_publish(self.subject.clone(), message)
+                .await
+                .map_err(|e| unavailable("publishing to JetStream failed", e))?;
+            // (A full stream answers in the ack below.)
+            acks.push(ack);
+        }
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let ack = ack.await.map_err(|e| {
+                let text = e.to_string();
+                if text.contains("maximum messages") || text.contains("maximum bytes") {
+                    // Refused, nothing stored: the stream is at its bound.
+                    unavailable("the JetStream event stream is full; retry later", text)
+                } else {
+                    SinkError {
+                        // Sent, not confirmed: JetStream may have stored it;
+                        // a retry with the same id is de-duplicated.
+                        message: format!("JetStream did not confirm the publish: {text}"),
+                        kind: SinkErrorKind::OutcomeUnknown,
+                    }
+                }
+            })?;
+            outcomes.push(if ack.duplicate {
+                Appended::Duplicate
+            } else {
+                Appended::New
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn read(&self, _after: i64, limit: u32) -> Result<Vec<LogRecord>, SinkError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(usize::try_from(limit).unwrap_or(64))
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+            .map_err(|e| unavailable("pulling from JetStream failed", e))?;
+        let mut fetched = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| unavailable("pulling from JetStream failed", e))?;
+            let sequence = message
+                .info()
+                .map_err(|e| unavailable("a JetStream message without its metadata", e))?
+                .stream_sequence;
+            fetched.push((i64::try_from(sequence).unwrap_or(i64::MAX), message));
+        }
+        if fetched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sequences: Vec<i64> = fetched.iter().map(|(s, _)| *s).collect();
+        let applied = self
+            .db
+            .applied_sequences(&self.stream, &sequences)
+            .await
+            .map_err(storage_error)?;
+        let mut records = Vec::with_capacity(fetched.len());
+        let mut pending = Vec::with_capacity(fetched.len());
+        for (sequence, message) in fetched {
+            if applied.contains(&sequence) {
+                // Committed before (its ack was lost): acknowledge, skip.
+                if let Err(error) = message.ack().await {
+                    tracing::debug!(%error, sequence, "could not acknowledge an applied message");
+                }
+                continue;
+            }
+            let events = match Event::parse_json_lines(&message.payload) {
+                Ok(events) => events,
+                Err(error) => {
+                    // Never written by orderflow: park it for good rather
+                    // than redeliver it for ever.
+                    tracing::error!(%error, sequence, "an unreadable message in the event stream; terminating it");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            records.push(LogRecord {
+                position: sequence,
+                events,
+            });
+            pending.push((sequence, message));
+        }
+        self.pending().extend(pending);
+        records.sort_by_key(|r| r.position);
+        Ok(records)
+    }
+
+    async fn commit(
+        &self,
+        through: i64,
+        events: &[Event],
+        letters: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        let taken: Vec<(i64, jetstream::Message)> = {
+            let mut pending = self.pending();
+            let rest = pending.split_off(&(through.saturating_add(1)));
+            let taken = std::mem::replace(&mut *pending, rest);
+            taken.into_iter().collect()
+        };
+        let sequences: Vec<i64> = taken.iter().map(|(s, _)| *s).collect();
+        let events = if self.discard_outputs { &[] } else { events };
+        let committed = self
+            .db
+            .commit_applied(&self.stream, &sequences, events, letters)
+            .await;
+        match committed {
+            Ok(LogCommit::Committed) => {
+                for (sequence, message) in taken {
+                    // A lost ack means a redelivery, which `read` filters.
+                    if let Err(error) = message.ack().await {
+                        tracing::debug!(%error, sequence, "could not acknowledge a committed message");
+                    }
+                }
+                Ok(())
+            }
+            Ok(LogCommit::AlreadyCommitted) => {
+                // Another replica committed some of these meanwhile:
+                // nothing was stored; let JetStream deliver them again, and
+                // `read` sorts the applied from the rest.
+                for (_, message) in taken {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Not committed (or unknown): keep them for the repeat.
+                self.pending().extend(taken);
+                Err(storage_error(error))
+            }
+        }
+    }
+
+    async fn cursor(&self) -> Result<i64, SinkError> {
+        Ok(0)
+    }
+
+    async fn backlog(&self) -> Result<u64, SinkError> {
+        let info = self
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| unavailable("JetStream consumer info", e))?;
+        Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}

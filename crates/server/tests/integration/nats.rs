@@ -1,0 +1,229 @@
+//! The event log on NATS JetStream, shared by two replicas: producers
+//! stream acknowledged batches through both, one replica is SIGKILLed
+//! mid-run and restarted, every unacknowledged batch is re-sent with its
+//! sequence; the stored events are then exactly the acknowledged ones. NATS
+//! is the real server on 127.0.0.1:4222 (`.ci/run` starts it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use test_support::TestDb;
+
+use crate::kill::{BATCHES, EVENTS_PER_BATCH, produce};
+use crate::support::{Server, run};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+const PRODUCERS: usize = 4;
+
+/// `None` (skipping, saying why) without a NATS server, unless
+/// `ORDERFLOW_REQUIRE_NATS=1`.
+async fn nats() -> Option<async_nats::Client> {
+    match async_nats::connect(NATS).await {
+        Ok(client) => Some(client),
+        Err(error) => {
+            assert!(
+                std::env::var("ORDERFLOW_REQUIRE_NATS").as_deref() != Ok("1"),
+                "ORDERFLOW_REQUIRE_NATS=1 but NATS is not reachable at {NATS}: {error}"
+            );
+            eprintln!("skipped: no NATS at {NATS} ({error})");
+            None
+        }
+    }
+}
+
+/// Deletes the test's stream when dropped.
+struct Stream {
+    name: String,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(client) = async_nats::connect(NATS).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&name)
+                        .await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+fn stored(db: &TestDb) -> HashMap<String, usize> {
+    let (status, stdout, stderr) = run(db, &["events", "export"], None);
+    assert!(status.success(), "{stderr}");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for line in String::from_utf8(stdout).unwrap().lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        *seen
+            .entry(value["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    if nats().await.is_none() {
+        return;
+    }
+    let stream = Stream {
+        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
+    };
+    let env = [
+        ("ORDERFLOW_EVENT_LOG", NATS),
+        ("ORDERFLOW_NATS_STREAM", stream.name.as_str()),
+        // The killed replica's pulled batches go to the other one soon.
+        ("ORDERFLOW_NATS_ACK_WAIT", "2s"),
+    ];
+    let a = Server::start(&db, &env);
+    let b = Server::start(&db, &env);
+    // Producers alternate between the replicas.
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let server = if producer % 2 == 0 { &a } else { &b };
+        let client = server.events().await;
+        producers.push(tokio::spawn(produce(
+            client,
+            producer,
+            0,
+            Arc::clone(&progress),
+        )));
+    }
+    let total = PRODUCERS as u64 * BATCHES;
+    let kill_at = rand::random_range(total / 10..total / 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(Ordering::Relaxed) < kill_at {
+        assert!(Instant::now() < deadline, "no progress to kill at");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    b.kill();
+    let mut acked = Vec::new();
+    for handle in producers {
+        acked.push(handle.await.unwrap());
+    }
+    eprintln!("killed B after {kill_at} acks; acknowledged up to {acked:?}");
+    assert!(acked.iter().sum::<u64>() < total, "killed mid-run");
+
+    // B again; every producer resumes after its last ack, on its replica.
+    let b = Server::start(&db, &env);
+    let mut producers = Vec::new();
+    for (producer, from) in acked.iter().enumerate() {
+        let server = if producer % 2 == 0 { &a } else { &b };
+        let client = server.events().await;
+        producers.push(tokio::spawn(produce(
+            client,
+            producer,
+            *from,
+            Arc::clone(&progress),
+        )));
+    }
+    for handle in producers {
+        assert_eq!(handle.await.unwrap(), BATCHES);
+    }
+
+    // Both replicas consume; wait until the store holds every event.
+    let expected = PRODUCERS as u64 * BATCHES * EVENTS_PER_BATCH;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = stored(&db);
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "stored twice: {twice:?}");
+        if seen.len() as u64 == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} events stored",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing arrives late and doubles up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = stored(&db);
+    assert_eq!(seen.len() as u64, expected);
+    assert!(seen.values().all(|n| *n == 1), "an event stored twice");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_out_of_reach_answers_unavailable_and_not_serving_then_recovers() {
+    use orderflow_proto::proto::EventBatch;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    if nats().await.is_none() {
+        return;
+    }
+    let stream = Stream {
+        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
+    };
+    let proxy = crate::proxy::Proxy::start("127.0.0.1:4222").await;
+    let through = format!("nats://127.0.0.1:{}", proxy.port);
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_EVENT_LOG", through.as_str()),
+            ("ORDERFLOW_NATS_STREAM", stream.name.as_str()),
+        ],
+    );
+    let mut events = server.events().await;
+    let batch = |sequence: u64| EventBatch {
+        sequence,
+        ..crate::kill::batch(0, sequence)
+    };
+    events.publish_event_batch(batch(1)).await.unwrap();
+
+    proxy.set(crate::proxy::Mode::Cut);
+    crate::replicas::wait_health(&server, "orderflow.v1.EventService", 2).await;
+    let started = Instant::now();
+    let mut request = tonic::Request::new(batch(2));
+    request.set_timeout(Duration::from_secs(5));
+    let status = events.publish_event_batch(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        orderflow_proto::reason(&status),
+        Some(orderflow_proto::Reason::EventLogUnavailable)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the deadline"
+    );
+    // Orders do not need NATS.
+    assert_eq!(crate::replicas::health(&server, "readiness").await, 1);
+
+    proxy.set(crate::proxy::Mode::Up);
+    crate::replicas::wait_health(&server, "orderflow.v1.EventService", 1).await;
+    let ack = events
+        .publish_event_batch(batch(2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.duplicate);
+    let expected = 2 * EVENTS_PER_BATCH as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&db).len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "the batches were not processed after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored(&db).len(), expected);
+}
