@@ -7,6 +7,7 @@
 
 mod batches;
 mod coherence;
+mod jetstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +45,11 @@ enum Workload {
     /// `--read-targets` replica returns the new version (`--requests`
     /// writes; default 1,000).
     Coherence,
+    /// No orderflow at all: JetStream itself, publishing `--batch`-event
+    /// messages (the event log's encoding and `Nats-Msg-Id`s) with
+    /// `--window` acks in flight, while a pull consumer acknowledges them:
+    /// the baseline for acknowledged ingest on the JetStream log.
+    JetstreamBaseline,
 }
 
 /// Parses `get-hit=80,create=10,publish=5,health=5` into (workload, weight).
@@ -87,7 +93,10 @@ impl Call {
             Workload::GetHit | Workload::GetMiss => Some(Self::GetOrder),
             Workload::Create => Some(Self::Create),
             Workload::Publish => Some(Self::Publish),
-            Workload::Mix | Workload::StreamBatches | Workload::Coherence => None,
+            Workload::Mix
+            | Workload::StreamBatches
+            | Workload::Coherence
+            | Workload::JetstreamBaseline => None,
         }
     }
 }
@@ -162,6 +171,13 @@ struct Args {
     /// coherence: how long a reader may lag before the run fails.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     bound: Duration,
+    /// jetstream-baseline: the NATS server.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Delete this JetStream stream on `--nats-url` and exit (benchmarks
+    /// clean up the streams their servers created).
+    #[arg(long)]
+    delete_stream: Option<String>,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -189,6 +205,34 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(stream) = &args.delete_stream {
+        return jetstream::delete_stream(&args.nats_url, stream).await;
+    }
+    if args.workload == Workload::JetstreamBaseline {
+        let report =
+            jetstream::baseline(&args.nats_url, args.batch, args.window, args.duration).await?;
+        let rate = report.events as f64 / report.seconds;
+        let consumed = report.consumed as f64 / report.seconds;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "workload": "JetstreamBaseline",
+                    "events": report.events,
+                    "seconds": report.seconds,
+                    "events_per_second": rate,
+                    "consumed_per_second": consumed,
+                    "bytes_per_event": report.bytes_per_event,
+                })
+            );
+        } else {
+            println!(
+                "JetStream baseline: {} events acknowledged in {:.1}s = {rate:.0} events/s; consumed {consumed:.0} events/s; {} bytes per event",
+                report.events, report.seconds, report.bytes_per_event
+            );
+        }
+        return Ok(());
+    }
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
         let mut client = Client::builder(args.target.clone());
@@ -308,7 +352,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stream-batches workload (see `batches.rs`), with the same summary.
+/// The coherence workload (see `coherence.rs`).
 async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
     let writer = writers.first().context("no connection")?;
     let mut readers = Vec::with_capacity(args.read_targets.len());
@@ -360,6 +404,7 @@ async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The stream-batches workload (see `batches.rs`), with the same summary.
 async fn run_batches(args: &Args, channels: &[Client]) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.requests.is_none(),
