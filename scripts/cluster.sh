@@ -11,13 +11,18 @@
 # 127.0.0.1:$((9470 + i)); logs and pids live in .cluster/. The database is
 # $CLUSTER_DATABASE_URL (default: schema `cluster` of the local `test`
 # database, created if missing). Every replica runs the order cache's change
-# feed, so a write through one is read through the others.
+# feed, so a write through one is read through the others, and they share one
+# JetStream stream for acknowledged ingest ($ORDERFLOW_EVENT_LOG, default the
+# local NATS, started if down; stream $ORDERFLOW_NATS_STREAM, default
+# CLUSTER_<schema>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.cluster
 base=${CLUSTER_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 schema=${CLUSTER_SCHEMA:-cluster}
 bin=${ORDERFLOW_BIN:-target/release/orderflow}
+export ORDERFLOW_EVENT_LOG=${ORDERFLOW_EVENT_LOG:-nats://127.0.0.1:4222}
+export ORDERFLOW_NATS_STREAM=${ORDERFLOW_NATS_STREAM:-CLUSTER_${schema^^}}
 
 url() {
     case "$base" in
@@ -29,6 +34,7 @@ url() {
 up() {
     local n=${1:-3}
     [ -n "${ORDERFLOW_BIN:-}" ] || cargo build --quiet --release -p server
+    case "$ORDERFLOW_EVENT_LOG" in nats://127.0.0.1:4222) scripts/ensure-nats.sh ;; esac
     mkdir -p "$dir"
     PGOPTIONS="-c client_min_messages=warning" psql -q "$base" -c "CREATE SCHEMA IF NOT EXISTS $schema" >/dev/null
     # Migrate once before the replicas race to (they would serialise on the
@@ -98,5 +104,5 @@ case "${1:-}" in
     up) up "${2:-3}" ;;
     status) status ;;
     down) down ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
-//! The event log on NATS JetStream, shared by two replicas: producers
-//! stream acknowledged batches through both, one replica is SIGKILLed
-//! mid-run and restarted, every unacknowledged batch is re-sent with its
-//! sequence; the stored events are then exactly the acknowledged ones. NATS
-//! is the real server on 127.0.0.1:4222 (`.ci/run` starts it).
+//! The event log on NATS JetStream, shared by three replicas: producers
+//! stream acknowledged batches through two of them, one of those is
+//! SIGKILLed mid-run and restarted, every unacknowledged batch is re-sent
+//! with its sequence; the stored events are then exactly the acknowledged
+//! ones. Then NATS is cut off through a proxy. NATS is the real server on
+//! 127.0.0.1:4222 (`.ci/run` starts it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ fn stored(db: &TestDb) -> HashMap<String, usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
+async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
@@ -91,7 +92,9 @@ async fn two_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
     ];
     let a = Server::start(&db, &env);
     let b = Server::start(&db, &env);
-    // Producers alternate between the replicas.
+    // A third replica takes no producers: it only consumes its share.
+    let c = Server::start(&db, &env);
+    // Producers alternate between A and B.
     let progress = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
     for producer in 0..PRODUCERS {
@@ -160,6 +163,7 @@ async fn two_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
     assert!(seen.values().all(|n| *n == 1), "an event stored twice");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
+    assert!(c.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
