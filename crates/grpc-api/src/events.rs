@@ -89,6 +89,15 @@ async fn next_message<T>(stream: &mut Streaming<T>, idle: Duration) -> Result<Op
     }
 }
 
+/// `error`, its message saying how many events of the stream were accepted
+/// before it (they stay accepted); code and details kept.
+fn after_accepted(error: &Status, accepted: u64) -> Status {
+    status::with_message(
+        error,
+        format!("{} ({accepted} events accepted before it)", error.message()),
+    )
+}
+
 /// One place in a stream's ack order.
 enum Next {
     /// A batch on its way into the log, with its sequence.
@@ -107,33 +116,14 @@ impl EventService for EventApi {
             let mut stream = request.into_inner();
             let mut counts = PublishEventsResponse::default();
             let mut index = 0usize;
-            while let Some(message) =
-                next_message(&mut stream, self.stream_idle)
-                    .await
-                    .map_err(|error| {
-                        status::with_message(
-                            &error,
-                            format!(
-                                "{} ({} events accepted before it)",
-                                error.message(),
-                                counts.accepted
-                            ),
-                        )
-                    })?
+            while let Some(message) = next_message(&mut stream, self.stream_idle)
+                .await
+                .map_err(|error| after_accepted(&error, counts.accepted))?
             {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
                 let event = convert::event_from_wire(message, &format!("events[{index}]."))
-                    .map_err(|error| {
-                        status::with_message(
-                            &error,
-                            format!(
-                                "{} ({} events accepted before it)",
-                                error.message(),
-                                counts.accepted
-                            ),
-                        )
-                    })?;
+                    .map_err(|error| after_accepted(&error, counts.accepted))?;
                 match self.ingest.submit(event).await.map_err(status::ingest)? {
                     Admission::Accepted => counts.accepted += 1,
                     Admission::Dropped => counts.dropped += 1,

@@ -33,7 +33,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use domain::{DeadLetter, Event};
 use jetstream::message::PublishMessage;
-use storage::{Database, LogCommit, StorageError};
+use storage::{Database, LogCommit};
 use tokio_stream::StreamExt as _;
 use transform_engine::{Appended, EventLog, LogBatch, LogRecord, SinkError, SinkErrorKind};
 
@@ -161,18 +161,6 @@ fn encode(events: &[Event]) -> Result<Bytes, SinkError> {
     Ok(Bytes::from(body))
 }
 
-fn storage_error(error: StorageError) -> SinkError {
-    let kind = match error {
-        StorageError::Unavailable(_) | StorageError::Misconfigured(_) => SinkErrorKind::Unavailable,
-        StorageError::OutcomeUnknown(_) => SinkErrorKind::OutcomeUnknown,
-        _ => SinkErrorKind::Rejected,
-    };
-    SinkError {
-        message: error.to_string(),
-        kind,
-    }
-}
-
 /// How long a pull waits for messages before answering with fewer.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
 
@@ -251,7 +239,7 @@ impl EventLog for NatsLog {
             .db
             .applied_sequences(&self.stream, &sequences)
             .await
-            .map_err(storage_error)?;
+            .map_err(crate::sinks::sink_error)?;
         let mut records = Vec::with_capacity(fetched.len());
         let mut pending = Vec::with_capacity(fetched.len());
         for (sequence, message) in fetched {
@@ -323,7 +311,7 @@ impl EventLog for NatsLog {
             Err(error) => {
                 // Not committed (or unknown): keep them for the repeat.
                 self.pending().extend(taken);
-                Err(storage_error(error))
+                Err(crate::sinks::sink_error(error))
             }
         }
     }

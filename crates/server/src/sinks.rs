@@ -38,7 +38,7 @@ pub struct StoreSink {
 /// writes) or whose commit went unconfirmed (`OutcomeUnknown`; the stores
 /// are idempotent per write id) is worth repeating; anything else is
 /// refused for good.
-fn sink_error(error: StorageError) -> SinkError {
+pub(crate) fn sink_error(error: StorageError) -> SinkError {
     let kind = match error {
         // A database that stopped taking writes (made read-only, a role
         // revoked) may be fixed while the engine waits: keep trying.

@@ -19,6 +19,37 @@ mod tls;
 #[cfg(feature = "tls")]
 pub use tls::{Issued, TestCa};
 
+/// Every `.rs` file under the `src/` of every workspace crate, for checks
+/// over the sources (module docs, emitted metric names). `crates` is the
+/// workspace's `crates/` directory.
+///
+/// # Panics
+/// If a directory cannot be read.
+#[allow(
+    clippy::unwrap_used,
+    reason = "test support: an unreadable tree fails the test"
+)]
+pub fn workspace_sources(crates: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(crates).unwrap() {
+        let src = krate.unwrap().path().join("src");
+        if src.is_dir() {
+            walk(&src, &mut files);
+        }
+    }
+    files
+}
+
 /// The project's copy of the legacy event fixture: 500 stored events, each
 /// of which must load and write back byte for byte.
 pub const LEGACY_EVENTS: &str = include_str!("../data/legacy-events.jsonl");

@@ -2,7 +2,7 @@
 //! emits is in it, and every one has HELP and TYPE on `/metrics` from
 //! start-up, before any request.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use server::telemetry::{Kind, METRICS};
 use test_support::TestDb;
@@ -32,27 +32,10 @@ fn emitted_names(source: &str) -> Vec<String> {
     names
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn every_emitted_metric_is_in_the_catalog() {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = Vec::new();
-    for krate in std::fs::read_dir(&crates).unwrap() {
-        let src = krate.unwrap().path().join("src");
-        if src.is_dir() {
-            rust_files(&src, &mut files);
-        }
-    }
+    let files = test_support::workspace_sources(&crates);
     let mut emitted = Vec::new();
     for file in &files {
         for name in emitted_names(&std::fs::read_to_string(file).unwrap()) {

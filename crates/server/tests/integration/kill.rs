@@ -6,7 +6,6 @@
 //! acknowledged ones (the built-in pipeline keeps every event): none
 //! missing, none twice.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use rand::Rng as _;
 use test_support::TestDb;
 use tokio_stream::StreamExt as _;
 
-use crate::support::{Server, run};
+use crate::support::Server;
 
 const PRODUCERS: usize = 3;
 pub const BATCHES: u64 = 100;
@@ -133,15 +132,7 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
     }
     assert!(server.terminate().success());
 
-    let (status, stdout, stderr) = run(db, &["events", "export"], None);
-    assert!(status.success(), "{stderr}");
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for line in String::from_utf8(stdout).unwrap().lines() {
-        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-        *seen
-            .entry(value["event_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
+    let seen = crate::support::stored_event_ids(db);
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
     let expected = PRODUCERS as u64 * BATCHES * EVENTS_PER_BATCH;

@@ -5,7 +5,6 @@
 //! ones. Then NATS is cut off through a proxy. NATS is the real server on
 //! 127.0.0.1:4222 (`.ci/run` starts it).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use test_support::TestDb;
 
 use crate::kill::{BATCHES, EVENTS_PER_BATCH, produce};
-use crate::support::{Server, run};
+use crate::support::Server;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const PRODUCERS: usize = 4;
@@ -42,47 +41,31 @@ struct Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let name = self.name.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = async_nats::connect(NATS).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&name)
-                        .await;
-                }
-            });
-        })
-        .join()
-        .unwrap();
+        crate::support::on_own_runtime(async move {
+            if let Ok(client) = async_nats::connect(NATS).await {
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&name)
+                    .await;
+            }
+        });
     }
 }
 
-fn stored(db: &TestDb) -> HashMap<String, usize> {
-    let (status, stdout, stderr) = run(db, &["events", "export"], None);
-    assert!(status.success(), "{stderr}");
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for line in String::from_utf8(stdout).unwrap().lines() {
-        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-        *seen
-            .entry(value["event_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    seen
+/// A PostgreSQL test database and a stream of the test's own; `None`
+/// (skipping) without either.
+async fn setup() -> Option<(TestDb, Stream)> {
+    let db = TestDb::postgres().await?;
+    nats().await?;
+    let stream = Stream {
+        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
+    };
+    Some((db, stream))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill() {
-    let Some(db) = TestDb::postgres().await else {
+    let Some((db, stream)) = setup().await else {
         return;
-    };
-    if nats().await.is_none() {
-        return;
-    }
-    let stream = Stream {
-        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
     };
     let env = [
         ("ORDERFLOW_EVENT_LOG", NATS),
@@ -143,7 +126,7 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
     let expected = PRODUCERS as u64 * BATCHES * EVENTS_PER_BATCH;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen = stored(&db);
+        let seen = crate::support::stored_event_ids(&db);
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "stored twice: {twice:?}");
         if seen.len() as u64 == expected {
@@ -158,7 +141,7 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
     }
     // Nothing arrives late and doubles up.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let seen = stored(&db);
+    let seen = crate::support::stored_event_ids(&db);
     assert_eq!(seen.len() as u64, expected);
     assert!(seen.values().all(|n| *n == 1), "an event stored twice");
     assert!(a.terminate().success());
@@ -169,14 +152,8 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_out_of_reach_answers_unavailable_and_not_serving_then_recovers() {
     use orderflow_proto::proto::EventBatch;
-    let Some(db) = TestDb::postgres().await else {
+    let Some((db, stream)) = setup().await else {
         return;
-    };
-    if nats().await.is_none() {
-        return;
-    }
-    let stream = Stream {
-        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
     };
     let proxy = crate::proxy::Proxy::start("127.0.0.1:4222").await;
     let through = format!("nats://127.0.0.1:{}", proxy.port);
@@ -222,12 +199,12 @@ async fn nats_out_of_reach_answers_unavailable_and_not_serving_then_recovers() {
     assert!(!ack.duplicate);
     let expected = 2 * EVENTS_PER_BATCH as usize;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stored(&db).len() < expected {
+    while crate::support::stored_event_ids(&db).len() < expected {
         assert!(
             Instant::now() < deadline,
             "the batches were not processed after recovery"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(stored(&db).len(), expected);
+    assert_eq!(crate::support::stored_event_ids(&db).len(), expected);
 }

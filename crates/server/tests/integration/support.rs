@@ -166,3 +166,31 @@ pub fn run(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// How many times each event id is in `events export` of `db`.
+pub fn stored_event_ids(db: &TestDb) -> std::collections::HashMap<String, usize> {
+    let (status, stdout, stderr) = run(db, &["events", "export"], None);
+    assert!(status.success(), "{stderr}");
+    let mut seen = std::collections::HashMap::new();
+    for line in String::from_utf8(stdout).unwrap().lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        *seen
+            .entry(value["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+/// Runs `work` to completion on a runtime of its own, on a thread of its
+/// own: for clean-up in `Drop`, which runs inside a test's runtime.
+pub fn on_own_runtime<F: std::future::Future<Output = ()> + Send + 'static>(work: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join()
+    .unwrap();
+}

@@ -67,24 +67,16 @@ impl PostgresCertificate {
 impl Drop for PostgresCertificate {
     fn drop(&mut self) {
         let url = self.base_url.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let admin = Database::open(StoreConfig::new(url));
-                for statement in [
-                    "ALTER SYSTEM RESET ssl_cert_file",
-                    "ALTER SYSTEM RESET ssl_key_file",
-                    "SELECT pg_reload_conf()",
-                ] {
-                    admin.execute_raw(statement).await.unwrap();
-                }
-            });
-        })
-        .join()
-        .unwrap();
+        crate::support::on_own_runtime(async move {
+            let admin = Database::open(StoreConfig::new(url));
+            for statement in [
+                "ALTER SYSTEM RESET ssl_cert_file",
+                "ALTER SYSTEM RESET ssl_key_file",
+                "SELECT pg_reload_conf()",
+            ] {
+                admin.execute_raw(statement).await.unwrap();
+            }
+        });
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
