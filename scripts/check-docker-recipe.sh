@@ -38,7 +38,9 @@ echo "== builder: full sources, release build"
 copy_sources "$scratch/builder"
 log=$(mktemp)
 (cd "$scratch/builder" && cargo build --release --locked --package server --bin orderflow 2>&1 | tee "$log")
-workspace='^(domain|storage|transform-engine|grpc-api|server)$'
+# Every crate under crates/ is a workspace crate (the folder name is the
+# package name), so the list cannot fall behind a new crate.
+workspace="^($(ls crates | paste -sd'|'))$"
 compiled() { sed -n 's/^ *Compiling \([^ ]*\) v.*/\1/p' "$1" | sort -u; }
 rebuilt_deps=$(compiled "$log" | grep -Ev "$workspace" || true)
 if [ -n "$rebuilt_deps" ]; then
