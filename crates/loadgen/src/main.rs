@@ -124,6 +124,10 @@ struct Args {
     /// The bearer token, for a server started with ORDERFLOW_AUTH_TOKEN.
     #[arg(long)]
     token: Option<String>,
+    /// For an `https://` target: the PEM CA that signed the server's
+    /// certificate (default: the system's roots).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// The workload.
     #[arg(long, value_enum)]
     workload: Workload,
@@ -235,11 +239,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
-        let mut client = Client::builder(args.target.clone());
-        if let Some(token) = &args.token {
-            client = client.bearer_token(token.clone());
-        }
-        let channel = client.connect().await.context("--target")?;
+        let channel = client_for(&args, &args.target)?
+            .connect()
+            .await
+            .context("--target")?;
         channels.push(channel);
     }
     if args.workload == Workload::StreamBatches {
@@ -352,17 +355,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How to reach `target`: the bearer token, and for `https://` TLS
+/// trusting `--tls-ca` (or the system's roots).
+fn client_for(args: &Args, target: &str) -> anyhow::Result<orderflow_proto::ClientBuilder> {
+    let mut client = Client::builder(target.to_owned());
+    if let Some(token) = &args.token {
+        client = client.bearer_token(token.clone());
+    }
+    if let Some(ca) = &args.tls_ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("--tls-ca: cannot read {}", ca.display()))?;
+        client = client.tls(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        );
+    }
+    Ok(client)
+}
+
 /// The coherence workload (see `coherence.rs`).
 async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
     let writer = writers.first().context("no connection")?;
     let mut readers = Vec::with_capacity(args.read_targets.len());
     for target in &args.read_targets {
-        let mut client = Client::builder(target.clone());
-        if let Some(token) = &args.token {
-            client = client.bearer_token(token.clone());
-        }
         readers.push(
-            client
+            client_for(args, target)?
                 .connect()
                 .await
                 .with_context(|| format!("--read-targets {target}"))?,
