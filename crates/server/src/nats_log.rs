@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::sinks::Output;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use domain::{DeadLetter, Event};
@@ -51,9 +52,10 @@ pub struct NatsSettings {
     /// How long a pulled message may stay unacknowledged before JetStream
     /// redelivers it (to any replica).
     pub ack_wait: Duration,
-    /// The `blackhole` output: processed events are counted, not stored
-    /// (the applied sequences and dead letters still are).
-    pub discard_outputs: bool,
+    /// Where processed events go (`ORDERFLOW_EVENT_SINK`, as for the
+    /// database log): `blackhole` counts them without storing them (the
+    /// applied sequences and dead letters are still stored).
+    pub output: Output,
 }
 
 impl NatsSettings {
@@ -76,7 +78,7 @@ pub struct NatsLog {
     pending: Mutex<BTreeMap<i64, jetstream::Message>>,
     /// The client, for its connection state (health).
     client: async_nats::Client,
-    discard_outputs: bool,
+    output: Output,
 }
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> SinkError {
@@ -132,7 +134,7 @@ impl NatsLog {
             db,
             pending: Mutex::new(BTreeMap::new()),
             client,
-            discard_outputs: settings.discard_outputs,
+            output: settings.output,
         })
     }
 
@@ -284,7 +286,10 @@ impl EventLog for NatsLog {
             taken.into_iter().collect()
         };
         let sequences: Vec<i64> = taken.iter().map(|(s, _)| *s).collect();
-        let events = if self.discard_outputs { &[] } else { events };
+        let events = match self.output {
+            Output::Database => events,
+            Output::Blackhole => &[],
+        };
         let committed = self
             .db
             .commit_applied(&self.stream, &sequences, events, letters)
@@ -320,6 +325,9 @@ impl EventLog for NatsLog {
         Ok(0)
     }
 
+    /// Batches (messages) not yet acknowledged by any replica. The engine
+    /// does not count a shared log's backlog as its own, so this serves
+    /// only callers that want the stream's state.
     async fn backlog(&self) -> Result<u64, SinkError> {
         let info = self
             .consumer

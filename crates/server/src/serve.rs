@@ -218,7 +218,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     max_batches: settings.nats_max_batches,
                     duplicate_window: Duration::from_secs(120),
                     ack_wait: *settings.nats_ack_wait,
-                    discard_outputs: settings.event_sink == crate::sinks::Output::Blackhole,
+                    output: settings.event_sink,
                 },
                 db.clone(),
             )
