@@ -14,6 +14,7 @@
 //! cannot create label values at will.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -53,23 +54,32 @@ pub const RPC_METHODS: [(&str, &str); 17] = [
 /// (`/orderflow.v1.OrderService/GetOrder`), from the fixed list of methods
 /// served; `("unknown", "unknown")` for any other path.
 pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    RPC_METHODS
-        .iter()
-        .find(|(s, m)| *s == service && *m == method)
-        .map_or(("unknown", "unknown"), |(s, m)| (*s, *m))
+    labels_at(rpc_index(path))
 }
 
 /// Records every RPC; see the module documentation. Put it outside every
-/// other layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MetricsLayer;
+/// other layer, and build it after the metrics recorder is installed: it
+/// keeps the recorder's handles for each method (and code) it has seen, so a
+/// request costs no label lookup in the recorder's registry.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsLayer {
+    handles: Arc<Handles>,
+}
+
+impl MetricsLayer {
+    /// A layer with no handles yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl<S> tower::Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
     fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics { inner }
+        Metrics {
+            inner,
+            handles: Arc::clone(&self.handles),
+        }
     }
 }
 
@@ -77,6 +87,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct Metrics<S> {
     inner: S,
+    handles: Arc<Handles>,
 }
 
 impl<S, B> tower::Service<Request<B>> for Metrics<S>
@@ -94,7 +105,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let mut rpc = Rpc::start(rpc_labels(request.uri().path()));
+        let method = rpc_index(request.uri().path());
+        let mut rpc = Rpc::start(Arc::clone(&self.handles), method);
         let work = self.inner.call(request);
         Box::pin(async move {
             // tonic enters the request's span around this future (not around
@@ -111,12 +123,101 @@ where
     }
 }
 
+/// The recorder's handles, per method of [`RPC_METHODS`] (and one more for
+/// `unknown`), each taken from the recorder the first time it is needed.
+#[derive(Debug)]
+struct Handles {
+    methods: [MethodHandles; RPC_METHODS.len()],
+    unknown: MethodHandles,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Self {
+            methods: std::array::from_fn(|_| MethodHandles::default()),
+            unknown: MethodHandles::default(),
+        }
+    }
+}
+
+/// One method's series: in flight, duration, and a request counter per code.
+#[derive(Debug, Default)]
+struct MethodHandles {
+    in_flight: OnceLock<metrics::Gauge>,
+    duration: OnceLock<metrics::Histogram>,
+    requests: [OnceLock<metrics::Counter>; CODES],
+}
+
+/// gRPC's status codes, `OK` (0) to `UNAUTHENTICATED` (16).
+const CODES: usize = 17;
+
+impl Handles {
+    fn method(&self, index: usize) -> &MethodHandles {
+        self.methods.get(index).unwrap_or(&self.unknown)
+    }
+
+    fn in_flight(&self, index: usize) -> &metrics::Gauge {
+        self.method(index).in_flight.get_or_init(|| {
+            let (service, method) = labels_at(index);
+            metrics::gauge!("orderflow_grpc_requests_in_flight", "service" => service, "method" => method)
+        })
+    }
+
+    fn duration(&self, index: usize) -> &metrics::Histogram {
+        self.method(index).duration.get_or_init(|| {
+            let (service, method) = labels_at(index);
+            metrics::histogram!(
+                "orderflow_grpc_request_duration_seconds",
+                "service" => service,
+                "method" => method
+            )
+        })
+    }
+
+    fn count(&self, index: usize, code: Code) {
+        let register = || {
+            let (service, method) = labels_at(index);
+            metrics::counter!(
+                "orderflow_grpc_requests_total",
+                "service" => service,
+                "method" => method,
+                "code" => code_name(code)
+            )
+        };
+        // Every code has a slot (0 to 16); a lookup is the fallback all the
+        // same.
+        match self.method(index).requests.get(code as usize) {
+            Some(cell) => cell.get_or_init(register).increment(1),
+            None => register().increment(1),
+        }
+    }
+}
+
+/// The index in [`RPC_METHODS`] of the method a path names; one past the
+/// end for any other path.
+fn rpc_index(path: &str) -> usize {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    RPC_METHODS
+        .iter()
+        .position(|(s, m)| *s == service && *m == method)
+        .unwrap_or(RPC_METHODS.len())
+}
+
+/// The labels of [`rpc_index`]'s answer.
+fn labels_at(index: usize) -> (&'static str, &'static str) {
+    RPC_METHODS
+        .get(index)
+        .copied()
+        .unwrap_or(("unknown", "unknown"))
+}
+
 /// One RPC being measured; records itself once (as CANCELLED if dropped
 /// before its status was seen: the client went away, or the server
 /// stopped).
 struct Rpc {
-    service: &'static str,
-    method: &'static str,
+    handles: Arc<Handles>,
+    method: usize,
     started: Instant,
     done: bool,
     /// The request's span: the status code is recorded on it (kept open
@@ -125,11 +226,10 @@ struct Rpc {
 }
 
 impl Rpc {
-    fn start((service, method): (&'static str, &'static str)) -> Self {
-        metrics::gauge!("orderflow_grpc_requests_in_flight", "service" => service, "method" => method)
-            .increment(1.0);
+    fn start(handles: Arc<Handles>, method: usize) -> Self {
+        handles.in_flight(method).increment(1.0);
         Self {
-            service,
+            handles,
             method,
             started: Instant::now(),
             done: false,
@@ -141,25 +241,19 @@ impl Rpc {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let (service, method) = (self.service, self.method);
-        metrics::gauge!("orderflow_grpc_requests_in_flight", "service" => service, "method" => method)
-            .decrement(1.0);
-        metrics::counter!(
-            "orderflow_grpc_requests_total",
-            "service" => service,
-            "method" => method,
-            "code" => code_name(code)
-        )
-        .increment(1);
-        metrics::histogram!(
-            "orderflow_grpc_request_duration_seconds",
-            "service" => service,
-            "method" => method
-        )
-        .record(self.started.elapsed().as_secs_f64());
+        let (handles, method) = (&self.handles, self.method);
+        handles.in_flight(method).decrement(1.0);
+        handles.count(method, code);
+        handles
+            .duration(method)
+            .record(self.started.elapsed().as_secs_f64());
         // OpenTelemetry's RPC conventions: the numeric code, and an error
         // status for the codes that mean the server failed (a client's
-        // mistake is not the server span's error).
+        // mistake is not the server span's error). A request with no span
+        // (a health check, or tracing filtered out) skips it.
+        if self.span.is_none() {
+            return;
+        }
         self.span.record("rpc.grpc.status_code", code as i64);
         if is_server_error(code) {
             self.span.record("otel.status_code", "ERROR");

@@ -182,6 +182,14 @@ struct Args {
     /// clean up the streams their servers created).
     #[arg(long)]
     delete_stream: Option<String>,
+    /// Seed `--seed-orders` orders, read them once (so they are cached),
+    /// write gRPC-framed request bodies for another load generator into
+    /// this directory (`get-order.bin`: GetOrder of the first seeded order;
+    /// `health.bin`: Health/Check) and exit: e.g. `h2load -d
+    /// DIR/get-order.bin -H 'content-type: application/grpc' -H 'te:
+    /// trailers' URL/orderflow.v1.OrderService/GetOrder`.
+    #[arg(long)]
+    write_bodies: Option<std::path::PathBuf>,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -244,6 +252,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("--target")?;
         channels.push(channel);
+    }
+    if let Some(dir) = &args.write_bodies {
+        return write_bodies(&channels, args.seed_orders, dir).await;
     }
     if args.workload == Workload::StreamBatches {
         return run_batches(&args, &channels).await;
@@ -509,6 +520,45 @@ async fn run_batches(args: &Args, channels: &[Client]) -> anyhow::Result<()> {
         anyhow::bail!("{} ack errors; the first: {first}", errors.len());
     }
     Ok(())
+}
+
+/// `--write-bodies`: seeds and warms `n` orders, then writes one framed
+/// GetOrder request (the first order) and one framed Health/Check request.
+async fn write_bodies(channels: &[Client], n: usize, dir: &std::path::Path) -> anyhow::Result<()> {
+    let ids = seed(channels, n.max(1), Workload::GetHit).await?;
+    let first = ids.first().context("no order was seeded")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("--write-bodies {}", dir.display()))?;
+    let bodies = [
+        (
+            "get-order.bin",
+            framed(&GetOrderRequest {
+                order_id: first.clone(),
+            })?,
+        ),
+        (
+            "health.bin",
+            framed(&HealthCheckRequest {
+                service: String::new(),
+            })?,
+        ),
+    ];
+    for (name, body) in bodies {
+        let path = dir.join(name);
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", dir.display());
+    Ok(())
+}
+
+/// A gRPC length-prefixed message: no compression, big-endian length.
+fn framed(message: &impl prost::Message) -> anyhow::Result<Vec<u8>> {
+    let body = message.encode_to_vec();
+    let length = u32::try_from(body.len()).context("a request over 4 GiB")?;
+    let mut framed = Vec::with_capacity(5 + body.len());
+    framed.push(0);
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(&body);
+    Ok(framed)
 }
 
 /// Creates `n` orders (and, for hits, reads each once so it is cached).

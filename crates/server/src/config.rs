@@ -125,6 +125,13 @@ pub struct Settings {
     /// would drown the traces that matter).
     #[arg(long, env = "ORDERFLOW_TRACE_HEALTH_CHECKS", default_value_t = false)]
     pub trace_health_checks: bool,
+    /// The share of requests traced (0 to 1), parent-based: a request whose
+    /// `traceparent` is sampled is always traced and one whose `traceparent`
+    /// is not sampled never is; others with this probability. An untraced
+    /// request has no span at all (nothing exported, no trace ids in its log
+    /// lines) and costs nothing for tracing.
+    #[arg(long, env = "ORDERFLOW_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio)]
+    pub trace_sample_ratio: f64,
     /// Service name on exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orderflow")]
     pub service_name: String,
@@ -259,6 +266,13 @@ pub struct Settings {
     /// How often health checks the database and the pipeline.
     #[arg(long, env = "ORDERFLOW_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub health_interval: Duration,
+}
+
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a ratio from 0 to 1, like 0.05")),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

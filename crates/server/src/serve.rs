@@ -14,7 +14,6 @@ use grpc_api::{
     AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, EventApi,
     LoadShedLayer, MetadataLimitLayer, MetricsLayer, OrderApi,
 };
-use opentelemetry::trace::TraceContextExt as _;
 use storage::{
     Backend, CacheConfig, CachedOrders, Database, ListenerState, StorageError, StoreConfig,
 };
@@ -280,7 +279,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // answers RESOURCE_EXHAUSTED.
     let header_list_limit =
         u32::try_from(settings.max_metadata_bytes.saturating_mul(16)).unwrap_or(u32::MAX);
-    let trace_health = settings.trace_health_checks;
+    let sampling = Sampling {
+        health: settings.trace_health_checks,
+        ratio: settings.trace_sample_ratio,
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -292,8 +294,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(*settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
         .http2_max_header_list_size(header_list_limit)
-        .trace_fn(move |request| request_span(request, trace_health))
-        .layer(MetricsLayer)
+        .trace_fn(move |request| request_span(request, sampling))
+        .layer(MetricsLayer::new())
         .layer(ActivityLayer)
         .layer(MetadataLimitLayer::new(settings.max_metadata_bytes))
         .layer(LoadShedLayer::new(
@@ -497,18 +499,24 @@ async fn monitor<R: storage::OrderRepository>(
 /// SERVER span named `orderflow.v1.OrderService/GetOrder` with `rpc.system`,
 /// `rpc.service`, `rpc.method`, continuing the caller's trace when
 /// `traceparent` is present. `MetricsLayer` records `rpc.grpc.status_code`
-/// (and the error status) when the RPC ends. Its `trace_id` and `span_id`
-/// are recorded for the logs (`telemetry::Correlated`). Health checks get
-/// no span unless `trace_health` (probes every second would drown traces).
-fn request_span(request: &http::Request<()>, trace_health: bool) -> tracing::Span {
+/// (and the error status) when the RPC ends; the log formatter
+/// (`telemetry::Correlated`) reads the trace and span ids only when a line
+/// is written. A request [`Sampling`] leaves out gets no span at all.
+fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Span {
     let path = request.uri().path();
-    if !trace_health && path.starts_with("/grpc.health.v1.Health/") {
+    if !sampling.traces(path, request.headers()) {
         return tracing::Span::none();
     }
     let (service, method) = grpc_api::rpc_labels(path);
+    // A known method's path is `/service/method`, the span name the
+    // conventions ask for.
+    let name = match service {
+        "unknown" => "unknown/unknown",
+        _ => path.trim_start_matches('/'),
+    };
     let span = tracing::info_span!(
         "rpc",
-        otel.name = %format_args!("{service}/{method}"),
+        otel.name = name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
@@ -516,20 +524,48 @@ fn request_span(request: &http::Request<()>, trace_health: bool) -> tracing::Spa
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
-    let _ = span.set_parent(parent);
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", ids.trace_id().to_string());
-        span.record("span_id", ids.span_id().to_string());
+    if span.is_disabled() {
+        return span;
+    }
+    if request.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Which requests get a span (`--trace-health-checks`,
+/// `--trace-sample-ratio`), decided before any span exists, so a request
+/// left out costs nothing for tracing.
+#[derive(Debug, Clone, Copy)]
+struct Sampling {
+    /// Trace health checks (probes every second would drown the traces).
+    health: bool,
+    /// The share of requests with no sampling decision from the caller.
+    ratio: f64,
+}
+
+impl Sampling {
+    fn traces(self, path: &str, headers: &http::HeaderMap) -> bool {
+        if !self.health && path.starts_with("/grpc.health.v1.Health/") {
+            return false;
+        }
+        // W3C trace context: `00-<trace id>-<parent id>-<flags>`, bit 0 of
+        // the flags meaning sampled. A malformed header decides nothing.
+        let flags = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit('-').next())
+            .filter(|flags| flags.len() == 2)
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok());
+        match flags {
+            Some(flags) => flags & 1 == 1,
+            None => self.ratio >= 1.0 || (self.ratio > 0.0 && rand::random::<f64>() < self.ratio),
+        }
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

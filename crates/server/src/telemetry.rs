@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -86,12 +87,21 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
         // caller's trace.
         None => SdkTracerProvider::builder().build(),
     };
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("orderflow"));
+    // Off, because each costs every request: per-span thread attributes (a
+    // String allocation each, and meaningless for a task that moves between
+    // threads), busy/idle timings (two clock reads on every poll), and
+    // making the span's context current on every poll (nothing here reads
+    // OpenTelemetry's current context; the log formatter asks the span).
+    let otel = tracing_opentelemetry::layer()
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_tracer(provider.tracer("orderflow"))
+        .with_filter(tracing_subscriber::filter::DynFilterFn::new(in_a_trace));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
-        .with(CorrelationLayer)
         .try_init()
         .context("cannot install the log subscriber")?;
     Ok(Telemetry {
@@ -99,59 +109,24 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     })
 }
 
-/// The ids a request's span carries, kept where the log formatter finds
-/// them: [`CorrelationLayer`] stores the `trace_id` and `span_id` fields
-/// when `serve::request_span` records them.
-#[derive(Debug, Clone, Default)]
-struct Correlation {
-    trace_id: String,
-    span_id: String,
-}
-
-/// Keeps a span's recorded `trace_id`/`span_id` as a [`Correlation`].
-struct CorrelationLayer;
-
-impl<S> tracing_subscriber::Layer<S> for CorrelationLayer
+/// What the OpenTelemetry layer sees: the request spans `serve` decided to
+/// trace, the spans inside them (a database call), and events. A database
+/// call outside a traced request (a request sampling left out, start-up)
+/// would otherwise become a trace of its own.
+fn in_a_trace<S>(
+    metadata: &tracing::Metadata<'_>,
+    context: &tracing_subscriber::layer::Context<'_, S>,
+) -> bool
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    fn on_record(
-        &self,
-        id: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        let mut seen = extensions
-            .get_mut::<Correlation>()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        values.record(&mut CorrelationVisitor(&mut seen));
-        if !seen.trace_id.is_empty() {
-            extensions.replace(seen);
-        }
-    }
-}
-
-struct CorrelationVisitor<'a>(&'a mut Correlation);
-
-impl tracing::field::Visit for CorrelationVisitor<'_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        match field.name() {
-            "trace_id" => value.clone_into(&mut self.0.trace_id),
-            "span_id" => value.clone_into(&mut self.0.span_id),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
-    }
+    !metadata.is_span() || metadata.name() == "rpc" || context.lookup_current().is_some()
 }
 
 /// The JSON log line, with `trace_id` and `span_id` as top-level fields for
-/// every event inside a request (the innermost span that has them).
+/// every event inside a span (the current span's: a request's span, or a
+/// database call's inside it). The ids are looked up only when a line is
+/// written, so a request that logs nothing pays nothing for them.
 struct Correlated<F>(F);
 
 impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Correlated<F>
@@ -166,12 +141,14 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let ids = ctx.event_scope().and_then(|scope| {
-            scope
-                .into_iter()
-                .find_map(|span| span.extensions().get::<Correlation>().cloned())
-        });
-        let Some(ids) = ids else {
+        // The current span's OpenTelemetry context, started now if nothing
+        // needed it before; the span exported later carries the same ids.
+        let current = tracing::Span::current();
+        let ids = match current.is_none() {
+            true => None,
+            false => Some(current.context().span().span_context().clone()),
+        };
+        let Some(ids) = ids.filter(opentelemetry::trace::SpanContext::is_valid) else {
             return self.0.format_event(ctx, writer, event);
         };
         let mut line = String::new();
@@ -185,7 +162,8 @@ where
             Some(rest) => write!(
                 writer,
                 "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
-                ids.trace_id, ids.span_id
+                ids.trace_id(),
+                ids.span_id()
             ),
             None => writer.write_str(&line),
         }

@@ -82,7 +82,7 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let router = tonic::transport::Server::builder()
-            .layer(MetricsLayer)
+            .layer(MetricsLayer::new())
             .layer(LoadShedLayer::new(max_concurrent, max_streams))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 grpc_api::panic_response,

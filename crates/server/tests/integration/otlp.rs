@@ -226,6 +226,68 @@ async fn server_spans_follow_the_rpc_conventions_and_logs_carry_their_ids() {
     assert_eq!(hex_id(span_id), panicked_rpc.span_id, "{line}");
 }
 
+/// `--trace-sample-ratio 0`: a request the caller marked sampled is still
+/// traced (parent-based); one marked unsampled, and one with no
+/// `traceparent`, get no span, and their log lines no trace ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_callers_decision_and_the_ratio() {
+    let (collector, endpoint) = start_collector().await;
+    let db = TestDb::sqlite().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("ORDERFLOW_TRACE_SAMPLE_RATIO", "0"),
+        ],
+    );
+    let mut orders = server.orders().await;
+    let call = |traceparent: Option<String>| {
+        let mut request = Request::new(GetOrderRequest {
+            order_id: "01890a5d-ac96-774b-bcce-b302099a8059".into(),
+        });
+        if let Some(value) = traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", value.parse().unwrap());
+        }
+        request
+    };
+    let sampled = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let unsampled = "7cf92f3577b34da6a3ce929d0e0e4739";
+    for traceparent in [
+        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+        Some(format!("00-{unsampled}-00f067aa0ba902b7-00")),
+        None,
+        None,
+    ] {
+        let status = orders.get_order(call(traceparent)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+    assert!(server.terminate().success(), "exit flushes telemetry");
+
+    collector
+        .wait_for("the sampled caller's span", |s| {
+            s.trace_id == hex_id(sampled) && s.name == "orderflow.v1.OrderService/GetOrder"
+        })
+        .await;
+    let traces: Vec<Vec<u8>> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.trace_id.clone())
+        .collect();
+    assert!(
+        traces.iter().all(|trace| *trace == hex_id(sampled)),
+        "only the sampled caller's trace is exported, got {} spans in {} traces",
+        traces.len(),
+        traces
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_https_collector_trusting_the_configured_ca() {
     let ca = test_support::TestCa::new("collector CA");
