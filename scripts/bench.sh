@@ -5,7 +5,8 @@
 # against a baseline measured in the same run. The server is pinned to CPU 0
 # and the load to CPU 1, so the two do not fight over a core.
 #
-# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 10 minutes in all)
+# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 15 minutes in all; needs h2load from
+#        nghttp2-client, pgbench and a local PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -80,20 +81,45 @@ sleep 2
 after_kb=$(rss_kb)
 stop_server
 
-echo "PostgreSQL: cache misses vs pgbench -S (8 clients)..." >&2
+echo "h2load: cached GetOrder vs Health/Check, 16 and 64 streams (default settings, then 1% trace sampling)..." >&2
+hit_runs=$(SKIP_BUILD=1 scripts/bench-hit.sh 100000 3)
+hit_sampled=$(SKIP_BUILD=1 scripts/bench-hit.sh 100000 3 ORDERFLOW_TRACE_SAMPLE_RATIO=0.01)
+h2_ratio() { awk -v s="$2" '$1 == "ratio" && $2 == s { print $3 }' <<<"$1"; }
+h2_p99() { # RUNS STREAMS RPC: the median p99 over rounds, in microseconds
+    awk -v s="$2" -v r="$3" '$1 == s && $2 == r { print $5 }' <<<"$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+echo "PostgreSQL: cache-miss capacity vs pgbench -S -M prepared (8, 32, 128 in flight)..." >&2
 for db in orderflow_bench orderflow_pgbench; do
     psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 pgbench -q -i -s 10 -h 127.0.0.1 -U postgres orderflow_pgbench >/dev/null 2>&1
 start_server "$pg/orderflow_bench" ORDERFLOW_CACHE_CAPACITY=1
-miss=$(load --workload get-miss --concurrency 8 --connections 2 --seed-orders 10000)
+miss_best=0
+miss_rows=
+for c in 8 32 128; do
+    rps=$(json "$(load --workload get-miss --concurrency "$c" --connections $((c / 8)) --seed-orders 2000)" rps | cut -d. -f1)
+    miss_rows="$miss_rows $c:$rps"
+    [ "$rps" -gt "$miss_best" ] && miss_best=$rps
+done
 stop_server
-pgbench_tps=$(taskset -c 1 pgbench -S -n -c 8 -j 2 -T "$secs" -h 127.0.0.1 -U postgres orderflow_pgbench | awk '/^tps/ { print int($3) }')
+# pgbench needs a connection per client: 128 when PostgreSQL allows it,
+# else as many as max_connections leaves room for (said in the report).
+max_conn=$(psql -tA -h 127.0.0.1 -U postgres -c "SHOW max_connections")
+pgbench_best=0
+pgbench_rows=
+for c in 8 32 $((max_conn - 10 < 128 ? max_conn - 10 : 128)); do
+    tps=$(taskset -c 1 pgbench -S -M prepared -n -c "$c" -j 2 -T "$secs" -h 127.0.0.1 -U postgres orderflow_pgbench | awk '/^tps/ { print int($3) }')
+    pgbench_rows="$pgbench_rows $c:$tps"
+    [ "$tps" -gt "$pgbench_best" ] && pgbench_best=$tps
+done
 
 # The in-process pipeline figure to compare PublishEvents with (criterion's
 # last run of the engine's path, if it exists).
 estimate=$root/target/criterion/pipeline_12_steps/enum_event_major/new/estimates.json
 inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$estimate" || echo 0)
+dyn_estimate=${estimate/enum_event_major/dyn_event_major}
+dyn=$( [ -f "$dyn_estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$dyn_estimate" || echo 0)
 
 {
     echo
@@ -102,7 +128,11 @@ inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (
     echo "| ratio | measured | baseline | ratio | goal |"
     echo "|---|---|---|---|---|"
     echo "| GetOrder from cache vs Health/Check, 16 concurrent (SQLite) | $(json "$hit16" rps | cut -d. -f1)/s | $(json "$health" rps | cut -d. -f1)/s | $(ratio "$(json "$hit16" rps)" "$(json "$health" rps)") | ≥ 0.9 |"
-    echo "| GetOrder cache miss (PostgreSQL, 8 concurrent) vs \`pgbench -S -c 8\` (client pinned to CPU 1 like loadgen) | $(json "$miss" rps | cut -d. -f1)/s | ${pgbench_tps}/s | $(ratio "$(json "$miss" rps)" "$pgbench_tps") | ≥ 0.7 |"
+    echo "| GetOrder from cache vs Health/Check, h2load, 16 streams on one connection (median of 3 rounds) | | | $(h2_ratio "$hit_runs" 16) | ≥ 0.95 |"
+    echo "| the same, 64 streams | | | $(h2_ratio "$hit_runs" 64) | ≥ 0.95 |"
+    echo "| the same with ORDERFLOW_TRACE_SAMPLE_RATIO=0.01, 16 / 64 streams | | | $(h2_ratio "$hit_sampled" 16) / $(h2_ratio "$hit_sampled" 64) | ≥ 0.95 |"
+    echo "| GetOrder cache-miss capacity (PostgreSQL), best of${miss_rows} in flight, vs the best \`pgbench -S -M prepared\` of${pgbench_rows} clients (both pinned to CPU 1) | ${miss_best}/s | ${pgbench_best}/s | $(ratio "$miss_best" "$pgbench_best") | ≥ 0.7 |"
+    echo "| 12-step pipeline in process (criterion, one thread), enum dispatch vs the same steps as \`Vec<Box<dyn Transform>>\` | ${inproc}/s | ${dyn}/s | $( [ "$dyn" -gt 0 ] && ratio "$inproc" "$dyn" || echo n/a) | enum ≥ 10,000,000/s |"
     echo "| PublishEvents, 12-step pipeline, events/s vs the in-process pipeline (one core) | $(json "$publish" events_per_second | cut -d. -f1)/s | ${inproc}/s | $( [ "$inproc" -gt 0 ] && ratio "$(json "$publish" events_per_second)" "$inproc" || echo n/a) | (shows network + decoding cost) |"
     echo
     echo "Latency (µs), GetOrder from cache vs Health/Check on the same server:"
@@ -112,6 +142,20 @@ inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (
     echo "| 1 | $(json "$hit1" p50_us) | $(json "$hit1" p99_us) | $(json "$health1" p50_us) | $(json "$health1" p99_us) |"
     echo "| 16 | $(json "$hit16" p50_us) | $(json "$hit16" p99_us) | $(json "$health" p50_us) | $(json "$health" p99_us) |"
     echo "| 64 | $(json "$hit64" p50_us) | $(json "$hit64" p99_us) | $(json "$health64" p50_us) | $(json "$health64" p99_us) |"
+    echo
+    echo "h2load (one connection; p99 in µs is the median over rounds; CPU is the server's time per request), default settings:"
+    echo
+    echo "| streams | GetOrder p99 | Health p99 | GetOrder p99, 1% sampled |"
+    echo "|---|---|---|---|"
+    for s in 16 64; do
+        echo "| $s | $(h2_p99 "$hit_runs" $s GetOrder) | $(h2_p99 "$hit_runs" $s Health) | $(h2_p99 "$hit_sampled" $s GetOrder) |"
+    done
+    echo
+    echo '```'
+    echo "$hit_runs"
+    echo "# ORDERFLOW_TRACE_SAMPLE_RATIO=0.01"
+    echo "$hit_sampled"
+    echo '```'
     echo
     echo "Server resident memory around a 10x PublishEvents overload (40 streams vs 4; drop-newest):"
     echo "before $((before_kb / 1024)) MB, peak during $((peak_kb / 1024)) MB, 2 s after $((after_kb / 1024)) MB;"
