@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
 use tonic::Code;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
@@ -249,15 +250,18 @@ impl Rpc {
             .record(self.started.elapsed().as_secs_f64());
         // OpenTelemetry's RPC conventions: the numeric code, and an error
         // status for the codes that mean the server failed (a client's
-        // mistake is not the server span's error). A request with no span
-        // (a health check, or tracing filtered out) skips it.
+        // mistake is not the server span's error). Set on the exported span
+        // only: recorded as a tracing field, the JSON log formatter would
+        // re-parse and rewrite the span's fields for it. A request with no
+        // span (a health check, one sampling left out) skips it.
         if self.span.is_none() {
             return;
         }
-        self.span.record("rpc.grpc.status_code", code as i64);
+        self.span
+            .set_attribute("rpc.grpc.status_code", i64::from(code as i32));
         if is_server_error(code) {
-            self.span.record("otel.status_code", "ERROR");
-            self.span.record("otel.status_description", code_name(code));
+            self.span
+                .set_status(opentelemetry::trace::Status::error(code_name(code)));
         }
     }
 }

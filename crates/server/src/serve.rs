@@ -498,7 +498,7 @@ async fn monitor<R: storage::OrderRepository>(
 /// The span a request runs in, after OpenTelemetry's RPC conventions: a
 /// SERVER span named `orderflow.v1.OrderService/GetOrder` with `rpc.system`,
 /// `rpc.service`, `rpc.method`, continuing the caller's trace when
-/// `traceparent` is present. `MetricsLayer` records `rpc.grpc.status_code`
+/// `traceparent` is present. `MetricsLayer` sets `rpc.grpc.status_code`
 /// (and the error status) when the RPC ends; the log formatter
 /// (`telemetry::Correlated`) reads the trace and span ids only when a line
 /// is written. A request [`Sampling`] leaves out gets no span at all.
@@ -518,12 +518,9 @@ fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Spa
         "rpc",
         otel.name = name,
         otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
     );
     if span.is_disabled() {
         return span;
