@@ -141,18 +141,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let deadline = grpc_timeout(request.headers());
+        // Answer a little early. tonic arms its own timer for the same
+        // header just before ours (and would answer CANCELLED), and clients
+        // run one too (tonic's reports CANCELLED locally): the server's
+        // DEADLINE_EXCEEDED must reach the client first. The instant is
+        // fixed here, as the request arrives, not at the first poll, which a
+        // busy machine can delay past tonic's timer. (A timeout too long to
+        // add to now, up to 99,999,999 hours, is no deadline at all.)
+        let deadline = grpc_timeout(request.headers()).and_then(|timeout| {
+            tokio::time::Instant::now()
+                .checked_add(timeout.saturating_sub(DEADLINE_MARGIN.min(timeout / 10)))
+        });
         let work = self.inner.call(request);
         Box::pin(async move {
             let Some(deadline) = deadline else {
                 return work.await;
             };
-            // Answer a little early. tonic arms its own timer for the same
-            // header just before ours (and would answer CANCELLED), and
-            // clients run one too (tonic's reports CANCELLED locally): the
-            // server's DEADLINE_EXCEEDED must reach the client first.
-            let ours = deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10));
-            match tokio::time::timeout(ours, work).await {
+            match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result,
                 Err(_) => Ok(status::error(
                     Code::DeadlineExceeded,
