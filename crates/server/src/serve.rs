@@ -609,20 +609,21 @@ mod tests {
         headers
     }
 
+    fn sampling(health: bool, ratio: f64) -> Sampling {
+        Sampling { health, ratio }
+    }
+
     const PATH: &str = "/orderflow.v1.OrderService/GetOrder";
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
 
     #[test]
     fn the_callers_flag_decides_whatever_the_ratio() {
         for ratio in [0.0, 0.5, 1.0] {
-            let sampling = Sampling {
-                health: false,
-                ratio,
-            };
+            let decide = sampling(false, ratio);
             let sampled = with_traceparent(&format!("{PARENT}-01"));
             let unsampled = with_traceparent(&format!("{PARENT}-00"));
-            assert!(sampling.traces(PATH, &sampled), "ratio {ratio}");
-            assert!(!sampling.traces(PATH, &unsampled), "ratio {ratio}");
+            assert!(decide.traces(PATH, &sampled), "ratio {ratio}");
+            assert!(!decide.traces(PATH, &unsampled), "ratio {ratio}");
         }
     }
 
@@ -634,23 +635,14 @@ mod tests {
             with_traceparent("garbage"),
             with_traceparent(&format!("{PARENT}-zz")),
         ] {
-            let all = Sampling {
-                health: false,
-                ratio: 1.0,
-            };
-            let nothing = Sampling {
-                health: false,
-                ratio: 0.0,
-            };
+            let all = sampling(false, 1.0);
+            let nothing = sampling(false, 0.0);
             assert!(all.traces(PATH, &headers), "{headers:?}");
             assert!(!nothing.traces(PATH, &headers), "{headers:?}");
         }
         // A ratio between draws: over 2,000 requests, 0.5 traces some and
         // leaves some out.
-        let half = Sampling {
-            health: false,
-            ratio: 0.5,
-        };
+        let half = sampling(false, 0.5);
         let traced = (0..2_000)
             .filter(|_| half.traces(PATH, &http::HeaderMap::new()))
             .count();
@@ -661,14 +653,8 @@ mod tests {
     fn health_checks_only_when_asked() {
         let sampled = with_traceparent(&format!("{PARENT}-01"));
         let path = "/grpc.health.v1.Health/Check";
-        let off = Sampling {
-            health: false,
-            ratio: 1.0,
-        };
-        let on = Sampling {
-            health: true,
-            ratio: 1.0,
-        };
+        let off = sampling(false, 1.0);
+        let on = sampling(true, 1.0);
         assert!(!off.traces(path, &sampled));
         assert!(on.traces(path, &sampled));
     }
