@@ -209,7 +209,9 @@ impl EventLog for NatsLog {
             outcomes.push(if ack.duplicate {
                 Appended::Duplicate
             } else {
-                Appended::New
+                Appended::New {
+                    position: i64::try_from(ack.sequence).unwrap_or(i64::MAX),
+                }
             });
         }
         Ok(outcomes)

@@ -114,7 +114,7 @@ impl EventLog for DatabaseLog {
         Ok(outcomes
             .into_iter()
             .map(|outcome| match outcome {
-                LogAppend::Appended => Appended::New,
+                LogAppend::Appended { position } => Appended::New { position },
                 LogAppend::Duplicate => Appended::Duplicate,
             })
             .collect())

@@ -90,9 +90,10 @@ pub(crate) use {with_conn, write_transaction};
 /// Inserts many rows of one type in one go.
 ///
 /// PostgreSQL takes them as one multi-row INSERT. diesel-async cannot batch
-/// SQLite inserts (sync diesel emulates them per row, and rows with absent
-/// optional values need that emulation), so on SQLite the batch runs as sync
-/// diesel in a single blocking-pool hop, inside the caller's transaction.
+/// SQLite inserts, so on SQLite the batch runs as sync diesel in a single
+/// blocking-pool hop, inside the caller's transaction: one multi-row INSERT
+/// for a row type without DEFAULT values (`treat_none_as_default_value =
+/// false`), one statement per row otherwise.
 pub(crate) trait InsertRows<R> {
     fn insert_rows(
         &mut self,

@@ -79,8 +79,11 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StorageError>> + Send;
 }
 
+// `None` as NULL (the column has no default): then rows carry no DEFAULT
+// and SQLite takes a chunk as one multi-row INSERT, not one statement per
+// row.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = events)]
+#[diesel(table_name = events, treat_none_as_default_value = false)]
 pub(crate) struct NewEventRow {
     event_id: Option<String>,
     body: String,

@@ -42,8 +42,11 @@ pub struct NewLogBatch<'a> {
 /// What an append did with one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogAppend {
-    /// Durable now.
-    Appended,
+    /// Durable now, at this position.
+    Appended {
+        /// Its position in the log.
+        position: i64,
+    },
     /// A retry: the producer's sequence was already durable; nothing stored.
     Duplicate,
 }
@@ -66,8 +69,9 @@ pub enum LogCommit {
     AlreadyCommitted,
 }
 
+// `None` as NULL, as `NewEventRow`: one multi-row INSERT on SQLite.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = event_log)]
+#[diesel(table_name = event_log, treat_none_as_default_value = false)]
 struct NewLogRow {
     producer_id: Option<String>,
     sequence: Option<i64>,
@@ -137,7 +141,7 @@ impl Database {
                             .await
                             .optional()?;
                         if last.is_some_and(|last| last >= *sequence) {
-                            outcomes.push(LogAppend::Duplicate);
+                            outcomes.push(Some(LogAppend::Duplicate));
                             continue;
                         }
                         diesel::insert_into(log_producers::table)
@@ -158,11 +162,36 @@ impl Database {
                         event_count,
                         body,
                     });
-                    outcomes.push(LogAppend::Appended);
+                    outcomes.push(None);
                 }
+                let count = appended.len();
                 for chunk in chunked(appended) {
                     c.insert_rows(chunk).await?;
                 }
+                // The positions just taken: the highest ones, since appends
+                // are serialised (the advisory lock; SQLite's one writer).
+                let mut positions: Vec<i64> = event_log::table
+                    .select(event_log::position)
+                    .order(event_log::position.desc())
+                    .limit(i64::try_from(count).unwrap_or(i64::MAX))
+                    .load(c)
+                    .await?;
+                positions.reverse();
+                let mut positions = positions.into_iter();
+                let mut resolved = Vec::with_capacity(outcomes.len());
+                for outcome in outcomes {
+                    resolved.push(match outcome {
+                        Some(duplicate) => duplicate,
+                        None => LogAppend::Appended {
+                            position: positions.next().ok_or_else(|| {
+                                StorageError::Internal(
+                                    "the event log lost rows inside its own append".to_owned(),
+                                )
+                            })?,
+                        },
+                    });
+                }
+                let outcomes = resolved;
                 // Tests kill the process here: mid group commit.
                 fail::fail_point!("storage-log-append");
                 Ok::<_, StorageError>(outcomes)

@@ -15,6 +15,12 @@
 //! - **Bounded.** Events acknowledged but not yet processed (the backlog)
 //!   hold permits of one semaphore; at the bound, submitters wait (a stream
 //!   stops reading), or give up after their wait ([`LogError::Full`]).
+//! - **Handed over, not read back.** A log this process owns gives the
+//!   consumer the batches the writer just appended, in memory (see
+//!   `Handoff`): reading back and decoding what it was just given was most
+//!   of a database log consumer's work. The log stays the truth: whatever
+//!   the hand-off cannot vouch for (after a restart, a failed append, or
+//!   past its bound) the consumer reads from the log.
 //!
 //! The log is a trait so that a database log and a broker's log can stand
 //! behind the same front door.
@@ -50,8 +56,12 @@ pub struct LogBatch {
 /// What the log did with an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
-    /// Durable now.
-    New,
+    /// Durable now, at this position.
+    New {
+        /// Where the batch is in the log (what [`EventLog::read`] would
+        /// say); positions grow in append order.
+        position: i64,
+    },
     /// A retry of a batch already durable: nothing stored.
     Duplicate,
 }
@@ -116,6 +126,10 @@ pub struct LogConfig {
     pub max_backlog: usize,
     /// Most batches a consumer reads and commits at once.
     pub read_batches: u32,
+    /// Most appended events kept in memory for the consumer (a log this
+    /// process owns); past it, the consumer reads the rest from the log.
+    /// Default 32,768: a few rounds of the consumer's work, a few tens of MB.
+    pub handoff_events: usize,
 }
 
 impl LogConfig {
@@ -128,6 +142,7 @@ impl Default for LogConfig {
         Self {
             max_backlog: Self::DEFAULT_MAX_BACKLOG,
             read_batches: 64,
+            handoff_events: 32_768,
         }
     }
 }
@@ -179,6 +194,106 @@ struct Shared {
     max_backlog: u64,
     /// [`EventLog::shared`].
     shared_log: bool,
+    /// Appended batches on their way to the consumer; unused for a shared
+    /// log, whose batches any process may consume.
+    handoff: Mutex<Handoff>,
+}
+
+/// Batches the writer appended, handed to the consumer in memory.
+///
+/// Each record carries the position appended just before it, and the
+/// consumer takes a record only when its cursor is at or past that position:
+/// then nothing lies between what it committed and the record. Otherwise
+/// (the first batch after a start, the first after a failed append, one
+/// after a batch skipped at the bound) it reads from the log, and drops the
+/// records its cursor has passed. Only the writer appends to a log this
+/// process owns, so it knows every position in order.
+#[derive(Debug, Default)]
+struct Handoff {
+    records: VecDeque<Handed>,
+    /// Events in `records`.
+    events: usize,
+    /// Most events `records` may hold.
+    bound: usize,
+    /// The position the writer appended last; `None` if it cannot know (at
+    /// start: an earlier run's batches; after a failed append, which may
+    /// have stored rows after all).
+    last: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Handed {
+    /// The position appended just before this record, if known.
+    after: Option<i64>,
+    record: LogRecord,
+}
+
+/// What the consumer should do next.
+enum Next {
+    /// Process these records (from the hand-off).
+    Process(Vec<LogRecord>),
+    /// Read the log after the cursor.
+    Read,
+    /// Nothing was appended past the cursor: wait.
+    Wait,
+}
+
+impl Handoff {
+    /// The writer appended `events` at `position`.
+    fn offer(&mut self, position: i64, events: Vec<Event>) {
+        let after = self.last.replace(position);
+        if self.events + events.len() > self.bound {
+            // Skipped: the consumer will read it from the log.
+            return;
+        }
+        self.events += events.len();
+        self.records.push_back(Handed {
+            after,
+            record: LogRecord { position, events },
+        });
+    }
+
+    /// An append failed; it may have stored rows after all.
+    fn lose_track(&mut self) {
+        self.last = None;
+    }
+
+    /// What a consumer whose cursor is at `cursor` does next, taking up to
+    /// `limit` records.
+    fn next(&mut self, cursor: i64, limit: usize) -> Next {
+        while self
+            .records
+            .front()
+            .is_some_and(|h| h.record.position <= cursor)
+        {
+            self.pop();
+        }
+        let mut at = cursor;
+        let mut taken = Vec::new();
+        while taken.len() < limit
+            && self
+                .records
+                .front()
+                .is_some_and(|h| h.after.is_some_and(|after| after <= at))
+        {
+            let Some(record) = self.pop() else { break };
+            at = record.position;
+            taken.push(record);
+        }
+        if !taken.is_empty() {
+            Next::Process(taken)
+        } else if self.records.is_empty() && self.last.is_some_and(|last| last <= cursor) {
+            Next::Wait
+        } else {
+            Next::Read
+        }
+    }
+
+    fn pop(&mut self) -> Option<LogRecord> {
+        let handed = self.records.pop_front()?;
+        self.events -= handed.record.events.len();
+        Some(handed.record)
+    }
 }
 
 impl LogIngest {
@@ -246,7 +361,7 @@ impl Pending {
     /// Waits until the batch is durable (or refused).
     pub async fn durable(self) -> Result<Ack, LogError> {
         match self.answer.await.map_err(|_| LogError::ShuttingDown)?? {
-            Appended::New => {
+            Appended::New { .. } => {
                 // The permits now belong to the backlog; the consumer
                 // returns them once the events are processed. A shared log
                 // bounds its backlog itself, and any process may consume
@@ -297,6 +412,10 @@ pub(crate) async fn start<L: EventLog>(
         appended: Notify::new(),
         max_backlog: max_backlog as u64,
         shared_log,
+        handoff: Mutex::new(Handoff {
+            bound: config.handoff_events.min(max_backlog),
+            ..Handoff::default()
+        }),
     });
     let (writer, queue) = mpsc::channel(1_024);
     let ingest = LogIngest {
@@ -347,17 +466,29 @@ async fn write<L: EventLog>(
         match log.append(&batches).await {
             Ok(outcomes) => {
                 let mut repeated = 0u64;
-                for ((batch, reply), outcome) in batches.iter().zip(replies).zip(outcomes) {
-                    if outcome == Appended::Duplicate {
-                        repeated += batch.events.len() as u64;
+                let mut handed = Vec::new();
+                for ((batch, reply), outcome) in batches.into_iter().zip(replies).zip(outcomes) {
+                    match outcome {
+                        Appended::Duplicate => repeated += batch.events.len() as u64,
+                        Appended::New { position } if !shared.shared_log => {
+                            handed.push((position, batch.events));
+                        }
+                        Appended::New { .. } => {}
                     }
                     let _ = reply.send(Ok(outcome));
                 }
                 shared.retract(repeated);
+                if !handed.is_empty() {
+                    let mut handoff = shared.handoff();
+                    for (position, events) in handed {
+                        handoff.offer(position, events);
+                    }
+                }
                 shared.appended.notify_one();
             }
             Err(error) => {
                 shared.retract(offered);
+                shared.handoff().lose_track();
                 tracing::warn!(%error, batches = batches.len(), "event log append failed; no batch of the group was acknowledged");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
@@ -369,6 +500,10 @@ async fn write<L: EventLog>(
 }
 
 impl Shared {
+    fn handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// `n` events are joining the log: received, in flight, in the backlog.
     fn admit(&self, n: u64) {
         self.counters.admit_many(n);
@@ -419,14 +554,25 @@ impl<L: EventLog> Consumer<L> {
             if *stop.borrow() {
                 break;
             }
-            let records = match self.log.read(self.cursor, self.read_batches).await {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::warn!(%error, "reading the event log failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                    continue;
-                }
+            let next = if self.shared.shared_log {
+                Next::Read
+            } else {
+                self.shared
+                    .handoff()
+                    .next(self.cursor, self.read_batches as usize)
+            };
+            let records = match next {
+                Next::Process(records) => records,
+                Next::Wait => Vec::new(),
+                Next::Read => match self.log.read(self.cursor, self.read_batches).await {
+                    Ok(records) => records,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the event log failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
             };
             let Some(through) = records.last().map(|r| r.position) else {
                 tokio::select! {
@@ -559,7 +705,7 @@ impl EventLog for MemoryLog {
                         position,
                         events: batch.events.clone(),
                     });
-                    Appended::New
+                    Appended::New { position }
                 })
                 .collect()
         }))

@@ -504,3 +504,149 @@ async fn an_event_store_down_for_minutes_loses_nothing_while_running() {
         (8, 0, 0)
     );
 }
+
+/// A [`MemoryLog`] that counts the consumer's reads and holds its commits
+/// until the test opens the gate.
+struct Watched {
+    log: MemoryLog,
+    reads: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Watched {
+    fn new(open: bool) -> Self {
+        Self {
+            log: MemoryLog::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(if open { 1 << 20 } else { 0 }),
+        }
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl transform_engine::EventLog for Watched {
+    async fn append(
+        &self,
+        batches: &[LogBatch],
+    ) -> Result<Vec<transform_engine::Appended>, transform_engine::SinkError> {
+        self.log.append(batches).await
+    }
+
+    async fn read(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<transform_engine::LogRecord>, transform_engine::SinkError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.log.read(after, limit).await
+    }
+
+    async fn commit(
+        &self,
+        through: i64,
+        events: &[Event],
+        letters: &[domain::DeadLetter],
+    ) -> Result<(), transform_engine::SinkError> {
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+        self.log.commit(through, events, letters).await
+    }
+
+    async fn cursor(&self) -> Result<i64, transform_engine::SinkError> {
+        self.log.cursor().await
+    }
+
+    async fn backlog(&self) -> Result<u64, transform_engine::SinkError> {
+        self.log.backlog().await
+    }
+}
+
+async fn drained(engine: &Engine) {
+    while engine.stats().log_backlog > 0 || engine.stats().in_flight > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The consumer is handed the batches the writer appended: after the first
+/// (which it cannot tell is the next one after an earlier run's), it never
+/// reads the log, and still commits every event once, in order.
+#[tokio::test]
+async fn appended_batches_reach_the_consumer_without_reading_the_log() {
+    let log = Arc::new(Watched::new(true));
+    let sink = Arc::new(MemorySink::new());
+    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
+    let ingest = engine
+        .attach_log(Arc::clone(&log), LogConfig::default())
+        .await
+        .unwrap();
+    let all = events(200);
+    for (n, chunk) in all.chunks(10).enumerate() {
+        let ack = ingest
+            .submit(batch(Some(("p", n as u64 + 1)), chunk.to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!(ack.accepted, 10);
+    }
+    drained(&engine).await;
+    assert_eq!(log.log.events(), all, "every event once, in order");
+    assert!(
+        log.reads() <= 2,
+        "20 batches took {} reads of the log",
+        log.reads()
+    );
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+}
+
+/// Past the hand-off's bound the writer keeps appending but stops handing
+/// over; the consumer reads those batches from the log, then takes the
+/// hand-off again, and nothing is skipped or doubled.
+#[tokio::test]
+async fn past_the_hand_off_bound_the_consumer_reads_the_log() {
+    let log = Arc::new(Watched::new(false));
+    let sink = Arc::new(MemorySink::new());
+    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
+    let ingest = engine
+        .attach_log(
+            Arc::clone(&log),
+            LogConfig {
+                read_batches: 1,
+                handoff_events: 10_000,
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let all = events(28_000);
+    let mut chunks = all.chunks(4_000);
+    // Six batches while the consumer's first commit is held: two fit the
+    // hand-off, four do not.
+    for (n, chunk) in chunks.by_ref().take(6).enumerate() {
+        ingest
+            .submit(batch(Some(("p", n as u64 + 1)), chunk.to_vec()), None)
+            .await
+            .unwrap();
+    }
+    log.gate.add_permits(1 << 20);
+    drained(&engine).await;
+    let read_back = log.reads();
+    // And one more once it has caught up: handed over again.
+    let last = chunks.next().unwrap();
+    ingest
+        .submit(batch(Some(("p", 7)), last.to_vec()), None)
+        .await
+        .unwrap();
+    drained(&engine).await;
+    assert_eq!(log.log.events(), all, "every event once, in order");
+    assert!(
+        (5..=6).contains(&read_back),
+        "the first batch and the four past the bound come from the log, the second from memory: {read_back} reads"
+    );
+    assert_eq!(log.reads(), read_back, "the seventh batch was handed over");
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+}
