@@ -78,43 +78,65 @@ impl Timestamp {
     }
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Seconds first, then exactly `fraction_digits` digits, truncated.
-        // Written field by field: chrono's `format` parses its pattern on
-        // every call, which showed at ~6% of the event log's CPU profile
-        // (docs/benchmarks.md). Years are 1..=9999 (checked on parse).
+impl Timestamp {
+    /// The longest stored form: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+    const MAX_TEXT: usize = 30;
+
+    /// Writes the stored form into `out` and returns it: the seconds, then
+    /// exactly `fraction_digits` digits, truncated. Digit by digit, with no
+    /// formatting machinery: every event written to the log or the store
+    /// goes through here (chrono's `format` parsed its pattern on every call
+    /// and showed at ~6% of the event log's CPU profile, docs/benchmarks.md).
+    fn text<'b>(&self, out: &'b mut [u8; Self::MAX_TEXT]) -> &'b str {
+        fn put(out: &mut [u8], mut value: u32) {
+            for digit in out.iter_mut().rev() {
+                // A digit: `value % 10` is below 10.
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
         let (date, time) = (self.at.date_naive(), self.at.time());
         // chrono keeps a leap second (`…:60Z`) as second 59 with a nanosecond
         // count of a second or more: write it back as it was read.
         let leap = u32::from(self.at.nanosecond() >= 1_000_000_000);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            date.year(),
-            date.month(),
-            date.day(),
-            time.hour(),
-            time.minute(),
-            time.second() + leap
-        )?;
+        // Years are 1..=9999 (checked on parse and on conversion).
+        put(&mut out[0..4], u32::try_from(date.year()).unwrap_or(0));
+        out[4] = b'-';
+        put(&mut out[5..7], date.month());
+        out[7] = b'-';
+        put(&mut out[8..10], date.day());
+        out[10] = b'T';
+        put(&mut out[11..13], time.hour());
+        out[13] = b':';
+        put(&mut out[14..16], time.minute());
+        out[16] = b':';
+        put(&mut out[17..19], time.second() + leap);
+        let mut end = 19;
         if self.fraction_digits > 0 {
-            let digits = u32::from(self.fraction_digits);
+            let digits = usize::from(self.fraction_digits.min(9));
             let nanos = self.at.nanosecond() % 1_000_000_000;
-            let scaled = nanos / 10u32.pow(9 - digits);
-            write!(
-                f,
-                ".{scaled:0width$}",
-                width = usize::from(self.fraction_digits)
-            )?;
+            out[19] = b'.';
+            put(
+                &mut out[20..20 + digits],
+                nanos / 10u32.pow(9 - digits as u32),
+            );
+            end = 20 + digits;
         }
-        f.write_str("Z")
+        out[end] = b'Z';
+        // Only ASCII digits and separators were written.
+        std::str::from_utf8(&out[..=end]).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text(&mut [0; Self::MAX_TEXT]))
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.text(&mut [0; Self::MAX_TEXT]))
     }
 }
 

@@ -166,17 +166,30 @@ pub fn product_to_wire(product: &Product) -> proto::Product {
     }
 }
 
-/// An event from the wire, validated; `prefix` names it in errors
-/// (`events[3].`) on a stream.
-pub fn event_from_wire(event: proto::Event, prefix: &str) -> Parsed<Event> {
-    let field = |name: &str| format!("{prefix}{name}");
+/// An event from the wire, validated; on a stream or in a batch, `index`
+/// names it in errors (`events[3].user_id`).
+pub fn event_from_wire(event: proto::Event, index: Option<usize>) -> Parsed<Event> {
+    // Full field names are spelled out only for an error: this runs for
+    // every event of every batch.
+    let field = |name: &str| match index {
+        Some(i) => format!("events[{i}].{name}"),
+        None => name.to_owned(),
+    };
+    let named = |error: domain::DomainError| match error {
+        domain::DomainError::InvalidField {
+            field: name,
+            reason,
+        } => status::domain(domain::DomainError::InvalidField {
+            field: field(&name),
+            reason,
+        }),
+        other => status::domain(other),
+    };
     let event_id = match event.event_id.as_str() {
         "" => None,
-        _ => {
-            Some(EventId::parse_field(&field("event_id"), event.event_id).map_err(status::domain)?)
-        }
+        _ => Some(EventId::parse_field("event_id", event.event_id).map_err(named)?),
     };
-    let user_id = UserId::parse_field(&field("user_id"), event.user_id).map_err(status::domain)?;
+    let user_id = UserId::parse_field("user_id", event.user_id).map_err(named)?;
     let action =
         Action::parse(&event.action).map_err(|e| invalid(&field("action"), strip(&e, "action")))?;
     let occurred_at = event
@@ -190,8 +203,7 @@ pub fn event_from_wire(event: proto::Event, prefix: &str) -> Parsed<Event> {
                 .ok_or_else(|| invalid(&field("occurred_at"), "outside years 1..=9999"))
         })
         .transpose()?;
-    let attributes =
-        Attributes::from_client(&field("attributes"), event.attributes).map_err(status::domain)?;
+    let attributes = Attributes::from_client("attributes", event.attributes).map_err(named)?;
     let mut out = Event::new(user_id, action);
     out.event_id = event_id;
     out.occurred_at = occurred_at;
@@ -230,7 +242,7 @@ pub fn event_batch_from_wire(batch: proto::EventBatch) -> Parsed<LogBatch> {
         .events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| event_from_wire(event, &format!("events[{i}].")))
+        .map(|(i, event)| event_from_wire(event, Some(i)))
         .collect::<Parsed<Vec<_>>>()?;
     let producer = (!batch.producer_id.is_empty()).then_some((batch.producer_id, batch.sequence));
     Ok(LogBatch { producer, events })

@@ -122,7 +122,7 @@ impl EventService for EventApi {
             {
                 // A bad event ends the stream; what was accepted before it
                 // stays accepted, and the message says how many.
-                let event = convert::event_from_wire(message, &format!("events[{index}]."))
+                let event = convert::event_from_wire(message, Some(index))
                     .map_err(|error| after_accepted(&error, counts.accepted))?;
                 match self.ingest.submit(event).await.map_err(status::ingest)? {
                     Admission::Accepted => counts.accepted += 1,
@@ -141,7 +141,7 @@ impl EventService for EventApi {
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
         async {
-            let event = convert::event_from_wire(request.into_inner(), "")?;
+            let event = convert::event_from_wire(request.into_inner(), None)?;
             match self.ingest.submit(event).await.map_err(status::ingest)? {
                 Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
                 Admission::Dropped => Err(status::error(

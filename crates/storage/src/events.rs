@@ -87,7 +87,7 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 pub(crate) struct NewEventRow {
     event_id: Option<String>,
     body: String,
-    received_at: NaiveDateTime,
+    received_at: Stamp,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -103,7 +103,7 @@ struct EventRow {
 pub(crate) struct NewDeadLetterRow {
     body: String,
     reason: String,
-    created_at: NaiveDateTime,
+    created_at: Stamp,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -113,6 +113,49 @@ struct DeadLetterRow {
     body: String,
     reason: String,
     created_at: NaiveDateTime,
+}
+
+/// One instant stamped on every row of a batch. SQLite keeps timestamps as
+/// text, and diesel would format the same instant once per row; this
+/// formats it once, exactly as diesel does (`%F %T%.f`). PostgreSQL binds
+/// the instant itself.
+#[derive(Debug, Clone, diesel::expression::AsExpression)]
+#[diesel(sql_type = diesel::sql_types::Timestamp)]
+pub(crate) struct Stamp {
+    at: NaiveDateTime,
+    text: std::sync::Arc<str>,
+}
+
+impl Stamp {
+    /// Now, to the microsecond (what PostgreSQL keeps).
+    pub(crate) fn now() -> Self {
+        let at = Utc::now().trunc_subsecs(6).naive_utc();
+        Self {
+            at,
+            text: at.format("%F %T%.f").to_string().into(),
+        }
+    }
+}
+
+impl diesel::serialize::ToSql<diesel::sql_types::Timestamp, diesel::sqlite::Sqlite> for Stamp {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::sqlite::Sqlite>,
+    ) -> diesel::serialize::Result {
+        out.set_value(&*self.text);
+        Ok(diesel::serialize::IsNull::No)
+    }
+}
+
+impl diesel::serialize::ToSql<diesel::sql_types::Timestamp, diesel::pg::Pg> for Stamp {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        diesel::serialize::ToSql::<diesel::sql_types::Timestamp, diesel::pg::Pg>::to_sql(
+            &self.at, out,
+        )
+    }
 }
 
 insert_rows!(NewEventRow => events::table);
@@ -126,14 +169,14 @@ pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
 
 /// The rows that store `events`, stamped now.
 pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEventRow>, StorageError> {
-    let received_at = Utc::now().trunc_subsecs(6).naive_utc();
+    let received_at = Stamp::now();
     events
         .iter()
         .map(|event| {
             Ok(NewEventRow {
                 event_id: event.event_id.as_ref().map(ToString::to_string),
                 body: json_of(event)?,
-                received_at,
+                received_at: received_at.clone(),
             })
         })
         .collect()
@@ -143,14 +186,14 @@ pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEventRow>, StorageEr
 pub(crate) fn dead_letter_rows(
     letters: &[DeadLetter],
 ) -> Result<Vec<NewDeadLetterRow>, StorageError> {
-    let created_at = Utc::now().trunc_subsecs(6).naive_utc();
+    let created_at = Stamp::now();
     letters
         .iter()
         .map(|letter| {
             Ok(NewDeadLetterRow {
                 body: json_of(&letter.event)?,
                 reason: letter.reason.clone(),
-                created_at,
+                created_at: created_at.clone(),
             })
         })
         .collect()
