@@ -78,65 +78,89 @@ impl Timestamp {
     }
 }
 
-impl Timestamp {
-    /// The longest stored form: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
-    const MAX_TEXT: usize = 30;
+/// A stored timestamp's text, built without formatting machinery.
+struct Text {
+    bytes: [u8; Text::MAX],
+    len: usize,
+}
 
-    /// Writes the stored form into `out` and returns it: the seconds, then
-    /// exactly `fraction_digits` digits, truncated. Digit by digit, with no
-    /// formatting machinery: every event written to the log or the store
-    /// goes through here (chrono's `format` parsed its pattern on every call
-    /// and showed at ~6% of the event log's CPU profile, docs/benchmarks.md).
-    fn text<'b>(&self, out: &'b mut [u8; Self::MAX_TEXT]) -> &'b str {
-        fn put(out: &mut [u8], mut value: u32) {
-            for digit in out.iter_mut().rev() {
-                // A digit: `value % 10` is below 10.
-                *digit = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
+impl Text {
+    /// The longest stored form: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+    const MAX: usize = 30;
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
         }
+    }
+
+    /// `value`'s last `width` decimal digits, zero-padded.
+    fn digits(&mut self, value: u32, width: u32) {
+        for power in (0..width).rev() {
+            // A digit: the remainder is below 10.
+            self.push(b'0' + (value / 10u32.pow(power) % 10) as u8);
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever pushed.
+        self.bytes
+            .get(..self.len)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Timestamp {
+    /// The stored form: the seconds, then exactly `fraction_digits` digits,
+    /// truncated. Digit by digit: every event written to the log or the
+    /// store goes through here (chrono's `format` parsed its pattern on
+    /// every call and showed at ~6% of the event log's CPU profile,
+    /// docs/benchmarks.md).
+    fn text(&self) -> Text {
+        let mut text = Text {
+            bytes: [0; Text::MAX],
+            len: 0,
+        };
         let (date, time) = (self.at.date_naive(), self.at.time());
         // chrono keeps a leap second (`…:60Z`) as second 59 with a nanosecond
         // count of a second or more: write it back as it was read.
         let leap = u32::from(self.at.nanosecond() >= 1_000_000_000);
         // Years are 1..=9999 (checked on parse and on conversion).
-        put(&mut out[0..4], u32::try_from(date.year()).unwrap_or(0));
-        out[4] = b'-';
-        put(&mut out[5..7], date.month());
-        out[7] = b'-';
-        put(&mut out[8..10], date.day());
-        out[10] = b'T';
-        put(&mut out[11..13], time.hour());
-        out[13] = b':';
-        put(&mut out[14..16], time.minute());
-        out[16] = b':';
-        put(&mut out[17..19], time.second() + leap);
-        let mut end = 19;
+        text.digits(u32::try_from(date.year()).unwrap_or(0), 4);
+        text.push(b'-');
+        text.digits(date.month(), 2);
+        text.push(b'-');
+        text.digits(date.day(), 2);
+        text.push(b'T');
+        text.digits(time.hour(), 2);
+        text.push(b':');
+        text.digits(time.minute(), 2);
+        text.push(b':');
+        text.digits(time.second() + leap, 2);
         if self.fraction_digits > 0 {
-            let digits = usize::from(self.fraction_digits.min(9));
-            let nanos = self.at.nanosecond() % 1_000_000_000;
-            out[19] = b'.';
-            put(
-                &mut out[20..20 + digits],
-                nanos / 10u32.pow(9 - digits as u32),
+            let digits = u32::from(self.fraction_digits.min(9));
+            text.push(b'.');
+            text.digits(
+                self.at.nanosecond() % 1_000_000_000 / 10u32.pow(9 - digits),
+                digits,
             );
-            end = 20 + digits;
         }
-        out[end] = b'Z';
-        // Only ASCII digits and separators were written.
-        std::str::from_utf8(&out[..=end]).unwrap_or_default()
+        text.push(b'Z');
+        text
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text(&mut [0; Self::MAX_TEXT]))
+        f.write_str(self.text().as_str())
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.text(&mut [0; Self::MAX_TEXT]))
+        serializer.serialize_str(self.text().as_str())
     }
 }
 
