@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         }
         7 => {
             if let Ok(event) = proto::Event::decode(bytes) {
-                if let Ok(parsed) = convert::event_from_wire(event, "") {
+                if let Ok(parsed) = convert::event_from_wire(event, None) {
                     // A valid event always has a stored form that loads back.
                     let json = parsed.to_json().expect("a valid event serialises");
                     let loaded = domain::Event::from_json(&json).expect("and loads");

@@ -98,6 +98,30 @@ impl Event {
     pub fn to_json(&self) -> Result<String, DomainError> {
         serde_json::to_string(self).map_err(|e| DomainError::MalformedEvent(e.to_string()))
     }
+
+    /// Appends the canonical stored form (what [`Self::to_json`] returns)
+    /// to `out`: many events into one buffer, without a `String` each.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DomainError> {
+        serde_json::to_writer(out, self).map_err(|e| DomainError::MalformedEvent(e.to_string()))
+    }
+
+    /// `events` as JSON lines, one per event, each followed by `\n` when
+    /// `terminated` and separated by it otherwise.
+    pub fn json_lines(events: &[Self], terminated: bool) -> Result<String, DomainError> {
+        // Most stored events are under 200 bytes.
+        let mut out = Vec::with_capacity(events.len() * 200);
+        for (n, event) in events.iter().enumerate() {
+            if n > 0 && !terminated {
+                out.push(b'\n');
+            }
+            event.write_json(&mut out)?;
+            if terminated {
+                out.push(b'\n');
+            }
+        }
+        // serde_json writes UTF-8.
+        String::from_utf8(out).map_err(|e| DomainError::MalformedEvent(e.to_string()))
+    }
 }
 
 /// An event the system could not process, and why. Stored for an operator to

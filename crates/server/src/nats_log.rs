@@ -151,16 +151,12 @@ impl NatsLog {
 }
 
 fn encode(events: &[Event]) -> Result<Bytes, SinkError> {
-    let mut body = String::new();
-    for event in events {
-        let line = event.to_json().map_err(|e| SinkError {
+    Event::json_lines(events, true)
+        .map(Bytes::from)
+        .map_err(|e| SinkError {
             message: e.to_string(),
             kind: SinkErrorKind::Rejected,
-        })?;
-        body.push_str(&line);
-        body.push('\n');
-    }
-    Ok(Bytes::from(body))
+        })
 }
 
 /// How long a pull waits for messages before answering with fewer.

@@ -23,7 +23,7 @@ use domain::{DeadLetter, Event};
 
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
-use crate::events::{dead_letter_rows, event_rows, json_of};
+use crate::events::{dead_letter_rows, event_rows};
 use crate::schema::{event_log, log_applied, log_cursors, log_producers};
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
@@ -102,12 +102,8 @@ impl Database {
         let rows = batches
             .iter()
             .map(|batch| {
-                let body = batch
-                    .events
-                    .iter()
-                    .map(json_of)
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join("\n");
+                let body = Event::json_lines(batch.events, false)
+                    .map_err(|e| StorageError::Internal(e.to_string()))?;
                 let producer = match batch.producer {
                     Some((id, sequence)) => Some((
                         id.to_owned(),

@@ -111,3 +111,23 @@ fn nul_is_refused_in_user_ids() {
     let err = Event::from_json(r#"{"user_id":"a\u0000b","action":"login"}"#).unwrap_err();
     assert!(err.to_string().contains("user_id"), "{err}");
 }
+
+#[test]
+fn json_lines_are_each_events_stored_form() {
+    let lines = [
+        r#"{"event_id":"e-1","user_id":"u-1","action":"login","occurred_at":"2026-01-02T03:04:05.060Z","attributes":{"ip":"10.0.0.1","note":"tab\tand \"quote\" and é"}}"#,
+        r#"{"user_id":"u-2","action":"add_to_cart","amount_cents":-5}"#,
+    ];
+    let events: Vec<Event> = lines.iter().map(|l| Event::from_json(l).unwrap()).collect();
+    assert_eq!(
+        Event::json_lines(&events, false).unwrap(),
+        lines.join("\n"),
+        "separated"
+    );
+    assert_eq!(
+        Event::json_lines(&events, true).unwrap(),
+        format!("{}\n{}\n", lines[0], lines[1]),
+        "terminated"
+    );
+    assert_eq!(Event::json_lines(&[], false).unwrap(), "");
+}
