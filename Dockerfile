@@ -9,7 +9,8 @@
 #            recompiles just our five crates.
 #   runtime  Debian slim with the binary, a non-root user, nothing else.
 #
-# The builder needs only the Rust image: SQLite is bundled, protobuf is
+# The builder needs the Rust image plus `make` (jemalloc, the server's
+# allocator, is built from source): SQLite is bundled, protobuf is
 # compiled by protox (no protoc), and the linker is the toolchain's default,
 # its bundled rust-lld (.cargo/config.toml says why it sets no linker). `scripts/check-docker-recipe.sh` proves the
 # recipe with the same cargo-chef commands where no Docker engine runs.
@@ -18,6 +19,9 @@
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo install --locked cargo-chef@0.1.78
 WORKDIR /app
 
