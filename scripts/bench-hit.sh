@@ -29,9 +29,12 @@ command -v h2load >/dev/null || {
 root=$PWD
 scratch=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$scratch"' EXIT
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --quiet --release -p server -p loadgen
-bin=$root/target/release/orderflow
-lg=$root/target/release/loadgen
+# BIN_DIR=dir runs that directory's orderflow and loadgen (to compare two
+# builds) instead of building this tree's.
+bin_dir=${BIN_DIR:-$root/target/release}
+[ "${SKIP_BUILD:-0}" = 1 ] || [ -n "${BIN_DIR:-}" ] || cargo build --quiet --release -p server -p loadgen
+bin=$bin_dir/orderflow
+lg=$bin_dir/loadgen
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
