@@ -54,12 +54,18 @@ fn boxed(step: TransformStep) -> Box<dyn Transform> {
     }
 }
 
-/// Event-major over trait objects: what a `Vec<Box<dyn Transform>>`
-/// pipeline does.
-fn dyn_event_major(steps: &mut [Box<dyn Transform>], batch: Vec<Event>, out: &mut BatchOutcome) {
+/// Event-major, each event moved into the output: the loop the dyn
+/// baseline runs, and (over the enum) `enum_event_major_moving`, so the two
+/// differ only in how `apply` dispatches.
+fn event_major_moving<S>(
+    steps: &mut [S],
+    apply: impl Fn(&mut S, &mut Event) -> Verdict,
+    batch: Vec<Event>,
+    out: &mut BatchOutcome,
+) {
     'events: for mut event in batch {
         for step in steps.iter_mut() {
-            match step.apply(&mut event) {
+            match apply(step, &mut event) {
                 Verdict::Keep => {}
                 Verdict::Filtered => {
                     out.filtered += 1;
@@ -79,29 +85,16 @@ fn dyn_event_major(steps: &mut [Box<dyn Transform>], batch: Vec<Event>, out: &mu
     }
 }
 
-/// Event-major over the enum with the dyn baseline's loop (each event moved
-/// into the output), to tell dispatch apart from the loop.
+/// Event-major over trait objects: what a `Vec<Box<dyn Transform>>`
+/// pipeline does.
+fn dyn_event_major(steps: &mut [Box<dyn Transform>], batch: Vec<Event>, out: &mut BatchOutcome) {
+    event_major_moving(steps, |step, event| step.apply(event), batch, out);
+}
+
+/// The enum steps in the dyn baseline's loop, to tell dispatch apart from
+/// the loop.
 fn enum_event_major_moving(steps: &mut [TransformStep], batch: Vec<Event>, out: &mut BatchOutcome) {
-    'events: for mut event in batch {
-        for step in steps.iter_mut() {
-            match step.apply(&mut event) {
-                Verdict::Keep => {}
-                Verdict::Filtered => {
-                    out.filtered += 1;
-                    continue 'events;
-                }
-                Verdict::Duplicate => {
-                    out.deduplicated += 1;
-                    continue 'events;
-                }
-                Verdict::Failed(reason) => {
-                    out.dead.push(domain::DeadLetter { event, reason });
-                    continue 'events;
-                }
-            }
-        }
-        out.kept.push(event);
-    }
+    event_major_moving(steps, TransformStep::apply, batch, out);
     publish(steps);
 }
 

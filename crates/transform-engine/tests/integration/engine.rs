@@ -346,6 +346,17 @@ fn overflow_policies_parse_and_print() {
     );
 }
 
+/// An engine (default pipeline, memory sinks) with `log` attached.
+async fn with_log<L: transform_engine::EventLog>(
+    log: Arc<L>,
+    config: LogConfig,
+) -> (Engine, transform_engine::LogIngest) {
+    let sink = Arc::new(MemorySink::new());
+    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
+    let ingest = engine.attach_log(log, config).await.unwrap();
+    (engine, ingest)
+}
+
 fn batch(producer: Option<(&str, u64)>, events: Vec<Event>) -> LogBatch {
     LogBatch {
         producer: producer.map(|(id, sequence)| (id.to_owned(), sequence)),
@@ -359,12 +370,7 @@ fn batch(producer: Option<(&str, u64)>, events: Vec<Event>) -> LogBatch {
 #[tokio::test]
 async fn acknowledged_batches_are_processed_exactly_once() {
     let log = Arc::new(MemoryLog::new());
-    let sink = Arc::new(MemorySink::new());
-    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
-    let ingest = engine
-        .attach_log(Arc::clone(&log), LogConfig::default())
-        .await
-        .unwrap();
+    let (engine, ingest) = with_log(Arc::clone(&log), LogConfig::default()).await;
     let all = events(30);
     for (n, chunk) in all.chunks(10).enumerate() {
         let sequence = n as u64 + 1;
@@ -399,18 +405,14 @@ async fn a_full_backlog_refuses_after_the_wait_and_recovers() {
     // A backlog already at the bound when the engine starts: an earlier
     // run's acknowledged batches, not yet processed.
     log.append(&[batch(None, events(10_000))]).await.unwrap();
-    let sink = Arc::new(MemorySink::new());
-    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
-    let ingest = engine
-        .attach_log(
-            Arc::clone(&log),
-            LogConfig {
-                max_backlog: 10_000,
-                ..LogConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (engine, ingest) = with_log(
+        Arc::clone(&log),
+        LogConfig {
+            max_backlog: 10_000,
+            ..LogConfig::default()
+        },
+    )
+    .await;
     assert_eq!(engine.stats().log_backlog, 10_000);
     let refused = ingest
         .submit(batch(None, events(1)), Some(Duration::ZERO))
@@ -438,12 +440,7 @@ async fn a_full_backlog_refuses_after_the_wait_and_recovers() {
 async fn refused_outputs_are_dead_lettered_and_the_log_moves_on() {
     let log = Arc::new(MemoryLog::new());
     log.refuse_outputs(1);
-    let sink = Arc::new(MemorySink::new());
-    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
-    let ingest = engine
-        .attach_log(Arc::clone(&log), LogConfig::default())
-        .await
-        .unwrap();
+    let (engine, ingest) = with_log(Arc::clone(&log), LogConfig::default()).await;
     ingest
         .submit(batch(Some(("p", 1)), events(5)), None)
         .await
@@ -577,12 +574,7 @@ async fn drained(engine: &Engine) {
 #[tokio::test]
 async fn appended_batches_reach_the_consumer_without_reading_the_log() {
     let log = Arc::new(Watched::new(true));
-    let sink = Arc::new(MemorySink::new());
-    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
-    let ingest = engine
-        .attach_log(Arc::clone(&log), LogConfig::default())
-        .await
-        .unwrap();
+    let (engine, ingest) = with_log(Arc::clone(&log), LogConfig::default()).await;
     let all = events(200);
     for (n, chunk) in all.chunks(10).enumerate() {
         let ack = ingest
@@ -608,19 +600,15 @@ async fn appended_batches_reach_the_consumer_without_reading_the_log() {
 #[tokio::test]
 async fn past_the_hand_off_bound_the_consumer_reads_the_log() {
     let log = Arc::new(Watched::new(false));
-    let sink = Arc::new(MemorySink::new());
-    let mut engine = Engine::start(EngineConfig::default(), Arc::clone(&sink), sink);
-    let ingest = engine
-        .attach_log(
-            Arc::clone(&log),
-            LogConfig {
-                read_batches: 1,
-                handoff_events: 10_000,
-                ..LogConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (engine, ingest) = with_log(
+        Arc::clone(&log),
+        LogConfig {
+            read_batches: 1,
+            handoff_events: 10_000,
+            ..LogConfig::default()
+        },
+    )
+    .await;
     let all = events(28_000);
     let mut chunks = all.chunks(4_000);
     // Six batches while the consumer's first commit is held: two fit the
