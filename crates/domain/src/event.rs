@@ -9,11 +9,11 @@
 //! the code does not know, timestamp precision, attribute text).
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::text::{Charset, check, quote};
 use crate::{Cents, DomainError, EventId, Timestamp, UserId};
@@ -183,6 +183,24 @@ impl Action {
         })
     }
 
+    /// The known actions, in declaration order: [`Self::known_index`]
+    /// indexes it.
+    pub const KNOWN: [Self; 4] = [Self::Login, Self::Logout, Self::Purchase, Self::Refund];
+
+    /// Where this action sits in [`Self::KNOWN`], or `None` for any other:
+    /// lets a hot path keep a table per known action in a small array
+    /// instead of hashing the name.
+    #[inline]
+    pub fn known_index(&self) -> Option<usize> {
+        match self {
+            Self::Login => Some(0),
+            Self::Logout => Some(1),
+            Self::Purchase => Some(2),
+            Self::Refund => Some(3),
+            Self::Other(_) => None,
+        }
+    }
+
     /// The wire spelling.
     pub fn as_str(&self) -> &str {
         match self {
@@ -228,11 +246,12 @@ impl<'de> Deserialize<'de> for Action {
 const INLINE_ATTRIBUTES: usize = 4;
 
 /// An event's attributes, kept sorted by key (the stored format writes them
-/// in that order). Keys and values are shared strings, and the first few
-/// entries live inline in the event, so the pipeline can add a configured
-/// attribute by bumping two reference counts: no allocation, no tree node.
+/// in that order). Keys and values are [`SmolStr`]s (up to 23 bytes inline,
+/// longer ones shared), and the first few entries live inline in the event,
+/// so the pipeline adds a configured attribute by copying two short strings:
+/// no allocation, no tree node, no atomic reference count.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Attributes(SmallVec<[(Arc<str>, Arc<str>); INLINE_ATTRIBUTES]>);
+pub struct Attributes(SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]>);
 
 impl Attributes {
     /// No attributes.
@@ -268,7 +287,7 @@ impl Attributes {
     }
 
     /// The value for `key`.
-    pub fn get(&self, key: &str) -> Option<&Arc<str>> {
+    pub fn get(&self, key: &str) -> Option<&SmolStr> {
         let index = self.position(key).ok()?;
         self.0.get(index).map(|(_, v)| v)
     }
@@ -276,9 +295,9 @@ impl Attributes {
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(
         &mut self,
-        key: impl Into<Arc<str>>,
-        value: impl Into<Arc<str>>,
-    ) -> Option<Arc<str>> {
+        key: impl Into<SmolStr>,
+        value: impl Into<SmolStr>,
+    ) -> Option<SmolStr> {
         let key = key.into();
         match self.position(&key) {
             Ok(index) => self
@@ -293,13 +312,13 @@ impl Attributes {
     }
 
     /// Removes `key`, returning its value.
-    pub fn remove(&mut self, key: &str) -> Option<Arc<str>> {
+    pub fn remove(&mut self, key: &str) -> Option<SmolStr> {
         let index = self.position(key).ok()?;
         Some(self.0.remove(index).1)
     }
 
     /// The attributes in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&SmolStr, &SmolStr)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 }
@@ -316,17 +335,17 @@ fn compare_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len())
 }
 
-impl<K: Into<Arc<str>>, V: Into<Arc<str>>> FromIterator<(K, V)> for Attributes {
+impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Attributes {
     /// Later entries for a key replace earlier ones. Sorts once, so building
     /// from `n` entries is O(n log n), not one shifting insert per entry.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut entries: SmallVec<[(Arc<str>, Arc<str>); INLINE_ATTRIBUTES]> = iter
+        let mut entries: SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]> = iter
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         // Stable, so equal keys keep their input order and the last wins.
         entries.sort_by(|(a, _), (b, _)| a.cmp(b));
-        let mut sorted: SmallVec<[(Arc<str>, Arc<str>); INLINE_ATTRIBUTES]> =
+        let mut sorted: SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]> =
             SmallVec::with_capacity(entries.len());
         for entry in entries {
             match sorted.last_mut() {
@@ -410,14 +429,14 @@ impl<'de> Deserialize<'de> for Attributes {
                 // Collected, then sorted once: O(n log n) however many there
                 // are (stored data is not capped; clients are, at the edge).
                 let mut entries = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                while let Some((key, value)) = map.next_entry::<SmolStr, SmolStr>()? {
                     if key.contains('\0') || value.contains('\0') {
                         return Err(serde::de::Error::custom(format_args!(
                             "attributes entry {} contains the character '\\0'",
                             quote(&key)
                         )));
                     }
-                    entries.push((Arc::<str>::from(key), Arc::<str>::from(value)));
+                    entries.push((key, value));
                 }
                 entries.sort_by(|(a, _), (b, _)| a.cmp(b));
                 let repeated = entries.windows(2).find_map(|pair| match pair {

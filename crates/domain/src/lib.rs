@@ -24,5 +24,7 @@ pub use money::{Cents, Currency};
 pub use order::{
     MAX_ORDER_LINES, NewOrder, Order, OrderLine, OrderStatus, Quantity, RestoredOrder,
 };
+/// The string type of attribute keys and values (see [`Attributes`]).
+pub use smol_str::SmolStr;
 pub use text::{QUOTE_CHARS, Quoted, quote};
 pub use time::Timestamp;

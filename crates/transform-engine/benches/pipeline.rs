@@ -16,6 +16,11 @@
 
 use std::hint::black_box;
 
+/// The server's allocator (see the `orderflow` binary), so the figures are
+/// the engine's as it runs there.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use domain::Action;
+use domain::{Action, SmolStr};
 use foldhash::fast::FixedState;
 use serde::Deserialize;
 
@@ -83,7 +83,7 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, PartialEq)]
 enum StepSpec {
     Enrich {
-        attribute: Arc<str>,
+        attribute: SmolStr,
         value: EnrichSpec,
     },
     Filter {
@@ -91,8 +91,8 @@ enum StepSpec {
         keep_matching: bool,
     },
     Rename {
-        from: Arc<str>,
-        to: Arc<str>,
+        from: SmolStr,
+        to: SmolStr,
         required: bool,
     },
     Aggregate {
@@ -107,11 +107,11 @@ enum StepSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 enum EnrichSpec {
-    Constant(Arc<str>),
+    Constant(SmolStr),
     Lookup {
         from: KeySource,
-        table: BTreeMap<String, Arc<str>>,
-        default: Option<Arc<str>>,
+        table: BTreeMap<String, SmolStr>,
+        default: Option<SmolStr>,
         required: bool,
     },
 }
@@ -185,9 +185,9 @@ impl StepSpec {
     fn build(&self) -> TransformStep {
         match self {
             Self::Enrich { attribute, value } => TransformStep::Enrich(Enrich {
-                attribute: Arc::clone(attribute),
+                attribute: attribute.clone(),
                 value: match value {
-                    EnrichSpec::Constant(v) => EnrichValue::Constant(Arc::clone(v)),
+                    EnrichSpec::Constant(v) => EnrichValue::Constant(v.clone()),
                     EnrichSpec::Lookup {
                         from,
                         table,
@@ -199,11 +199,15 @@ impl StepSpec {
                         map.extend(
                             table
                                 .iter()
-                                .map(|(k, v)| (Box::from(k.as_str()), Arc::clone(v))),
+                                .map(|(k, v)| (Box::from(k.as_str()), v.clone())),
                         );
+                        let by_action = Action::KNOWN
+                            .each_ref()
+                            .map(|action| map.get(action.as_str()).cloned());
                         EnrichValue::Lookup {
                             from: from.clone(),
                             table: map,
+                            by_action,
                             default: default.clone(),
                             required: *required,
                         }
@@ -218,8 +222,8 @@ impl StepSpec {
                 keep_matching: *keep_matching,
             }),
             Self::Rename { from, to, required } => TransformStep::Rename(Rename {
-                from: Arc::clone(from),
-                to: Arc::clone(to),
+                from: from.clone(),
+                to: to.clone(),
                 required: *required,
             }),
             Self::Aggregate { name, by, max_keys } => {
@@ -299,11 +303,11 @@ impl StepConfig {
             field,
             reason,
         };
-        let name = |field: &'static str, value: String| -> Result<Arc<str>, ConfigError> {
+        let name = |field: &'static str, value: String| -> Result<SmolStr, ConfigError> {
             if value.trim().is_empty() {
                 Err(bad(field, "must not be empty".to_owned()))
             } else {
-                Ok(Arc::from(value))
+                Ok(SmolStr::from(value))
             }
         };
         Ok(match self {
@@ -324,7 +328,7 @@ impl StepConfig {
                                 "only applies to a lookup (`from` + `table`)".to_owned(),
                             ));
                         }
-                        EnrichSpec::Constant(Arc::from(value))
+                        EnrichSpec::Constant(SmolStr::from(value))
                     }
                     (None, Some(from), Some(table)) => {
                         if required && default.is_some() {
@@ -335,8 +339,11 @@ impl StepConfig {
                         }
                         EnrichSpec::Lookup {
                             from: key_source(&from).map_err(|reason| bad("from", reason))?,
-                            table: table.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
-                            default: default.map(Arc::from),
+                            table: table
+                                .into_iter()
+                                .map(|(k, v)| (k, SmolStr::from(v)))
+                                .collect(),
+                            default: default.map(SmolStr::from),
                             required,
                         }
                     }
@@ -392,7 +399,7 @@ impl StepConfig {
                     return Err(bad("max_keys", "must be at least 1".to_owned()));
                 }
                 StepSpec::Aggregate {
-                    name: name("name", agg)?,
+                    name: Arc::from(name("name", agg)?.as_str()),
                     by: key_source(&by).map_err(|r| bad("by", r))?,
                     max_keys,
                 }
@@ -413,7 +420,7 @@ fn key_source(text: &str) -> Result<KeySource, String> {
         "action" => Ok(KeySource::Action),
         "user_id" => Ok(KeySource::UserId),
         other => match other.strip_prefix("attribute:") {
-            Some(name) if !name.is_empty() => Ok(KeySource::Attribute(Arc::from(name))),
+            Some(name) if !name.is_empty() => Ok(KeySource::Attribute(SmolStr::from(name))),
             _ => Err(format!(
                 "{other:?} is not `action`, `user_id` or `attribute:NAME`"
             )),
@@ -448,12 +455,12 @@ fn condition(config: ConditionConfig) -> Result<Condition, String> {
         set.push(Condition::AmountBelow(max));
     }
     if let Some(name) = has_attribute {
-        set.push(Condition::HasAttribute(Arc::from(name)));
+        set.push(Condition::HasAttribute(SmolStr::from(name)));
     }
     match (attribute, equals) {
         (Some(name), Some(value)) => set.push(Condition::AttributeEquals(
-            Arc::from(name),
-            Arc::from(value),
+            SmolStr::from(name),
+            SmolStr::from(value),
         )),
         (None, None) => {}
         _ => return Err("`attribute` and `equals` go together".to_owned()),

@@ -2,18 +2,21 @@
 //! the hot path dispatches on with a single `match`.
 //!
 //! Steps are built from validated configuration (see `config`) and are
-//! designed not to allocate per event: attribute keys and values are shared
-//! `Arc<str>`s (adding one bumps a reference count), de-duplication keeps
+//! designed not to allocate per event: attribute keys and values are
+//! [`SmolStr`]s (adding a short one copies it, with no allocation and no
+//! atomic reference count), de-duplication keeps
 //! 64-bit hashes of ids, and aggregation allocates only the first time it
 //! sees a key. A step never panics on bad data: it answers
 //! [`Verdict::Failed`] and the event is dead-lettered with the reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use domain::{Action, Event};
+use domain::{Action, Event, SmolStr};
 use foldhash::fast::FixedState;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 /// What a step decided about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub enum KeySource {
     /// The event's user id.
     UserId,
     /// The value of an attribute.
-    Attribute(Arc<str>),
+    Attribute(SmolStr),
 }
 
 impl KeySource {
@@ -107,19 +110,22 @@ impl TransformStep {
 /// Sets `attribute` to a constant or to a value looked up in a static table.
 #[derive(Debug)]
 pub struct Enrich {
-    pub(crate) attribute: Arc<str>,
+    pub(crate) attribute: SmolStr,
     pub(crate) value: EnrichValue,
 }
 
 #[derive(Debug)]
 pub(crate) enum EnrichValue {
-    Constant(Arc<str>),
+    Constant(SmolStr),
     Lookup {
         from: KeySource,
-        table: HashMap<Box<str>, Arc<str>, FixedState>,
+        table: HashMap<Box<str>, SmolStr, FixedState>,
+        /// `table`'s entry for each known action, indexed by
+        /// [`Action::known_index`]: with `from = action` those need no hash.
+        by_action: [Option<SmolStr>; Action::KNOWN.len()],
         /// Used when the key is absent from the table (or the event has no
         /// key); `None` with `required` fails the event instead.
-        default: Option<Arc<str>>,
+        default: Option<SmolStr>,
         required: bool,
     },
 }
@@ -129,16 +135,22 @@ impl Enrich {
     #[inline]
     pub fn apply(&mut self, event: &mut Event) -> Verdict {
         let value = match &self.value {
-            EnrichValue::Constant(value) => Arc::clone(value),
+            EnrichValue::Constant(value) => value.clone(),
             EnrichValue::Lookup {
                 from,
                 table,
+                by_action,
                 default,
                 required,
             } => {
-                let found = from.key(event).and_then(|key| table.get(key));
+                let found = match (from, event.action.known_index()) {
+                    (KeySource::Action, Some(known)) => {
+                        by_action.get(known).and_then(Option::as_ref)
+                    }
+                    _ => from.key(event).and_then(|key| table.get(key)),
+                };
                 match (found, default) {
-                    (Some(value), _) | (None, Some(value)) => Arc::clone(value),
+                    (Some(value), _) | (None, Some(value)) => value.clone(),
                     (None, None) if *required => {
                         return Verdict::Failed(format!(
                             "no {} entry for {from} {:?}",
@@ -150,7 +162,7 @@ impl Enrich {
                 }
             }
         };
-        event.attributes.insert(Arc::clone(&self.attribute), value);
+        event.attributes.insert(self.attribute.clone(), value);
         Verdict::Keep
     }
 }
@@ -165,9 +177,9 @@ pub enum Condition {
     /// `amount_cents` is present and below this.
     AmountBelow(i64),
     /// The attribute is present.
-    HasAttribute(Arc<str>),
+    HasAttribute(SmolStr),
     /// The attribute has exactly this value.
-    AttributeEquals(Arc<str>, Arc<str>),
+    AttributeEquals(SmolStr, SmolStr),
 }
 
 impl Condition {
@@ -209,8 +221,8 @@ impl Filter {
 /// Moves an attribute's value to a new key.
 #[derive(Debug)]
 pub struct Rename {
-    pub(crate) from: Arc<str>,
-    pub(crate) to: Arc<str>,
+    pub(crate) from: SmolStr,
+    pub(crate) to: SmolStr,
     /// Fail events that lack the attribute instead of passing them on.
     pub(crate) required: bool,
 }
@@ -221,7 +233,7 @@ impl Rename {
     pub fn apply(&mut self, event: &mut Event) -> Verdict {
         match event.attributes.remove(&self.from) {
             Some(value) => {
-                event.attributes.insert(Arc::clone(&self.to), value);
+                event.attributes.insert(self.to.clone(), value);
                 Verdict::Keep
             }
             None if self.required => {
@@ -241,23 +253,21 @@ pub struct Totals {
     pub sum_cents: i64,
 }
 
-/// An aggregation's table: totals per key, bounded in size.
+/// An aggregation's published table: totals per key, bounded in size.
 #[derive(Debug, Default)]
 pub struct AggregateTable {
-    by_key: HashMap<Arc<str>, Totals, FixedState>,
+    /// In the order the keys were first seen (the worker's slot order).
+    keys: Vec<(Arc<str>, Totals)>,
     /// Totals for keys seen after the table was full, and for events
     /// without a key.
     other: Totals,
 }
 
 impl AggregateTable {
-    /// Totals per key, plus the catch-all for keys past the limit.
+    /// Totals per key, sorted by key, plus the catch-all for keys past the
+    /// limit.
     pub fn snapshot(&self) -> (Vec<(Arc<str>, Totals)>, Totals) {
-        let mut keys: Vec<_> = self
-            .by_key
-            .iter()
-            .map(|(k, v)| (Arc::clone(k), *v))
-            .collect();
+        let mut keys = self.keys.clone();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         (keys, self.other)
     }
@@ -267,27 +277,35 @@ impl AggregateTable {
 /// [`Aggregate::table`]. At most `max_keys` keys are tracked (memory stays
 /// bounded); later keys go to a catch-all.
 ///
-/// The worker's own table is authoritative and unlocked (the step belongs to
-/// one worker); after each batch the keys it touched are copied into the
-/// shared table readers lock. Locking per event instead cost about a third
-/// of the pipeline's throughput (docs/benchmarks.md); readers see totals at
-/// most one batch old.
+/// The worker's own totals are authoritative and unlocked (the step belongs
+/// to one worker): one slot per key, found by one hash lookup (none at all
+/// for a known action, whose slot sits in a small array). After each batch
+/// the slots it touched are copied, by index, into the shared table readers
+/// lock. Locking per event instead cost about a third of the pipeline's
+/// throughput (docs/benchmarks.md); readers see totals at most one batch
+/// old.
 #[derive(Debug)]
 pub struct Aggregate {
     pub(crate) name: Arc<str>,
     pub(crate) by: KeySource,
     pub(crate) max_keys: usize,
-    pub(crate) local: HashMap<Arc<str>, Slot, FixedState>,
-    pub(crate) local_other: Totals,
-    /// Keys changed since the last publish.
-    pub(crate) dirty: Vec<Arc<str>>,
-    /// The published copy. Locked once per batch by this worker and briefly
-    /// by readers; never across an await.
-    pub(crate) table: Arc<Mutex<AggregateTable>>,
+    /// Each tracked key's index in `slots`.
+    index: HashMap<Arc<str>, usize, FixedState>,
+    /// With `by = action`: the slot of each known action once seen,
+    /// indexed by [`Action::known_index`].
+    by_action: [Option<usize>; Action::KNOWN.len()],
+    slots: Vec<Slot>,
+    other: Totals,
+    /// Slots changed since the last publish.
+    dirty: Vec<usize>,
+    /// The published copy, its keys in slot order. Locked once per batch by
+    /// this worker and briefly by readers; never across an await.
+    table: Arc<Mutex<AggregateTable>>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Slot {
+#[derive(Debug)]
+struct Slot {
+    key: Arc<str>,
     totals: Totals,
     dirty: bool,
 }
@@ -298,8 +316,10 @@ impl Aggregate {
             name,
             by,
             max_keys,
-            local: HashMap::default(),
-            local_other: Totals::default(),
+            index: HashMap::default(),
+            by_action: [None; Action::KNOWN.len()],
+            slots: Vec::new(),
+            other: Totals::default(),
             dirty: Vec::new(),
             table: Arc::new(Mutex::new(AggregateTable::default())),
         }
@@ -320,43 +340,73 @@ impl Aggregate {
     #[inline]
     pub fn apply(&mut self, event: &mut Event) -> Verdict {
         let amount = event.amount_cents.map_or(0, |a| a.get());
-        if let Some(key) = self.by.key(event) {
-            // The common case: one lookup, no allocation, no lock.
-            if let Some(slot) = self.local.get_mut(key) {
-                let verdict = add(&self.name, &mut slot.totals, amount);
-                if !slot.dirty && verdict == Verdict::Keep {
-                    slot.dirty = true;
-                    if let Some((key, _)) = self.local.get_key_value(key) {
-                        self.dirty.push(Arc::clone(key));
-                    }
-                }
-                return verdict;
-            }
-            if self.local.len() < self.max_keys {
-                let key: Arc<str> = Arc::from(key);
-                let mut slot = Slot::default();
-                let verdict = add(&self.name, &mut slot.totals, amount);
-                if verdict == Verdict::Keep {
-                    slot.dirty = true;
-                    self.dirty.push(Arc::clone(&key));
-                    self.local.insert(key, slot);
-                }
-                return verdict;
-            }
+        let Some(slot) = self
+            .slot_of(event)
+            .and_then(|i| self.slots.get_mut(i).map(|s| (i, s)))
+        else {
+            return add(&self.name, &mut self.other, amount);
+        };
+        let (index, slot) = slot;
+        let verdict = add(&self.name, &mut slot.totals, amount);
+        if verdict == Verdict::Keep && !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(index);
         }
-        add(&self.name, &mut self.local_other, amount)
+        verdict
     }
 
-    /// Copies the keys changed since the last call into the shared table.
+    /// The slot for `event`'s key, made if there is room; `None` for the
+    /// catch-all.
+    #[inline]
+    fn slot_of(&mut self, event: &Event) -> Option<usize> {
+        let known = match self.by {
+            KeySource::Action => event.action.known_index(),
+            _ => None,
+        };
+        if let Some(&Some(slot)) = known.and_then(|k| self.by_action.get(k)) {
+            return Some(slot);
+        }
+        let key = self.by.key(event)?;
+        let slot = match self.index.get(key) {
+            Some(&slot) => slot,
+            None if self.slots.len() < self.max_keys => {
+                let key: Arc<str> = Arc::from(key);
+                let slot = self.slots.len();
+                self.slots.push(Slot {
+                    key: Arc::clone(&key),
+                    totals: Totals::default(),
+                    dirty: false,
+                });
+                self.index.insert(key, slot);
+                slot
+            }
+            None => return None,
+        };
+        if let Some(cached) = known.and_then(|k| self.by_action.get_mut(k)) {
+            *cached = Some(slot);
+        }
+        Some(slot)
+    }
+
+    /// Copies the slots changed since the last call into the shared table.
     pub fn publish(&mut self) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        for key in self.dirty.drain(..) {
-            if let Some(slot) = self.local.get_mut(&key) {
+        // Keys first seen in this batch get their entry (slots only grow).
+        let published = table.keys.len();
+        if let Some(new) = self.slots.get(published..) {
+            table
+                .keys
+                .extend(new.iter().map(|slot| (Arc::clone(&slot.key), slot.totals)));
+        }
+        for index in self.dirty.drain(..) {
+            if let (Some(slot), Some(entry)) =
+                (self.slots.get_mut(index), table.keys.get_mut(index))
+            {
                 slot.dirty = false;
-                table.by_key.insert(key, slot.totals);
+                entry.1 = slot.totals;
             }
         }
-        table.other = self.local_other;
+        table.other = self.other;
     }
 }
 
@@ -385,8 +435,9 @@ fn add(name: &str, totals: &mut Totals, amount: i64) -> Verdict {
 #[derive(Debug)]
 pub struct Deduplicate {
     pub(crate) generation: usize,
-    pub(crate) current: HashSet<u64, FixedState>,
-    pub(crate) previous: HashSet<u64, FixedState>,
+    /// Id hashes, stored as their own hash (they are already well mixed).
+    pub(crate) current: HashTable<u64>,
+    pub(crate) previous: HashTable<u64>,
     pub(crate) hasher: FixedState,
 }
 
@@ -395,8 +446,8 @@ impl Deduplicate {
         let generation = (window / 2).max(1);
         Self {
             generation,
-            current: HashSet::with_capacity_and_hasher(generation, FixedState::default()),
-            previous: HashSet::with_capacity_and_hasher(generation, FixedState::default()),
+            current: HashTable::with_capacity(generation),
+            previous: HashTable::with_capacity(generation),
             hasher: FixedState::default(),
         }
     }
@@ -408,8 +459,15 @@ impl Deduplicate {
             return Verdict::Keep;
         };
         let hash = self.hasher.hash_one(id.as_str());
-        if self.previous.contains(&hash) || !self.current.insert(hash) {
+        let same = |seen: &u64| *seen == hash;
+        if self.previous.find(hash, same).is_some() {
             return Verdict::Duplicate;
+        }
+        match self.current.entry(hash, same, |seen| *seen) {
+            Entry::Occupied(_) => return Verdict::Duplicate,
+            Entry::Vacant(slot) => {
+                slot.insert(hash);
+            }
         }
         if self.current.len() >= self.generation {
             std::mem::swap(&mut self.current, &mut self.previous);

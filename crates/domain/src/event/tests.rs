@@ -17,6 +17,15 @@ fn unknown_actions_are_carried_verbatim() {
 }
 
 #[test]
+fn known_index_finds_each_known_action_in_known_and_no_other() {
+    for (index, action) in Action::KNOWN.iter().enumerate() {
+        assert_eq!(action.known_index(), Some(index));
+        assert_eq!(Action::parse(action.as_str()).unwrap(), *action);
+    }
+    assert_eq!(Action::parse("add_to_cart").unwrap().known_index(), None);
+}
+
+#[test]
 fn empty_action_is_rejected_naming_the_field() {
     assert_eq!(
         Action::parse("").unwrap_err().to_string(),

@@ -177,6 +177,90 @@ fn aggregates_count_and_sum_and_overflow_is_a_dead_letter() {
 }
 
 #[test]
+fn keys_by_action_agree_with_the_names_for_known_and_unknown_actions() {
+    // Known actions take an array slot instead of a hash lookup; unknown
+    // ones, and known ones absent from the table, must come out the same
+    // as by name, over several batches (the slots are filled lazily).
+    let toml = r#"
+        [[steps]]
+        kind = "enrich"
+        attribute = "class"
+        from = "action"
+        table = { purchase = "money", add_to_cart = "intent" }
+        default = "none"
+
+        [[steps]]
+        kind = "aggregate"
+        name = "per_action"
+        by = "action"
+
+        [[steps]]
+        kind = "aggregate"
+        name = "per_class"
+        by = "attribute:class"
+    "#;
+    let actions = [
+        "purchase",
+        "login",
+        "add_to_cart",
+        "purchase",
+        "refund",
+        "view",
+    ];
+    let events: Vec<Event> = (0..60)
+        .map(|n| {
+            let action = actions[n % actions.len()];
+            Event::from_json(&format!(
+                r#"{{"user_id":"u","action":"{action}","amount_cents":{n}}}"#
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut pipeline = PipelineSpec::from_toml(toml).unwrap().build();
+    let mut out = BatchOutcome::default();
+    for batch in events.chunks(7) {
+        pipeline.process_batch(batch.to_vec(), &mut out);
+    }
+    assert_eq!(out.kept.len(), 60);
+    for event in &out.kept {
+        let expected = match event.action.as_str() {
+            "purchase" => "money",
+            "add_to_cart" => "intent",
+            _ => "none",
+        };
+        assert_eq!(
+            event.attributes.get("class").map(|v| v.as_str()),
+            Some(expected)
+        );
+    }
+    let mut expected: std::collections::BTreeMap<String, Totals> = Default::default();
+    for (n, action) in (0..60).map(|n| (n, actions[n % actions.len()])) {
+        let totals = expected.entry(action.to_owned()).or_default();
+        totals.count += 1;
+        totals.sum_cents += n as i64;
+    }
+    let tables = pipeline.aggregates();
+    let (keys, other) = tables[0].1.lock().unwrap().snapshot();
+    let keys: std::collections::BTreeMap<String, Totals> =
+        keys.into_iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(other, Totals::default());
+    let (classes, _) = tables[1].1.lock().unwrap().snapshot();
+    let counts: Vec<(String, u64)> = classes
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("intent".to_owned(), 10),
+            ("money".to_owned(), 20),
+            ("none".to_owned(), 30)
+        ]
+    );
+}
+
+#[test]
 fn deduplication_remembers_between_half_and_all_of_its_window() {
     let toml = "[[steps]]\nkind = \"deduplicate\"\nwindow = 4";
     let event = |id: u32| {
