@@ -115,7 +115,12 @@ impl Pipeline {
             }
             true
         });
-        out.kept.append(&mut events);
+        if out.kept.is_empty() {
+            // The batch's own vector becomes the output: no event moves.
+            std::mem::swap(&mut out.kept, &mut events);
+        } else {
+            out.kept.append(&mut events);
+        }
         self.publish();
     }
 
