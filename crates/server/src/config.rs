@@ -268,6 +268,15 @@ pub struct Settings {
     pub health_interval: Duration,
 }
 
+impl Settings {
+    /// Whether anything reads the OpenTelemetry span a request builds: the
+    /// OTLP exporter, or the JSON log lines' trace and span ids. Without
+    /// either, requests get a plain `tracing` span and no OpenTelemetry work.
+    pub fn spans_observed(&self) -> bool {
+        self.otlp_endpoint.is_some() || self.log_format == LogFormat::Json
+    }
+}
+
 fn ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),

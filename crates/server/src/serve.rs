@@ -282,6 +282,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let sampling = Sampling {
         health: settings.trace_health_checks,
         ratio: settings.trace_sample_ratio,
+        observed: settings.spans_observed(),
     };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -501,7 +502,8 @@ async fn monitor<R: storage::OrderRepository>(
 /// `traceparent` is present. `MetricsLayer` sets `rpc.grpc.status_code`
 /// (and the error status) when the RPC ends; the log formatter
 /// (`telemetry::Correlated`) reads the trace and span ids only when a line
-/// is written. A request [`Sampling`] leaves out gets no span at all.
+/// is written. A request [`Sampling`] leaves out gets no span at all; with
+/// no OpenTelemetry layer installed, the span is a plain `rpc{method=…}`.
 fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Span {
     let path = request.uri().path();
     if !sampling.traces(path, request.headers()) {
@@ -514,6 +516,11 @@ fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Spa
         "unknown" => "unknown/unknown",
         _ => path.trim_start_matches('/'),
     };
+    if !sampling.observed {
+        // One field, written as is: the log formatter formats a span's
+        // fields when the span opens, on every request.
+        return tracing::info_span!("rpc", method = %name);
+    }
     let span = tracing::info_span!(
         "rpc",
         otel.name = name,
@@ -543,6 +550,10 @@ struct Sampling {
     health: bool,
     /// The share of requests with no sampling decision from the caller.
     ratio: f64,
+    /// Whether the OpenTelemetry layer is installed
+    /// (`Settings::spans_observed`); without it a request's span only has
+    /// to name the RPC on log lines.
+    observed: bool,
 }
 
 impl Sampling {
@@ -610,7 +621,11 @@ mod tests {
     }
 
     fn sampling(health: bool, ratio: f64) -> Sampling {
-        Sampling { health, ratio }
+        Sampling {
+            health,
+            ratio,
+            observed: true,
+        }
     }
 
     const PATH: &str = "/orderflow.v1.OrderService/GetOrder";
@@ -647,6 +662,54 @@ mod tests {
             .filter(|_| half.traces(PATH, &http::HeaderMap::new()))
             .count();
         assert!((600..=1_400).contains(&traced), "{traced} of 2000");
+    }
+
+    /// The field names of the span `request_span` opens for GetOrder.
+    fn span_fields(observed: bool) -> Vec<&'static str> {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        struct Fields(Arc<Mutex<Vec<&'static str>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Fields {
+            fn on_new_span(
+                &self,
+                attrs: &tracing::span::Attributes<'_>,
+                _: &tracing::span::Id,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let names = attrs.metadata().fields().iter().map(|f| f.name());
+                self.0.lock().unwrap().extend(names);
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Fields(Arc::clone(&seen)));
+        let request = http::Request::builder().uri(PATH).body(()).unwrap();
+        let sampling = Sampling {
+            observed,
+            ..sampling(false, 1.0)
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            drop(super::request_span(&request, sampling));
+        });
+        seen.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn spans_carry_opentelemetrys_fields_only_when_something_reads_them() {
+        assert_eq!(span_fields(false), ["method"]);
+        let observed = span_fields(true);
+        for field in [
+            "otel.name",
+            "otel.kind",
+            "rpc.system",
+            "rpc.service",
+            "rpc.method",
+        ] {
+            assert!(
+                observed.contains(&field),
+                "{field} missing from {observed:?}"
+            );
+        }
     }
 
     #[test]

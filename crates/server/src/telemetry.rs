@@ -2,6 +2,7 @@
 //! by `RUST_LOG`), OTLP trace export when an endpoint is configured, W3C
 //! trace-context propagation, and the Prometheus `/metrics` listener.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -47,7 +48,10 @@ pub fn otlp_endpoint(raw: &str) -> String {
 pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match settings.log_format {
+        // Colours only for a person at a terminal: escape codes in a log
+        // file are noise, and styling every span's fields costs each request.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -92,12 +96,19 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     // threads), busy/idle timings (two clock reads on every poll), and
     // making the span's context current on every poll (nothing here reads
     // OpenTelemetry's current context; the log formatter asks the span).
-    let otel = tracing_opentelemetry::layer()
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(false)
-        .with_tracer(provider.tracer("orderflow"))
-        .with_filter(tracing_subscriber::filter::DynFilterFn::new(in_a_trace));
+    //
+    // Only installed when something reads what it builds
+    // (`Settings::spans_observed`): pretty logs without export would pay for
+    // an SDK span per request that nothing ever looks at
+    // (docs/benchmarks.md).
+    let otel = settings.spans_observed().then(|| {
+        tracing_opentelemetry::layer()
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_tracer(provider.tracer("orderflow"))
+            .with_filter(tracing_subscriber::filter::DynFilterFn::new(in_a_trace))
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
