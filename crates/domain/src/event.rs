@@ -10,10 +10,10 @@
 
 use std::fmt;
 
+use arcstr::ArcStr;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
-use smol_str::SmolStr;
 
 use crate::text::{Charset, check, quote};
 use crate::{Cents, DomainError, EventId, Timestamp, UserId};
@@ -246,12 +246,13 @@ impl<'de> Deserialize<'de> for Action {
 const INLINE_ATTRIBUTES: usize = 4;
 
 /// An event's attributes, kept sorted by key (the stored format writes them
-/// in that order). Keys and values are [`SmolStr`]s (up to 23 bytes inline,
-/// longer ones shared), and the first few entries live inline in the event,
-/// so the pipeline adds a configured attribute by copying two short strings:
-/// no allocation, no tree node, no atomic reference count.
+/// in that order). Keys and values are [`ArcStr`]s (one pointer each, to a
+/// shared string), and the first few entries live inline in the event, so
+/// the pipeline adds a configured attribute by copying two pointers: no
+/// allocation, no tree node, and, for a static [`ArcStr`] (configured
+/// names and values are), no atomic reference count.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Attributes(SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]>);
+pub struct Attributes(SmallVec<[(ArcStr, ArcStr); INLINE_ATTRIBUTES]>);
 
 impl Attributes {
     /// No attributes.
@@ -287,17 +288,13 @@ impl Attributes {
     }
 
     /// The value for `key`.
-    pub fn get(&self, key: &str) -> Option<&SmolStr> {
+    pub fn get(&self, key: &str) -> Option<&ArcStr> {
         let index = self.position(key).ok()?;
         self.0.get(index).map(|(_, v)| v)
     }
 
     /// Sets `key` to `value`, returning the previous value.
-    pub fn insert(
-        &mut self,
-        key: impl Into<SmolStr>,
-        value: impl Into<SmolStr>,
-    ) -> Option<SmolStr> {
+    pub fn insert(&mut self, key: impl Into<ArcStr>, value: impl Into<ArcStr>) -> Option<ArcStr> {
         let key = key.into();
         match self.position(&key) {
             Ok(index) => self
@@ -312,13 +309,13 @@ impl Attributes {
     }
 
     /// Removes `key`, returning its value.
-    pub fn remove(&mut self, key: &str) -> Option<SmolStr> {
+    pub fn remove(&mut self, key: &str) -> Option<ArcStr> {
         let index = self.position(key).ok()?;
         Some(self.0.remove(index).1)
     }
 
     /// The attributes in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&SmolStr, &SmolStr)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&ArcStr, &ArcStr)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 }
@@ -335,17 +332,17 @@ fn compare_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len())
 }
 
-impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Attributes {
+impl<K: Into<ArcStr>, V: Into<ArcStr>> FromIterator<(K, V)> for Attributes {
     /// Later entries for a key replace earlier ones. Sorts once, so building
     /// from `n` entries is O(n log n), not one shifting insert per entry.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut entries: SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]> = iter
+        let mut entries: SmallVec<[(ArcStr, ArcStr); INLINE_ATTRIBUTES]> = iter
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         // Stable, so equal keys keep their input order and the last wins.
         entries.sort_by(|(a, _), (b, _)| a.cmp(b));
-        let mut sorted: SmallVec<[(SmolStr, SmolStr); INLINE_ATTRIBUTES]> =
+        let mut sorted: SmallVec<[(ArcStr, ArcStr); INLINE_ATTRIBUTES]> =
             SmallVec::with_capacity(entries.len());
         for entry in entries {
             match sorted.last_mut() {
@@ -429,7 +426,7 @@ impl<'de> Deserialize<'de> for Attributes {
                 // Collected, then sorted once: O(n log n) however many there
                 // are (stored data is not capped; clients are, at the edge).
                 let mut entries = Vec::new();
-                while let Some((key, value)) = map.next_entry::<SmolStr, SmolStr>()? {
+                while let Some((key, value)) = map.next_entry::<ArcStr, ArcStr>()? {
                     if key.contains('\0') || value.contains('\0') {
                         return Err(serde::de::Error::custom(format_args!(
                             "attributes entry {} contains the character '\\0'",

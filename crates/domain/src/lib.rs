@@ -16,6 +16,8 @@ mod order;
 mod text;
 mod time;
 
+/// The string type of attribute keys and values (see [`Attributes`]).
+pub use arcstr::ArcStr;
 pub use catalog::{Product, ProductName, Warehouse, WarehouseName};
 pub use error::DomainError;
 pub use event::{Action, Attributes, BadLine, DeadLetter, Event, UnknownAction};
@@ -24,7 +26,5 @@ pub use money::{Cents, Currency};
 pub use order::{
     MAX_ORDER_LINES, NewOrder, Order, OrderLine, OrderStatus, Quantity, RestoredOrder,
 };
-/// The string type of attribute keys and values (see [`Attributes`]).
-pub use smol_str::SmolStr;
 pub use text::{QUOTE_CHARS, Quoted, quote};
 pub use time::Timestamp;

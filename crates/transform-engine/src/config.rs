@@ -31,11 +31,11 @@
 //!
 //! Every error names the step (`steps[2] (enrich)`) and the field.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use domain::{Action, SmolStr};
+use domain::{Action, ArcStr};
 use foldhash::fast::FixedState;
 use serde::Deserialize;
 
@@ -83,7 +83,7 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, PartialEq)]
 enum StepSpec {
     Enrich {
-        attribute: SmolStr,
+        attribute: ArcStr,
         value: EnrichSpec,
     },
     Filter {
@@ -91,8 +91,8 @@ enum StepSpec {
         keep_matching: bool,
     },
     Rename {
-        from: SmolStr,
-        to: SmolStr,
+        from: ArcStr,
+        to: ArcStr,
         required: bool,
     },
     Aggregate {
@@ -107,11 +107,11 @@ enum StepSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 enum EnrichSpec {
-    Constant(SmolStr),
+    Constant(ArcStr),
     Lookup {
         from: KeySource,
-        table: BTreeMap<String, SmolStr>,
-        default: Option<SmolStr>,
+        table: BTreeMap<String, ArcStr>,
+        default: Option<ArcStr>,
         required: bool,
     },
 }
@@ -303,11 +303,11 @@ impl StepConfig {
             field,
             reason,
         };
-        let name = |field: &'static str, value: String| -> Result<SmolStr, ConfigError> {
+        let name = |field: &'static str, value: String| -> Result<ArcStr, ConfigError> {
             if value.trim().is_empty() {
                 Err(bad(field, "must not be empty".to_owned()))
             } else {
-                Ok(SmolStr::from(value))
+                Ok(configured(&value))
             }
         };
         Ok(match self {
@@ -328,7 +328,7 @@ impl StepConfig {
                                 "only applies to a lookup (`from` + `table`)".to_owned(),
                             ));
                         }
-                        EnrichSpec::Constant(SmolStr::from(value))
+                        EnrichSpec::Constant(configured(&value))
                     }
                     (None, Some(from), Some(table)) => {
                         if required && default.is_some() {
@@ -341,9 +341,9 @@ impl StepConfig {
                             from: key_source(&from).map_err(|reason| bad("from", reason))?,
                             table: table
                                 .into_iter()
-                                .map(|(k, v)| (k, SmolStr::from(v)))
+                                .map(|(k, v)| (k, configured(&v)))
                                 .collect(),
-                            default: default.map(SmolStr::from),
+                            default: default.as_deref().map(configured),
                             required,
                         }
                     }
@@ -415,12 +415,37 @@ impl StepConfig {
     }
 }
 
+/// A configured attribute name or value, made static: a pipeline is built
+/// from configuration at start-up and its strings live as long as the
+/// process, so copying one into an event (every enrich and rename does, for
+/// every event) touches no reference count. Interned, so the same text
+/// parsed again (tests, the fuzzer) is not leaked again; past
+/// [`MAX_INTERNED`] distinct strings the rest stay reference-counted (only
+/// slower), so memory stays bounded whatever is parsed.
+fn configured(text: &str) -> ArcStr {
+    static INTERNED: LazyLock<Mutex<HashSet<ArcStr>>> = LazyLock::new(Mutex::default);
+    // Only configuration parsing takes this lock, never across an await.
+    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = interned.get(text) {
+        return known.clone();
+    }
+    let new = ArcStr::from(text);
+    if interned.len() < MAX_INTERNED {
+        new.leak();
+        interned.insert(new.clone());
+    }
+    new
+}
+
+/// Most distinct configured strings made static (a few hundred kilobytes).
+const MAX_INTERNED: usize = 10_000;
+
 fn key_source(text: &str) -> Result<KeySource, String> {
     match text {
         "action" => Ok(KeySource::Action),
         "user_id" => Ok(KeySource::UserId),
         other => match other.strip_prefix("attribute:") {
-            Some(name) if !name.is_empty() => Ok(KeySource::Attribute(SmolStr::from(name))),
+            Some(name) if !name.is_empty() => Ok(KeySource::Attribute(configured(name))),
             _ => Err(format!(
                 "{other:?} is not `action`, `user_id` or `attribute:NAME`"
             )),
@@ -455,12 +480,12 @@ fn condition(config: ConditionConfig) -> Result<Condition, String> {
         set.push(Condition::AmountBelow(max));
     }
     if let Some(name) = has_attribute {
-        set.push(Condition::HasAttribute(SmolStr::from(name)));
+        set.push(Condition::HasAttribute(configured(&name)));
     }
     match (attribute, equals) {
         (Some(name), Some(value)) => set.push(Condition::AttributeEquals(
-            SmolStr::from(name),
-            SmolStr::from(value),
+            configured(&name),
+            configured(&value),
         )),
         (None, None) => {}
         _ => return Err("`attribute` and `equals` go together".to_owned()),
@@ -470,5 +495,34 @@ fn condition(config: ConditionConfig) -> Result<Condition, String> {
         (Some(only), None) => Ok(only),
         (None, _) => Err("give one condition: actions, amount_at_least, amount_below, has_attribute, or attribute + equals".to_owned()),
         (Some(_), Some(_)) => Err("give exactly one condition per filter; chain filters for more".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_strings_are_static_and_shared() {
+        let spec = PipelineSpec::from_toml(
+            r#"
+            [[steps]]
+            kind = "enrich"
+            attribute = "tier"
+            value = "gold"
+            "#,
+        )
+        .unwrap();
+        let Some(StepSpec::Enrich {
+            attribute,
+            value: EnrichSpec::Constant(value),
+        }) = spec.steps.first()
+        else {
+            panic!("not the enrich step: {spec:?}");
+        };
+        // Static: cloning them into an event touches no reference count.
+        assert!(ArcStr::is_static(attribute) && ArcStr::is_static(value));
+        // Interned: the same text again is the same string, not a new leak.
+        assert!(ArcStr::ptr_eq(attribute, &configured("tier")));
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Steps are built from validated configuration (see `config`) and are
 //! designed not to allocate per event: attribute keys and values are
-//! [`SmolStr`]s (adding a short one copies it, with no allocation and no
-//! atomic reference count), de-duplication keeps
+//! [`ArcStr`]s, and configured ones are static (adding one copies a
+//! pointer, with no allocation and no atomic reference count),
+//! de-duplication keeps
 //! 64-bit hashes of ids, and aggregation allocates only the first time it
 //! sees a key. A step never panics on bad data: it answers
 //! [`Verdict::Failed`] and the event is dead-lettered with the reason.
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use domain::{Action, Event, SmolStr};
+use domain::{Action, ArcStr, Event};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -40,7 +41,7 @@ pub enum KeySource {
     /// The event's user id.
     UserId,
     /// The value of an attribute.
-    Attribute(SmolStr),
+    Attribute(ArcStr),
 }
 
 impl KeySource {
@@ -110,22 +111,22 @@ impl TransformStep {
 /// Sets `attribute` to a constant or to a value looked up in a static table.
 #[derive(Debug)]
 pub struct Enrich {
-    pub(crate) attribute: SmolStr,
+    pub(crate) attribute: ArcStr,
     pub(crate) value: EnrichValue,
 }
 
 #[derive(Debug)]
 pub(crate) enum EnrichValue {
-    Constant(SmolStr),
+    Constant(ArcStr),
     Lookup {
         from: KeySource,
-        table: HashMap<Box<str>, SmolStr, FixedState>,
+        table: HashMap<Box<str>, ArcStr, FixedState>,
         /// `table`'s entry for each known action, indexed by
         /// [`Action::known_index`]: with `from = action` those need no hash.
-        by_action: [Option<SmolStr>; Action::KNOWN.len()],
+        by_action: [Option<ArcStr>; Action::KNOWN.len()],
         /// Used when the key is absent from the table (or the event has no
         /// key); `None` with `required` fails the event instead.
-        default: Option<SmolStr>,
+        default: Option<ArcStr>,
         required: bool,
     },
 }
@@ -177,9 +178,9 @@ pub enum Condition {
     /// `amount_cents` is present and below this.
     AmountBelow(i64),
     /// The attribute is present.
-    HasAttribute(SmolStr),
+    HasAttribute(ArcStr),
     /// The attribute has exactly this value.
-    AttributeEquals(SmolStr, SmolStr),
+    AttributeEquals(ArcStr, ArcStr),
 }
 
 impl Condition {
@@ -221,8 +222,8 @@ impl Filter {
 /// Moves an attribute's value to a new key.
 #[derive(Debug)]
 pub struct Rename {
-    pub(crate) from: SmolStr,
-    pub(crate) to: SmolStr,
+    pub(crate) from: ArcStr,
+    pub(crate) to: ArcStr,
     /// Fail events that lack the attribute instead of passing them on.
     pub(crate) required: bool,
 }
