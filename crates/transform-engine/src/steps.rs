@@ -5,10 +5,10 @@
 //! designed not to allocate per event: attribute keys and values are
 //! [`ArcStr`]s, and configured ones are static (adding one copies a
 //! pointer, with no allocation and no atomic reference count),
-//! de-duplication keeps
-//! 64-bit hashes of ids, and aggregation allocates only the first time it
-//! sees a key. A step never panics on bad data: it answers
-//! [`Verdict::Failed`] and the event is dead-lettered with the reason.
+//! de-duplication keeps 64-bit hashes of ids, and aggregation allocates
+//! only the first time it sees a key. A step never panics on bad data: it
+//! answers [`Verdict::Failed`] and the event is dead-lettered with the
+//! reason.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
