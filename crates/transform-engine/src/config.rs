@@ -437,7 +437,8 @@ fn configured(text: &str) -> ArcStr {
     new
 }
 
-/// Most distinct configured strings made static (a few hundred kilobytes).
+/// Most distinct configured strings made static (a pipeline has a few
+/// dozen; this bounds what a stream of different configurations can pin).
 const MAX_INTERNED: usize = 10_000;
 
 fn key_source(text: &str) -> Result<KeySource, String> {
