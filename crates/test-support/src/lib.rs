@@ -73,6 +73,35 @@ pub fn legacy_events() -> Vec<domain::Event> {
         .collect()
 }
 
+/// `count` events cycling through `fixture` (typically [`legacy_events`]),
+/// each id replaced by one unique to `round` (`r{round}-{n}`), so a
+/// de-duplication step sees fresh traffic every round, not the previous
+/// round again: the pipeline benchmark's and `step_costs`'s input.
+///
+/// # Panics
+/// Never for a valid round number; a generated id that did not parse would
+/// fail the run.
+#[allow(
+    clippy::expect_used,
+    reason = "test support: a generated id that does not parse fails the run"
+)]
+pub fn with_fresh_ids(fixture: &[domain::Event], round: u64, count: usize) -> Vec<domain::Event> {
+    fixture
+        .iter()
+        .cycle()
+        .take(count)
+        .enumerate()
+        .map(|(n, event)| {
+            let mut event = event.clone();
+            if event.event_id.is_some() {
+                let id = domain::EventId::parse(format!("r{round}-{n}")).expect("a valid id");
+                event.event_id = Some(id);
+            }
+            event
+        })
+        .collect()
+}
+
 /// Generates `sqlite::$name` and `postgres::$name` for each function of the
 /// invoking crate's `suite` module (invoke it at the crate root); each
 /// receives a fresh, migrated [`TestDb`]. A PostgreSQL test without a

@@ -24,7 +24,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use domain::{Event, EventId};
+use domain::Event;
 use transform_engine::{BatchOutcome, Pipeline, PipelineSpec, TransformStep, Verdict};
 
 const EVENTS: usize = 10_000;
@@ -164,21 +164,14 @@ fn outcome_of(
     (out.kept, dead, out.filtered, out.deduplicated)
 }
 
-/// Fresh input: the fixture cycled to `EVENTS`, ids unique per round so
-/// de-duplication sees realistic traffic (not the previous round again),
-/// cut into engine-sized batches.
+/// Fresh input (`test_support::with_fresh_ids`: ids unique per round, so
+/// de-duplication sees realistic traffic), cut into engine-sized batches.
 fn input(round: &mut u64, fixture: &[Event]) -> Vec<Vec<Event>> {
     *round += 1;
-    let events: Vec<Event> = (0..EVENTS)
-        .map(|n| {
-            let mut event = fixture[n % fixture.len()].clone();
-            if event.event_id.is_some() {
-                event.event_id = Some(EventId::parse(format!("r{round}-{n}")).unwrap());
-            }
-            event
-        })
-        .collect();
-    events.chunks(BATCH).map(<[Event]>::to_vec).collect()
+    test_support::with_fresh_ids(fixture, *round, EVENTS)
+        .chunks(BATCH)
+        .map(<[Event]>::to_vec)
+        .collect()
 }
 
 /// Times `run` over `iters` fresh inputs. Building the input and dropping

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use domain::{Event, EventId};
+use domain::Event;
 use transform_engine::{BatchOutcome, PipelineSpec};
 
 /// The server's allocator (see the `orderflow` binary).
@@ -84,18 +84,8 @@ fn main() {
 
 /// The fixture cycled to [`EVENTS`], ids unique per round, in batches.
 fn input(round: u64, fixture: &[Event]) -> Vec<Vec<Event>> {
-    let events: Vec<Event> = fixture
-        .iter()
-        .cycle()
-        .take(EVENTS)
-        .enumerate()
-        .map(|(n, event)| {
-            let mut event = event.clone();
-            if event.event_id.is_some() {
-                event.event_id = Some(EventId::parse(format!("r{round}-{n}")).unwrap());
-            }
-            event
-        })
-        .collect();
-    events.chunks(BATCH).map(<[Event]>::to_vec).collect()
+    test_support::with_fresh_ids(fixture, round, EVENTS)
+        .chunks(BATCH)
+        .map(<[Event]>::to_vec)
+        .collect()
 }
