@@ -341,13 +341,12 @@ impl Aggregate {
     #[inline]
     pub fn apply(&mut self, event: &mut Event) -> Verdict {
         let amount = event.amount_cents.map_or(0, |a| a.get());
-        let Some(slot) = self
+        let Some((index, slot)) = self
             .slot_of(event)
-            .and_then(|i| self.slots.get_mut(i).map(|s| (i, s)))
+            .and_then(|index| Some((index, self.slots.get_mut(index)?)))
         else {
             return add(&self.name, &mut self.other, amount);
         };
-        let (index, slot) = slot;
         let verdict = add(&self.name, &mut slot.totals, amount);
         if verdict == Verdict::Keep && !slot.dirty {
             slot.dirty = true;
