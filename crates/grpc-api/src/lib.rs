@@ -20,6 +20,7 @@ pub mod proto {
 mod catalog;
 mod codec;
 pub mod convert;
+mod encoded;
 mod events;
 mod layers;
 mod observe;
@@ -27,6 +28,7 @@ mod orders;
 pub mod status;
 
 pub use catalog::CatalogApi;
+pub use encoded::EncodedOrder;
 pub use events::EventApi;
 pub use layers::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,

@@ -1,17 +1,15 @@
 //! `orderflow.v1.OrderService`: orders, over any [`OrderRepository`] (the
 //! server passes the cached one, so GetOrder is served from the cache).
 
-use std::borrow::Borrow;
-
-use storage::OrderRepository;
+use storage::{FoundOrder as _, OrderRepository};
 use tonic::{Request, Response, Status};
 
 use crate::proto::order_service_server::OrderService;
 use crate::proto::{
-    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
+    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
     UpdateOrderStatusRequest,
 };
-use crate::{convert, status};
+use crate::{EncodedOrder, convert, status};
 
 /// The order service over a repository.
 pub struct OrderApi<R> {
@@ -30,7 +28,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     async fn create_order(
         &self,
         request: Request<CreateOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    ) -> Result<Response<EncodedOrder>, Status> {
         async {
             let new = convert::new_order_from_wire(request.into_inner())?;
             let created = self
@@ -38,7 +36,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .create_order(new)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::order_to_wire(&created.order)))
+            Ok(Response::new(EncodedOrder::new(&created.order)))
         }
         .await
     }
@@ -46,12 +44,13 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    ) -> Result<Response<EncodedOrder>, Status> {
         async {
             fail::fail_point!("grpc-get-order");
             let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
             let order = self.orders.find_order(id).await.map_err(status::storage)?;
-            Ok(Response::new(convert::order_to_wire(order.borrow())))
+            // A cached order keeps its encoding (`EncodedOrder`).
+            Ok(Response::new(order.form::<EncodedOrder>()))
         }
         .await
     }
@@ -84,7 +83,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
     async fn update_order_status(
         &self,
         request: Request<UpdateOrderStatusRequest>,
-    ) -> Result<Response<Order>, Status> {
+    ) -> Result<Response<EncodedOrder>, Status> {
         async {
             let request = request.into_inner();
             let id = convert::order_id_from_wire(&request.order_id)?;
@@ -94,7 +93,7 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
                 .update_status(id, next, request.expected_version)
                 .await
                 .map_err(status::storage)?;
-            Ok(Response::new(convert::order_to_wire(&order)))
+            Ok(Response::new(EncodedOrder::new(&order)))
         }
         .await
     }

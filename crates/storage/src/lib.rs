@@ -30,4 +30,6 @@ pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
 pub use listen::{ListenerState, listen_for_order_changes};
 pub use log::{LogAppend, LogCommit, LogEntry, NewLogBatch};
-pub use orders::{Created, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OrderPage, OrderRepository};
+pub use orders::{
+    Created, DEFAULT_PAGE_SIZE, FoundOrder, MAX_PAGE_SIZE, OrderForm, OrderPage, OrderRepository,
+};

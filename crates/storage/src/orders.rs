@@ -41,11 +41,34 @@ pub struct OrderPage {
     pub next: Option<OrderId>,
 }
 
+/// A form derived from an order alone (the wire encoding a server sends,
+/// say), which a shared snapshot computes once: see [`FoundOrder::form`].
+pub trait OrderForm: Clone + Send + Sync + 'static {
+    /// `order` in this form.
+    fn of(order: &Order) -> Self;
+}
+
+/// What [`OrderRepository::find_order`] hands out: an order, and its
+/// derived forms.
+pub trait FoundOrder: Borrow<Order> + Into<Order> + Send + 'static {
+    /// This order as `F`. A plain [`Order`] computes it on every call; a
+    /// cached snapshot ([`crate::CachedOrder`]) computes it once and keeps it
+    /// until the snapshot itself is replaced, so it can never describe an
+    /// older version of the order.
+    fn form<F: OrderForm>(&self) -> F;
+}
+
+impl FoundOrder for Order {
+    fn form<F: OrderForm>(&self) -> F {
+        F::of(self)
+    }
+}
+
 /// Orders as the rest of the system sees them.
 pub trait OrderRepository: Send + Sync + 'static {
     /// How [`Self::find_order`] hands out an order: the plain [`Order`] from
     /// a database; a shared snapshot from a cache, so a hit copies nothing.
-    type Found: Borrow<Order> + Into<Order> + Send + 'static;
+    type Found: FoundOrder;
 
     /// The order with `id`.
     fn find_order(

@@ -6,15 +6,21 @@
 //! allocation: the one the caller is about to read anyway. Keeping that
 //! bookkeeping beside the pointer in the index instead doubled the index's
 //! entry size and cost hits about a third of their throughput
-//! (docs/benchmarks.md).
+//! (docs/benchmarks.md). It also keeps one derived form of the order (the
+//! server's encoded response), computed on first use: a snapshot never
+//! changes, so neither does anything derived from it, and it is dropped
+//! with the snapshot when the order changes.
 
+use std::any::Any;
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::{Arc, OnceLock};
 
 use domain::Order;
+
+use crate::{FoundOrder, OrderForm};
 
 /// A cached, reference-counted, read-only order. Dereferences to [`Order`];
 /// cloning it shares the snapshot.
@@ -32,6 +38,8 @@ pub(crate) struct Slot {
     /// CLOCK's reference bit: set by hits, cleared by the eviction sweep.
     pub(crate) referenced: AtomicBool,
     pub(crate) order: Order,
+    /// The first [`OrderForm`] asked of this snapshot.
+    form: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl CachedOrder {
@@ -41,11 +49,24 @@ impl CachedOrder {
             order,
             expires_at: AtomicU32::new(0),
             referenced: AtomicBool::new(false),
+            form: OnceLock::new(),
         }))
     }
 
     pub(crate) fn slot(&self) -> &Slot {
         &self.0
+    }
+}
+
+/// Keeps the first form asked for; another form (no server asks for two)
+/// is computed on every call.
+impl FoundOrder for CachedOrder {
+    fn form<F: OrderForm>(&self) -> F {
+        let kept = self.0.form.get_or_init(|| Box::new(F::of(&self.0.order)));
+        match kept.downcast_ref::<F>() {
+            Some(form) => form.clone(),
+            None => F::of(&self.0.order),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use domain::{NewOrder, Order, OrderId, OrderStatus, UserId};
 use storage::{
-    CacheConfig, CachedOrder, CachedOrders, Conflict, Created, OrderPage, OrderRepository,
-    StorageError,
+    CacheConfig, CachedOrder, CachedOrders, Conflict, Created, FoundOrder, OrderForm, OrderPage,
+    OrderRepository, StorageError,
 };
 
 use crate::suite::new_order;
@@ -308,6 +308,71 @@ async fn writes_through_the_cache_are_read_back_without_a_lookup() {
         OrderStatus::Shipped
     );
     assert_eq!(repo.calls(created.id()), 1);
+}
+
+/// A derived form that counts how often it is computed.
+#[derive(Clone, Debug, PartialEq)]
+struct Described(String);
+
+static DESCRIBED: AtomicUsize = AtomicUsize::new(0);
+
+impl OrderForm for Described {
+    fn of(order: &Order) -> Self {
+        DESCRIBED.fetch_add(1, Ordering::SeqCst);
+        Self(format!(
+            "{} v{} {:?}",
+            order.id(),
+            order.version(),
+            order.status()
+        ))
+    }
+}
+
+/// Another form, asked of the same snapshot after the first.
+#[derive(Clone, Debug, PartialEq)]
+struct Version(u64);
+
+impl OrderForm for Version {
+    fn of(order: &Order) -> Self {
+        Self(order.version())
+    }
+}
+
+/// A hit hands out the form its snapshot computed on first use; a change to
+/// the order replaces the snapshot, and with it the form.
+#[tokio::test]
+async fn a_snapshot_computes_its_form_once_and_a_change_replaces_it() {
+    let (cache, _repo) = cached(0, Lookup::Normal);
+    let created = cache
+        .create_order(new_order("u-form", None, &[5]))
+        .await
+        .unwrap()
+        .order;
+    let before = DESCRIBED.load(Ordering::SeqCst);
+    let first: Described = cache.find_order(created.id()).await.unwrap().form();
+    let again: Described = cache.find_order(created.id()).await.unwrap().form();
+    assert_eq!(first, again);
+    assert_eq!(
+        DESCRIBED.load(Ordering::SeqCst) - before,
+        1,
+        "computed once"
+    );
+    // A second kind of form is still right, just not kept.
+    let version: Version = cache.find_order(created.id()).await.unwrap().form();
+    assert_eq!(version, Version(1));
+
+    let paid = cache
+        .update_status(created.id(), OrderStatus::Paid, 1)
+        .await
+        .unwrap();
+    let after: Described = cache.find_order(created.id()).await.unwrap().form();
+    assert_eq!(after, Described::of(&paid));
+    assert_ne!(after, first);
+    // A plain order computes the form on every call.
+    let plain = before + 3;
+    assert_eq!(DESCRIBED.load(Ordering::SeqCst), plain);
+    let _: Described = paid.form();
+    assert_eq!(DESCRIBED.load(Ordering::SeqCst), plain + 1);
 }
 
 /// A lookup that read version 1 finishes after a write stored version 2: the

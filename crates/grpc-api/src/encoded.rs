@@ -1,0 +1,125 @@
+//! [`EncodedOrder`]: the `orderflow.v1.Order` the servers send, already
+//! encoded.
+//!
+//! A cached order is an immutable snapshot, so its response bytes are too:
+//! GetOrder asks the snapshot for them ([`storage::FoundOrder::form`]), and
+//! a hit copies bytes instead of formatting ids into strings and encoding
+//! them again (docs/benchmarks.md). `build.rs` makes the servers' methods
+//! that answer an `Order` answer this type; clients still decode
+//! `orderflow_proto::proto::Order`, and the bytes on the wire are the same.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use domain::Order;
+use prost::Message;
+use prost::encoding::{DecodeContext, WireType};
+
+use crate::{convert, proto};
+
+/// An `orderflow.v1.Order`, encoded once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedOrder(Bytes);
+
+impl EncodedOrder {
+    /// The encoding of `order` on the wire.
+    pub fn new(order: &Order) -> Self {
+        Self(convert::order_to_wire(order).encode_to_vec().into())
+    }
+
+    /// The encoded message.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl storage::OrderForm for EncodedOrder {
+    fn of(order: &Order) -> Self {
+        Self::new(order)
+    }
+}
+
+impl Message for EncodedOrder {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    /// Decodes one field as `orderflow.v1.Order` would (so malformed input
+    /// fails the same way) and appends its encoding. The servers never
+    /// decode this type; this keeps it a faithful `Message` all the same.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        let mut field = proto::Order::default();
+        field.merge_field(tag, wire_type, buf, ctx)?;
+        let mut bytes = BytesMut::from(&self.0[..]);
+        field.encode_raw(&mut bytes);
+        self.0 = bytes.freeze();
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::EncodedOrder;
+    use crate::proto;
+
+    fn order() -> proto::Order {
+        proto::Order {
+            order_id: "0190a6f4-5e2b-7c3d-9a1b-2c3d4e5f6a7b".to_owned(),
+            user_id: "user-1".to_owned(),
+            status: 2,
+            lines: vec![
+                proto::OrderLine {
+                    product_id: "SKU-1".to_owned(),
+                    quantity: 3,
+                    unit_price_cents: 1250,
+                },
+                proto::OrderLine {
+                    product_id: "SKU-2".to_owned(),
+                    quantity: 1,
+                    unit_price_cents: 99,
+                },
+            ],
+            total_cents: 3849,
+            currency: "EUR".to_owned(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            updated_at: None,
+            version: 4,
+        }
+    }
+
+    #[test]
+    fn decoding_and_encoding_again_keeps_the_message() {
+        let wire = order().encode_to_vec();
+        let encoded = EncodedOrder::decode(wire.as_slice()).unwrap();
+        assert_eq!(
+            proto::Order::decode(encoded.bytes().clone()).unwrap(),
+            order()
+        );
+        assert_eq!(encoded.encode_to_vec(), wire);
+    }
+
+    #[test]
+    fn malformed_input_fails_as_for_the_message_itself() {
+        // Field 2 (user_id) as a length-delimited string that is not UTF-8.
+        let bad = [0x12, 0x02, 0xff, 0xfe];
+        assert!(proto::Order::decode(&bad[..]).is_err());
+        assert!(EncodedOrder::decode(&bad[..]).is_err());
+    }
+}
