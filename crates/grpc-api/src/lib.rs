@@ -34,7 +34,7 @@ pub use layers::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,
     MetadataLimitLayer, panic_response, parse_grpc_timeout,
 };
-pub use observe::{MetricsLayer, RPC_METHODS, rpc_labels};
+pub use observe::{MetricsLayer, RPC_METHODS, current_rpc, rpc_labels};
 pub use orders::OrderApi;
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

@@ -51,6 +51,19 @@ pub const RPC_METHODS: [(&str, &str); 17] = [
     ),
 ];
 
+tokio::task_local! {
+    /// The index in [`RPC_METHODS`] of the RPC the current task is serving.
+    static SERVING: usize;
+}
+
+/// The `(service, method)` of the RPC the current task is serving, when
+/// called while [`MetricsLayer`] runs a request's handling (its layers and
+/// handler, not a stream's later messages); `None` elsewhere. The log
+/// formatter names the RPC with it when requests get no span.
+pub fn current_rpc() -> Option<(&'static str, &'static str)> {
+    SERVING.try_with(|index| labels_at(*index)).ok()
+}
+
 /// The `(service, method)` a request path names
 /// (`/orderflow.v1.OrderService/GetOrder`), from the fixed list of methods
 /// served; `("unknown", "unknown")` for any other path.
@@ -109,7 +122,7 @@ where
         let method = rpc_index(request.uri().path());
         let mut rpc = Rpc::start(Arc::clone(&self.handles), method);
         let work = self.inner.call(request);
-        Box::pin(async move {
+        Box::pin(SERVING.scope(method, async move {
             // tonic enters the request's span around this future (not around
             // `call`), so this is where it is found.
             rpc.span = tracing::Span::current();
@@ -120,7 +133,7 @@ where
                 return Ok(response);
             }
             Ok(response.map(|body| tonic::body::Body::new(Observed { body, rpc })))
-        })
+        }))
     }
 }
 

@@ -502,11 +502,15 @@ async fn monitor<R: storage::OrderRepository>(
 /// `traceparent` is present. `MetricsLayer` sets `rpc.grpc.status_code`
 /// (and the error status) when the RPC ends; the log formatter
 /// (`telemetry::Correlated`) reads the trace and span ids only when a line
-/// is written. A request [`Sampling`] leaves out gets no span at all; with
-/// no OpenTelemetry layer installed, the span is a plain `rpc{method=…}`.
+/// is written. A request [`Sampling`] leaves out gets no span at all, and
+/// so does every request when nothing reads spans (no OpenTelemetry layer
+/// installed): its log lines name the RPC all the same
+/// (`telemetry::NamingRpc`, from `grpc_api::current_rpc`), and a span would
+/// cost each request a subscriber entry, its formatted fields and two
+/// filter lookups per poll (docs/benchmarks.md).
 fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Span {
     let path = request.uri().path();
-    if !sampling.traces(path, request.headers()) {
+    if !sampling.observed || !sampling.traces(path, request.headers()) {
         return tracing::Span::none();
     }
     let (service, method) = grpc_api::rpc_labels(path);
@@ -516,11 +520,6 @@ fn request_span(request: &http::Request<()>, sampling: Sampling) -> tracing::Spa
         "unknown" => "unknown/unknown",
         _ => path.trim_start_matches('/'),
     };
-    if !sampling.observed {
-        // One field, written as is: the log formatter formats a span's
-        // fields when the span opens, on every request.
-        return tracing::info_span!("rpc", method = %name);
-    }
     let span = tracing::info_span!(
         "rpc",
         otel.name = name,
@@ -551,8 +550,7 @@ struct Sampling {
     /// The share of requests with no sampling decision from the caller.
     ratio: f64,
     /// Whether the OpenTelemetry layer is installed
-    /// (`Settings::spans_observed`); without it a request's span only has
-    /// to name the RPC on log lines.
+    /// (`Settings::spans_observed`); without it requests get no span.
     observed: bool,
 }
 
@@ -695,8 +693,8 @@ mod tests {
     }
 
     #[test]
-    fn spans_carry_opentelemetrys_fields_only_when_something_reads_them() {
-        assert_eq!(span_fields(false), ["method"]);
+    fn requests_get_a_span_only_when_something_reads_it() {
+        assert_eq!(span_fields(false), Vec::<&str>::new());
         let observed = span_fields(true);
         for field in [
             "otel.name",

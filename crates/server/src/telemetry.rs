@@ -50,10 +50,19 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     let fmt = match settings.log_format {
         // Colours only for a person at a terminal: escape codes in a log
         // file are noise, and styling every span's fields costs each request.
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Pretty => {
+            let colour = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt::layer()
+                // Set on the format too: `NamingRpc` formats into a buffer,
+                // which would otherwise lose the colours.
+                .event_format(NamingRpc {
+                    format: tracing_subscriber::fmt::format().with_ansi(colour),
+                    spanless: !settings.spans_observed(),
+                })
+                .with_ansi(colour)
+                .with_writer(std::io::stderr)
+                .boxed()
+        }
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .event_format(Correlated(tracing_subscriber::fmt::format().json()))
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
@@ -178,6 +187,42 @@ where
             ),
             None => writer.write_str(&line),
         }
+    }
+}
+
+/// The pretty log line, ending in `rpc=<service>/<method>` when it was
+/// logged while serving an RPC that has no span (`spanless`: nothing reads
+/// spans, so requests get none; `serve::request_span`). With spans, the
+/// request's span names the RPC as usual.
+struct NamingRpc<F> {
+    format: F,
+    spanless: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for NamingRpc<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let rpc = self.spanless.then(grpc_api::current_rpc).flatten();
+        let Some((service, method)) = rpc else {
+            return self.format.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.format.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(writer, "{line} rpc={service}/{method}")
     }
 }
 

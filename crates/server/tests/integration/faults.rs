@@ -264,6 +264,48 @@ async fn one_percent_panics_under_load_leave_every_other_call_ok() {
     );
 }
 
+/// With pretty logs and nothing reading spans, requests get no span, and a
+/// line logged while serving one still names the RPC; lines logged outside
+/// requests name none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pretty_log_lines_name_the_rpc_they_were_logged_in() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_LOG_FORMAT", "pretty"),
+            ("FAILPOINTS", "grpc-get-order=1*panic(boom)"),
+        ],
+    );
+    let mut orders = server.orders().await;
+    let status = orders
+        .get_order(GetOrderRequest {
+            order_id: "00000000-0000-7000-8000-000000000001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    let mut panicked = None;
+    for _ in 0..100 {
+        panicked = server
+            .logs()
+            .into_iter()
+            .find(|line| line.contains("an RPC handler panicked"));
+        if panicked.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let panicked = panicked.expect("the panic was logged");
+    assert!(
+        panicked.ends_with(" rpc=orderflow.v1.OrderService/GetOrder"),
+        "{panicked}"
+    );
+    let logs = server.logs();
+    let serving = logs.iter().find(|l| l.contains("serving gRPC")).unwrap();
+    assert!(!serving.contains("rpc="), "{serving}");
+}
+
 /// `orderflow_grpc_requests_total` counts requests that a layer answered
 /// before any handler ran, each under its code: UNAUTHENTICATED (auth),
 /// DEADLINE_EXCEEDED (deadline), RESOURCE_EXHAUSTED (shed), INTERNAL (a

@@ -60,8 +60,15 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains("serving gRPC") {
-                        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                        let _ = found.send(value["fields"]["address"].as_str().unwrap().to_owned());
+                        // A JSON line by default; `address=…` in a pretty one.
+                        let address = match serde_json::from_str::<serde_json::Value>(&line) {
+                            Ok(value) => value["fields"]["address"].as_str().map(str::to_owned),
+                            Err(_) => line
+                                .split_whitespace()
+                                .find_map(|word| word.strip_prefix("address="))
+                                .map(str::to_owned),
+                        };
+                        let _ = found.send(address.unwrap());
                     }
                     logs.lock().unwrap().push(line);
                 }
