@@ -167,6 +167,43 @@ enum Pools {
     Sqlite(Pool<SqliteConn>),
 }
 
+/// A pooled PostgreSQL connection shared by readers.
+pub(crate) type SharedPg = std::sync::Arc<PooledConnection<'static, AsyncPgConnection>>;
+
+/// The most shared readers [`Database::reader`] rotates over: two measured
+/// best for point reads on two cores (one fewer keeps PostgreSQL on one
+/// backend; four pipelined less; docs/benchmarks.md).
+const READERS: usize = 2;
+
+#[derive(Default)]
+struct Readers {
+    /// How many of `slots` are used: a quarter of the pool at most, so
+    /// writers always keep most of it; none for a pool under four.
+    used: usize,
+    next: std::sync::atomic::AtomicUsize,
+    slots: [std::sync::Mutex<Option<SharedPg>>; READERS],
+    /// Held while a slot's connection is taken from the pool, so a burst
+    /// of reads finding it empty takes one connection, not one each.
+    filling: [tokio::sync::Mutex<()>; READERS],
+}
+
+impl Readers {
+    fn for_pool(max_connections: u32) -> Self {
+        let quarter = usize::try_from(max_connections / 4).unwrap_or(READERS);
+        Self {
+            used: quarter.min(READERS),
+            ..Self::default()
+        }
+    }
+}
+
+/// Locks a reader slot; held only to copy or replace the pointer, never
+/// across an await.
+fn lock(slot: &std::sync::Mutex<Option<SharedPg>>) -> std::sync::MutexGuard<'_, Option<SharedPg>> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A handle to the database: cheap to clone, shared by every repository.
 #[derive(Clone)]
 pub struct Database {
@@ -175,6 +212,8 @@ pub struct Database {
 
 struct Inner {
     pools: Pools,
+    /// PostgreSQL's shared readers (see [`Database::reader`]).
+    readers: Readers,
     config: StoreConfig,
     /// The pool's latest failure to connect (see [`Database::acquire`]).
     connect_errors: tokio::sync::watch::Sender<Option<StorageError>>,
@@ -274,6 +313,10 @@ impl Database {
         Self {
             inner: std::sync::Arc::new(Inner {
                 pools,
+                readers: match config.backend() {
+                    Backend::Postgres => Readers::for_pool(config.max_connections),
+                    Backend::Sqlite => Readers::default(),
+                },
                 config,
                 connect_errors: errors,
             }),
@@ -378,6 +421,59 @@ impl Database {
                 Err(error.unwrap_or_else(|| {
                     StorageError::Unavailable("could not connect".to_owned())
                 }))
+            }
+        }
+    }
+
+    /// A PostgreSQL connection shared by concurrent point reads, and taken
+    /// from the pool like any other: `None` on SQLite, or with a pool too
+    /// small to spare one (see `Readers`). Its queries pipeline:
+    /// tokio-postgres writes every query queued on a connection in one go
+    /// and reads their answers the same way, so many concurrent reads cost
+    /// a few system calls instead of two each, on both sides. Reads rotate
+    /// over up to [`READERS`] of them, so PostgreSQL works on more than one
+    /// backend at a time. Only single statements outside transactions run on one; a
+    /// caller that sees it fail calls [`Database::drop_reader`], and the
+    /// next read takes a fresh connection.
+    pub(crate) async fn reader(&self) -> Result<Option<SharedPg>, StorageError> {
+        let readers = &self.inner.readers;
+        if readers.used == 0 {
+            return Ok(None);
+        }
+        let turn = readers
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.used;
+        let (Some(slot), Some(filling)) = (readers.slots.get(turn), readers.filling.get(turn))
+        else {
+            return Ok(None);
+        };
+        let kept = || lock(slot).as_ref().map(std::sync::Arc::clone);
+        if let Some(shared) = kept() {
+            return Ok(Some(shared));
+        }
+        let _filling = filling.lock().await;
+        if let Some(shared) = kept() {
+            return Ok(Some(shared));
+        }
+        let Conn::Postgres(conn) = self.acquire().await? else {
+            return Ok(None);
+        };
+        let shared = std::sync::Arc::new(conn);
+        *lock(slot) = Some(std::sync::Arc::clone(&shared));
+        Ok(Some(shared))
+    }
+
+    /// Stops sharing `broken` (a read on it failed); it returns to the pool,
+    /// which checks it, once its last reader is done.
+    pub(crate) fn drop_reader(&self, broken: &SharedPg) {
+        for slot in &self.inner.readers.slots {
+            let mut kept = lock(slot);
+            if kept
+                .as_ref()
+                .is_some_and(|k| std::sync::Arc::ptr_eq(k, broken))
+            {
+                *kept = None;
             }
         }
     }

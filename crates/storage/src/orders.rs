@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::{
     Cents, Currency, DomainError, IdempotencyKey, NewOrder, Order, OrderId, OrderLine, OrderStatus,
     ProductId, Quantity, RestoredOrder, UserId,
@@ -319,19 +319,35 @@ impl OrderRepository for Database {
             ));
         }
         self.timed(async {
-            let mut conn = self.acquire().await?;
             let key = id.to_string();
             // One round trip: the order row joined to its lines (every
             // order has at least one), the hot path behind cache misses.
-            let rows: Vec<(OrderRow, LineRow)> = with_conn!(&mut conn, |c| {
-                orders::table
-                    .inner_join(order_lines::table)
-                    .filter(orders::order_id.eq(&key))
-                    .order(order_lines::line_no)
-                    .select((OrderRow::as_select(), LineRow::as_select()))
-                    .load(c)
-                    .await
-            })?;
+            // A macro: `as_select` is typed by the backend it loads from.
+            macro_rules! query {
+                () => {
+                    orders::table
+                        .inner_join(order_lines::table)
+                        .filter(orders::order_id.eq(&key))
+                        .order(order_lines::line_no)
+                        .select((OrderRow::as_select(), LineRow::as_select()))
+                };
+            }
+            let rows: Vec<(OrderRow, LineRow)> = match self.reader().await? {
+                // PostgreSQL: on a shared connection, pipelined with the
+                // other reads (`Database::reader`).
+                Some(shared) => {
+                    let mut c: &AsyncPgConnection = &shared;
+                    let rows = query!().load(&mut c).await.map_err(StorageError::from);
+                    if rows.is_err() {
+                        self.drop_reader(&shared);
+                    }
+                    rows?
+                }
+                None => {
+                    let mut conn = self.acquire().await?;
+                    with_conn!(&mut conn, |c| query!().load(c).await)?
+                }
+            };
             let mut rows = rows.into_iter();
             let Some((order, first)) = rows.next() else {
                 return Err(StorageError::NotFound {

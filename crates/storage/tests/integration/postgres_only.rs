@@ -197,3 +197,65 @@ async fn a_read_only_database_fails_ping_on_both_backends() {
         "{answer:?}"
     );
 }
+
+/// Concurrent point reads share two pipelined connections instead of taking
+/// one each, and a shared connection PostgreSQL has closed is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_share_two_connections_and_replace_a_broken_one() {
+    let Some(test) = test_support::TestDb::postgres().await else {
+        return;
+    };
+    let schema = test.postgres_schema().unwrap().to_owned();
+    let created = test
+        .create_order(crate::suite::new_order("u-shared", None, &[7]))
+        .await
+        .unwrap()
+        .order;
+    let id = created.id();
+    // A pool of eight of its own, so only these reads open connections.
+    let db = Database::connect(test.config()).await.unwrap();
+    let reads: Vec<_> = (0..200)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.find_order(id).await })
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap(), created);
+    }
+    assert_eq!(
+        db.pool_connections().0,
+        2,
+        "(open, idle) = {:?}",
+        db.pool_connections()
+    );
+
+    let base = postgres_url().unwrap();
+    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+    let closed: Count = diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind::<Text, _>(&schema)
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert!(closed.n >= 2, "closed {}", closed.n);
+    // A read on a closed connection fails (as on a pooled one); the shared
+    // connection is then dropped, so reads recover instead of failing on it
+    // for good.
+    let mut recovered = false;
+    for _ in 0..10 {
+        match db.find_order(id).await {
+            Ok(order) => {
+                assert_eq!(order, created);
+                recovered = true;
+                break;
+            }
+            Err(error) => assert!(matches!(error, StorageError::Unavailable(_)), "{error}"),
+        }
+    }
+    assert!(recovered, "reads still fail after 10 tries");
+    for _ in 0..4 {
+        assert_eq!(db.find_order(id).await.unwrap(), created);
+    }
+}
