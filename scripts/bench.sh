@@ -99,10 +99,16 @@ pgbench -q -i -s 10 -h 127.0.0.1 -U postgres orderflow_pgbench >/dev/null 2>&1
 start_server "$pg/orderflow_bench" ORDERFLOW_CACHE_CAPACITY=1
 miss_best=0
 miss_rows=
+# Each concurrency on one connection (a gRPC client's default: streams
+# multiplexed) and on c/8 connections; the row keeps the better.
 for c in 8 32 128; do
-    rps=$(json "$(load --workload get-miss --concurrency "$c" --connections $((c / 8)) --seed-orders 2000)" rps | cut -d. -f1)
-    miss_rows="$miss_rows $c:$rps"
-    [ "$rps" -gt "$miss_best" ] && miss_best=$rps
+    best=0
+    for conns in $(printf "%s\n" 1 $((c / 8)) | sort -u); do
+        rps=$(json "$(load --workload get-miss --concurrency "$c" --connections "$conns" --seed-orders 2000)" rps | cut -d. -f1)
+        [ "$rps" -gt "$best" ] && best=$rps
+    done
+    miss_rows="$miss_rows $c:$best"
+    [ "$best" -gt "$miss_best" ] && miss_best=$best
 done
 stop_server
 # pgbench needs a connection per client: 128 when PostgreSQL allows it,
@@ -133,7 +139,7 @@ dyn=$( [ -f "$dyn_estimate" ] && python3 -c 'import json,sys; print(int(10000 / 
     echo "| GetOrder from cache vs Health/Check, h2load, 16 streams on one connection (median of 9 alternating rounds) | | | $(h2_ratio "$hit_runs" 16) | ≥ 0.95 |"
     echo "| the same, 64 streams | | | $(h2_ratio "$hit_runs" 64) | ≥ 0.95 |"
     echo "| the same with JSON logs (requests get spans) and ORDERFLOW_TRACE_SAMPLE_RATIO=0.01, 16 / 64 streams | | | $(h2_ratio "$hit_sampled" 16) / $(h2_ratio "$hit_sampled" 64) | ≥ 0.95 |"
-    echo "| GetOrder cache-miss capacity (PostgreSQL), best of${miss_rows} in flight, vs the best \`pgbench -S -M prepared\` of${pgbench_rows} clients (both pinned to CPU 1) | ${miss_best}/s | ${pgbench_best}/s | $(ratio "$miss_best" "$pgbench_best") | ≥ 0.7 |"
+    echo "| GetOrder cache-miss capacity (PostgreSQL), best of${miss_rows} in flight, vs the best \`pgbench -S -M prepared\` of${pgbench_rows} clients (both pinned to CPU 1; GetOrder on 1 or c/8 connections, the better) | ${miss_best}/s | ${pgbench_best}/s | $(ratio "$miss_best" "$pgbench_best") | ≥ 0.7 |"
     echo "| 12-step pipeline in process (criterion, one thread), enum dispatch vs the same steps as \`Vec<Box<dyn Transform>>\` | ${inproc}/s | ${dyn}/s | $( [ "$dyn" -gt 0 ] && ratio "$inproc" "$dyn" || echo n/a) | enum ≥ 10,000,000/s |"
     echo "| PublishEvents, 12-step pipeline, events/s vs the in-process pipeline (one core) | $(json "$publish" events_per_second | cut -d. -f1)/s | ${inproc}/s | $( [ "$inproc" -gt 0 ] && ratio "$(json "$publish" events_per_second)" "$inproc" || echo n/a) | (shows network + decoding cost) |"
     echo
