@@ -171,12 +171,7 @@ where
         let Some(ids) = ids.filter(opentelemetry::trace::SpanContext::is_valid) else {
             return self.0.format_event(ctx, writer, event);
         };
-        let mut line = String::new();
-        self.0.format_event(
-            ctx,
-            tracing_subscriber::fmt::format::Writer::new(&mut line),
-            event,
-        )?;
+        let line = buffered(&self.0, ctx, event)?;
         // The JSON formatter writes one object: put the ids first in it.
         match line.strip_prefix('{') {
             Some(rest) => write!(
@@ -215,15 +210,30 @@ where
         let Some((service, method)) = rpc else {
             return self.format.format_event(ctx, writer, event);
         };
-        let mut line = String::new();
-        self.format.format_event(
-            ctx,
-            tracing_subscriber::fmt::format::Writer::new(&mut line),
-            event,
-        )?;
+        let line = buffered(&self.format, ctx, event)?;
         let line = line.strip_suffix('\n').unwrap_or(&line);
         writeln!(writer, "{line} rpc={service}/{method}")
     }
+}
+
+/// `format`'s line for `event`, in a string for a wrapper to rewrite.
+fn buffered<S, N, F>(
+    format: &F,
+    ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+    event: &tracing::Event<'_>,
+) -> Result<String, std::fmt::Error>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    let mut line = String::new();
+    format.format_event(
+        ctx,
+        tracing_subscriber::fmt::format::Writer::new(&mut line),
+        event,
+    )?;
+    Ok(line)
 }
 
 /// What a metric is, for its TYPE line.
