@@ -171,8 +171,8 @@ enum Pools {
 pub(crate) type SharedPg = std::sync::Arc<PooledConnection<'static, AsyncPgConnection>>;
 
 /// The most shared readers [`Database::reader`] rotates over: two measured
-/// best for point reads on two cores (one fewer keeps PostgreSQL on one
-/// backend; four pipelined less; docs/benchmarks.md).
+/// better than four for point reads on two cores (docs/benchmarks.md);
+/// one would keep all of PostgreSQL's work on a single backend process.
 const READERS: usize = 2;
 
 #[derive(Default)]
@@ -432,9 +432,9 @@ impl Database {
     /// and reads their answers the same way, so many concurrent reads cost
     /// a few system calls instead of two each, on both sides. Reads rotate
     /// over up to [`READERS`] of them, so PostgreSQL works on more than one
-    /// backend at a time. Only single statements outside transactions run on one; a
-    /// caller that sees it fail calls [`Database::drop_reader`], and the
-    /// next read takes a fresh connection.
+    /// backend at a time. Only single statements outside transactions run
+    /// on one; a caller that sees it fail calls [`Database::drop_reader`],
+    /// and the next read takes a fresh connection.
     pub(crate) async fn reader(&self) -> Result<Option<SharedPg>, StorageError> {
         let readers = &self.inner.readers;
         if readers.used == 0 {
