@@ -121,8 +121,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let method = rpc_index(request.uri().path());
         let mut rpc = Rpc::start(Arc::clone(&self.handles), method);
-        // Inner layers do part of their work in `call` itself.
-        let work = SERVING.sync_scope(method, || self.inner.call(request));
+        let work = self.inner.call(request);
         Box::pin(SERVING.scope(method, async move {
             // tonic enters the request's span around this future (not around
             // `call`), so this is where it is found.
