@@ -57,8 +57,9 @@ tokio::task_local! {
 }
 
 /// The `(service, method)` of the RPC the current task is serving, when
-/// called while [`MetricsLayer`] runs a request's handling (its layers and
-/// handler, not a stream's later messages); `None` elsewhere. The log
+/// called while [`MetricsLayer`] polls a request's future (the futures of
+/// the layers inside it and of the handler; not their `call` methods, which
+/// log nothing, nor a stream's later messages); `None` elsewhere. The log
 /// formatter names the RPC with it when requests get no span.
 pub fn current_rpc() -> Option<(&'static str, &'static str)> {
     SERVING.try_with(|index| labels_at(*index)).ok()
