@@ -31,15 +31,15 @@
 //!
 //! Every error names the step (`steps[2] (enrich)`) and the field.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use domain::{Action, ArcStr};
-use foldhash::fast::FixedState;
 use serde::Deserialize;
 
 use crate::Pipeline;
+use crate::keys::KeyTable;
 use crate::steps::{
     Aggregate, Condition, Deduplicate, Enrich, EnrichValue, Filter, KeySource, Rename,
     TransformStep,
@@ -194,16 +194,15 @@ impl StepSpec {
                         default,
                         required,
                     } => {
-                        let mut map =
-                            HashMap::with_capacity_and_hasher(table.len(), FixedState::default());
-                        map.extend(
-                            table
-                                .iter()
-                                .map(|(k, v)| (Box::from(k.as_str()), v.clone())),
-                        );
-                        let by_action = Action::KNOWN
-                            .each_ref()
-                            .map(|action| map.get(action.as_str()).cloned());
+                        let map: KeyTable<ArcStr> = table
+                            .iter()
+                            .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
+                            .collect();
+                        let by_action = Action::KNOWN.each_ref().map(|action| {
+                            map.find_text(action.as_str())
+                                .and_then(|at| map.get(at))
+                                .map(|(_, value)| value.clone())
+                        });
                         EnrichValue::Lookup {
                             from: from.clone(),
                             table: map,

@@ -13,6 +13,7 @@
 mod config;
 mod engine;
 mod ingest;
+mod keys;
 mod log;
 mod pipeline;
 mod sink;

@@ -10,7 +10,6 @@
 //! answers [`Verdict::Failed`] and the event is dead-lettered with the
 //! reason.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -18,6 +17,8 @@ use domain::{Action, ArcStr, Event};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
+
+use crate::keys::{Key, KeyTable};
 
 /// What a step decided about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,16 @@ impl KeySource {
             Self::Action => Some(event.action.as_str()),
             Self::UserId => Some(event.user_id.as_str()),
             Self::Attribute(name) => event.attributes.get(name).map(|v| &**v),
+        }
+    }
+
+    /// The key for `event` as a [`KeyTable`] looks it up: an attribute's
+    /// value keeps its identity, so a static one is found by address.
+    #[inline]
+    pub(crate) fn lookup_key<'e>(&self, event: &'e Event) -> Option<Key<'e>> {
+        match self {
+            Self::Attribute(name) => event.attributes.get(name).map(Key::of),
+            _ => self.key(event).map(Key::text),
         }
     }
 }
@@ -120,7 +131,7 @@ pub(crate) enum EnrichValue {
     Constant(ArcStr),
     Lookup {
         from: KeySource,
-        table: HashMap<Box<str>, ArcStr, FixedState>,
+        table: KeyTable<ArcStr>,
         /// `table`'s entry for each known action, indexed by
         /// [`Action::known_index`]: with `from = action` those need no hash.
         by_action: [Option<ArcStr>; Action::KNOWN.len()],
@@ -135,7 +146,7 @@ impl Enrich {
     /// Applies the step.
     #[inline]
     pub fn apply(&mut self, event: &mut Event) -> Verdict {
-        let value = match &self.value {
+        let value = match &mut self.value {
             EnrichValue::Constant(value) => value.clone(),
             EnrichValue::Lookup {
                 from,
@@ -144,13 +155,17 @@ impl Enrich {
                 default,
                 required,
             } => {
-                let found = match (from, event.action.known_index()) {
+                let found = match (&*from, event.action.known_index()) {
                     (KeySource::Action, Some(known)) => {
                         by_action.get(known).and_then(Option::as_ref)
                     }
-                    _ => from.key(event).and_then(|key| table.get(key)),
+                    _ => from
+                        .lookup_key(event)
+                        .and_then(|key| table.find(key))
+                        .and_then(|at| table.get(at))
+                        .map(|(_, value)| value),
                 };
-                match (found, default) {
+                match (found, &*default) {
                     (Some(value), _) | (None, Some(value)) => value.clone(),
                     (None, None) if *required => {
                         return Verdict::Failed(format!(
@@ -279,8 +294,10 @@ impl AggregateTable {
 /// bounded); later keys go to a catch-all.
 ///
 /// The worker's own totals are authoritative and unlocked (the step belongs
-/// to one worker): one slot per key, found by one hash lookup (none at all
-/// for a known action, whose slot sits in a small array). After each batch
+/// to one worker): one slot per key, found in a key table (a scan
+/// while there are few keys, a hash lookup past that, one comparison for a
+/// static value an enrich step set) or, for a known action, in a small
+/// array with no lookup at all. After each batch
 /// the slots it touched are copied, by index, into the shared table readers
 /// lock. Locking per event instead cost about a third of the pipeline's
 /// throughput (docs/benchmarks.md); readers see totals at most one batch
@@ -290,12 +307,11 @@ pub struct Aggregate {
     pub(crate) name: Arc<str>,
     pub(crate) by: KeySource,
     pub(crate) max_keys: usize,
-    /// Each tracked key's index in `slots`.
-    index: HashMap<Arc<str>, usize, FixedState>,
+    /// Each tracked key with its slot, in the order first seen.
+    slots: KeyTable<Slot>,
     /// With `by = action`: the slot of each known action once seen,
     /// indexed by [`Action::known_index`].
     by_action: [Option<usize>; Action::KNOWN.len()],
-    slots: Vec<Slot>,
     other: Totals,
     /// Slots changed since the last publish.
     dirty: Vec<usize>,
@@ -306,7 +322,6 @@ pub struct Aggregate {
 
 #[derive(Debug)]
 struct Slot {
-    key: Arc<str>,
     totals: Totals,
     dirty: bool,
 }
@@ -317,9 +332,8 @@ impl Aggregate {
             name,
             by,
             max_keys,
-            index: HashMap::default(),
+            slots: KeyTable::default(),
             by_action: [None; Action::KNOWN.len()],
-            slots: Vec::new(),
             other: Totals::default(),
             dirty: Vec::new(),
             table: Arc::new(Mutex::new(AggregateTable::default())),
@@ -343,7 +357,7 @@ impl Aggregate {
         let amount = event.amount_cents.map_or(0, |a| a.get());
         let Some((index, slot)) = self
             .slot_of(event)
-            .and_then(|index| Some((index, self.slots.get_mut(index)?)))
+            .and_then(|index| Some((index, self.slots.value_mut(index)?)))
         else {
             return add(&self.name, &mut self.other, amount);
         };
@@ -366,20 +380,16 @@ impl Aggregate {
         if let Some(&Some(slot)) = known.and_then(|k| self.by_action.get(k)) {
             return Some(slot);
         }
-        let key = self.by.key(event)?;
-        let slot = match self.index.get(key) {
-            Some(&slot) => slot,
-            None if self.slots.len() < self.max_keys => {
-                let key: Arc<str> = Arc::from(key);
-                let slot = self.slots.len();
-                self.slots.push(Slot {
-                    key: Arc::clone(&key),
+        let key = self.by.lookup_key(event)?;
+        let slot = match self.slots.find(key) {
+            Some(slot) => slot,
+            None if self.slots.len() < self.max_keys => self.slots.push(
+                Arc::from(key.as_str()),
+                Slot {
                     totals: Totals::default(),
                     dirty: false,
-                });
-                self.index.insert(key, slot);
-                slot
-            }
+                },
+            ),
             None => return None,
         };
         if let Some(cached) = known.and_then(|k| self.by_action.get_mut(k)) {
@@ -393,14 +403,15 @@ impl Aggregate {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         // Keys first seen in this batch get their entry (slots only grow).
         let published = table.keys.len();
-        if let Some(new) = self.slots.get(published..) {
-            table
-                .keys
-                .extend(new.iter().map(|slot| (Arc::clone(&slot.key), slot.totals)));
-        }
+        table.keys.extend(
+            self.slots
+                .entries_from(published)
+                .iter()
+                .map(|(key, slot)| (Arc::clone(key), slot.totals)),
+        );
         for index in self.dirty.drain(..) {
             if let (Some(slot), Some(entry)) =
-                (self.slots.get_mut(index), table.keys.get_mut(index))
+                (self.slots.value_mut(index), table.keys.get_mut(index))
             {
                 slot.dirty = false;
                 entry.1 = slot.totals;

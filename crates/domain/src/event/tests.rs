@@ -81,6 +81,37 @@ fn attributes_from_an_iterator_are_sorted_and_the_last_value_wins() {
 }
 
 #[test]
+fn inserts_and_removes_anywhere_keep_the_attributes_sorted() {
+    // Against a BTreeMap, in an order that inserts before, between and
+    // after existing keys and crosses the inline capacity both ways.
+    let keys = ["m", "c", "x", "a", "p", "e", "z", "b", "n"];
+    let mut attributes = Attributes::new();
+    let mut model = std::collections::BTreeMap::new();
+    let same = |attributes: &Attributes, model: &std::collections::BTreeMap<&str, String>| {
+        let pairs: Vec<(&str, &str)> = attributes.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let expected: Vec<(&str, &str)> = model.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(pairs, expected);
+    };
+    for (n, key) in keys.iter().enumerate() {
+        assert_eq!(attributes.insert(*key, n.to_string()), None);
+        model.insert(*key, n.to_string());
+        same(&attributes, &model);
+    }
+    assert_eq!(attributes.insert("c", "again").as_deref(), Some("1"));
+    model.insert("c", "again".to_owned());
+    same(&attributes, &model);
+    for key in ["a", "n", "m", "z", "absent", "c", "x", "b", "p", "e"] {
+        assert_eq!(
+            attributes.remove(key).map(|v| v.to_string()),
+            model.remove(key),
+            "{key}"
+        );
+        same(&attributes, &model);
+    }
+    assert!(attributes.is_empty());
+}
+
+#[test]
 fn client_attributes_are_capped_in_count_and_bytes() {
     let entries = |n: usize, value: &str| {
         (0..n)
