@@ -302,14 +302,7 @@ impl Attributes {
                 .get_mut(index)
                 .map(|(_, v)| std::mem::replace(v, value.into())),
             Err(index) => {
-                // The new entry is swapped through the tail, one entry at a
-                // time, and the last one pushed: for a handful of entries
-                // this beats `SmallVec::insert`, whose shift calls `memmove`.
-                let mut entry = (key, value.into());
-                for later in self.0.iter_mut().skip(index) {
-                    std::mem::swap(later, &mut entry);
-                }
-                self.0.push(entry);
+                self.0.insert(index, (key, value.into()));
                 None
             }
         }
@@ -318,9 +311,7 @@ impl Attributes {
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<ArcStr> {
         let index = self.position(key).ok()?;
-        // As in `insert`: rotated to the end entry by entry, then popped.
-        self.0.get_mut(index..)?.rotate_left(1);
-        self.0.pop().map(|(_, value)| value)
+        Some(self.0.remove(index).1)
     }
 
     /// The attributes in key order.
