@@ -18,14 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The servers decode requests with `crate::codec::RequestCodec`, which
     // answers INVALID_ARGUMENT for a body that is not valid protobuf
     // (tonic-prost's own codec says INTERNAL). They name the client crate's
-    // messages, so a message type exists once. The one exception is the
-    // `Order` they answer with: `crate::encoded::EncodedOrder`, the same
-    // bytes, encoded once per cached snapshot.
+    // messages, so a message type exists once. The exceptions: the `Order`
+    // they answer with is `crate::encoded::EncodedOrder`, the same bytes,
+    // encoded once per cached snapshot; the `Event` and `EventBatch` they
+    // take are `crate::wire`'s, which read the attributes map as its
+    // entries instead of hashing them into a `HashMap`.
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
         .codec_path("crate::codec::RequestCodec")
         .extern_path(".orderflow.v1.Order", "crate::encoded::EncodedOrder")
+        .extern_path(".orderflow.v1.Event", "crate::wire::Event")
+        .extern_path(".orderflow.v1.EventBatch", "crate::wire::EventBatch")
         .extern_path(".orderflow.v1", "::orderflow_proto::proto")
         .compile_fds(descriptors)?;
     Ok(())

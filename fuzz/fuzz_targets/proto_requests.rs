@@ -5,7 +5,7 @@
 //! the same value.
 #![no_main]
 
-use grpc_api::convert;
+use grpc_api::{convert, wire};
 use grpc_api::proto;
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         7 => {
-            if let Ok(event) = proto::Event::decode(bytes) {
+            if let Ok(event) = wire::Event::decode(bytes) {
                 if let Ok(parsed) = convert::event_from_wire(event, None) {
                     // A valid event always has a stored form that loads back.
                     let json = parsed.to_json().expect("a valid event serialises");
@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            if let Ok(batch) = proto::EventBatch::decode(bytes) {
+            if let Ok(batch) = wire::EventBatch::decode(bytes) {
                 let _ = convert::event_batch_from_wire(batch);
             }
         }

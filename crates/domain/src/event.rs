@@ -363,12 +363,15 @@ impl Attributes {
 
     /// Attributes from a client, checked against [`Self::MAX_ENTRIES`] and
     /// [`Self::MAX_BYTES`] before anything is built, and for NUL (which
-    /// PostgreSQL cannot store); the error names `field`. Keys are unique
-    /// (a protobuf map), so the order they come in does not matter.
-    pub fn from_client<I>(field: &str, entries: I) -> Result<Self, DomainError>
+    /// PostgreSQL cannot store); the error names `field`. `entries` are a
+    /// protobuf map's entries as they arrived: a key that comes more than
+    /// once keeps its last value, as a map would (each occurrence counts
+    /// against the bounds, which bound the work done on what was sent).
+    pub fn from_client<I, T>(field: &str, entries: I) -> Result<Self, DomainError>
     where
-        I: IntoIterator<Item = (String, String)>,
+        I: IntoIterator<Item = (T, T)>,
         I::IntoIter: ExactSizeIterator,
+        T: AsRef<str> + Into<ArcStr>,
     {
         let entries = entries.into_iter();
         let count = entries.len();
@@ -384,7 +387,8 @@ impl Attributes {
         let mut bytes = 0;
         let mut checked = Vec::with_capacity(count);
         for (key, value) in entries {
-            bytes += key.len() + value.len();
+            let (key_text, value_text) = (key.as_ref(), value.as_ref());
+            bytes += key_text.len() + value_text.len();
             if bytes > Self::MAX_BYTES {
                 return Err(DomainError::invalid(
                     field,
@@ -394,10 +398,10 @@ impl Attributes {
                     ),
                 ));
             }
-            if key.contains('\0') || value.contains('\0') {
+            if key_text.contains('\0') || value_text.contains('\0') {
                 return Err(DomainError::invalid(
                     field,
-                    format!("entry {} contains the character '\\0'", quote(&key)),
+                    format!("entry {} contains the character '\\0'", quote(key_text)),
                 ));
             }
             checked.push((key, value));

@@ -11,8 +11,8 @@ use domain::{
 use tonic::Status;
 use transform_engine::{LogBatch, MAX_BATCH_EVENTS};
 
-use crate::proto;
 use crate::status;
+use crate::{proto, wire};
 
 /// A validated request value, or the INVALID_ARGUMENT status naming what is
 /// wrong.
@@ -168,7 +168,7 @@ pub fn product_to_wire(product: &Product) -> proto::Product {
 
 /// An event from the wire, validated; on a stream or in a batch, `index`
 /// names it in errors (`events[3].user_id`).
-pub fn event_from_wire(event: proto::Event, index: Option<usize>) -> Parsed<Event> {
+pub fn event_from_wire(event: wire::Event, index: Option<usize>) -> Parsed<Event> {
     // Full field names are spelled out only for an error: this runs for
     // every event of every batch.
     let field = |name: &str| match index {
@@ -203,7 +203,8 @@ pub fn event_from_wire(event: proto::Event, index: Option<usize>) -> Parsed<Even
                 .ok_or_else(|| invalid(&field("occurred_at"), "outside years 1..=9999"))
         })
         .transpose()?;
-    let attributes = Attributes::from_client("attributes", event.attributes).map_err(named)?;
+    let entries = event.attributes.into_iter().map(|e| (e.key, e.value));
+    let attributes = Attributes::from_client("attributes", entries).map_err(named)?;
     let mut out = Event::new(user_id, action);
     out.event_id = event_id;
     out.occurred_at = occurred_at;
@@ -217,7 +218,7 @@ const MAX_PRODUCER_ID: usize = 128;
 
 /// A batch for acknowledged ingest from the wire, validated whole: any
 /// invalid event rejects the batch, naming `events[i].field`.
-pub fn event_batch_from_wire(batch: proto::EventBatch) -> Parsed<LogBatch> {
+pub fn event_batch_from_wire(batch: wire::EventBatch) -> Parsed<LogBatch> {
     let producer_chars = batch.producer_id.chars().count();
     if producer_chars > MAX_PRODUCER_ID {
         return Err(invalid(
@@ -238,12 +239,13 @@ pub fn event_batch_from_wire(batch: proto::EventBatch) -> Parsed<LogBatch> {
         }
         _ => {}
     }
-    let events = batch
-        .events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| event_from_wire(event, Some(i)))
-        .collect::<Parsed<Vec<_>>>()?;
+    // Sized up front: the domain's `Event` is larger than the wire's, so a
+    // collect could not reuse the batch's allocation and would grow by
+    // doubling instead.
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (i, event) in batch.events.into_iter().enumerate() {
+        events.push(event_from_wire(event, Some(i))?);
+    }
     let producer = (!batch.producer_id.is_empty()).then_some((batch.producer_id, batch.sequence));
     Ok(LogBatch { producer, events })
 }

@@ -11,10 +11,9 @@ use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
 use crate::convert;
 use crate::proto::event_service_server::EventService;
-use crate::proto::{
-    Event, EventBatch, EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
-};
+use crate::proto::{EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse};
 use crate::status::{self, Reason};
+use crate::wire::{Event, EventBatch};
 
 /// Batches a stream may have in flight (enqueued, not yet acknowledged):
 /// the stream reads ahead this far while earlier batches are appended.

@@ -26,6 +26,7 @@ mod layers;
 mod observe;
 mod orders;
 pub mod status;
+pub mod wire;
 
 pub use catalog::CatalogApi;
 pub use encoded::EncodedOrder;
