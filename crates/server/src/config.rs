@@ -45,6 +45,13 @@ pub enum Command {
         /// certificate (issued for `localhost`).
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// With mutual TLS on (`--tls-client-ca`): the probe's own
+        /// certificate (PEM), from the CA the server trusts for clients.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) of `--cert`.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
         /// How long to wait for the answer.
         #[arg(long, default_value = "2s", value_parser = duration)]
         timeout: Duration,

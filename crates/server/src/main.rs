@@ -72,8 +72,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Health {
             service,
             ca,
+            cert,
+            key,
             timeout,
-        }) => server::probe::check(&cli.settings, &service, ca.as_deref(), *timeout).await,
+        }) => {
+            let identity = cert.as_deref().zip(key.as_deref());
+            server::probe::check(&cli.settings, &service, ca.as_deref(), identity, *timeout).await
+        }
         Some(Command::Events(EventsCommand::Export)) => {
             let db = serve::connect(&cli.settings, Open::MustExist).await?;
             let count = events_cli::export(&db).await?;

@@ -3,10 +3,11 @@
 //! `HEALTHCHECK`s and exec probes, where no grpc client is installed.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -15,24 +16,37 @@ use crate::config::Settings;
 
 /// Checks `service` on the server `settings` describe (its `--listen`
 /// address, reached on loopback when it listens on every interface; over
-/// TLS when `--tls-cert` is set, trusting `ca`).
+/// TLS when `--tls-cert` is set, trusting `ca`, and presenting `identity`,
+/// a certificate and key file, when `--tls-client-ca` asks clients for one).
 pub async fn check(
     settings: &Settings,
     service: &str,
-    ca: Option<&std::path::Path>,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let address = loopback(settings.listen);
     let endpoint = match (&settings.tls_cert, ca) {
         (None, _) => Endpoint::from_shared(format!("http://{address}"))?,
         (Some(_), Some(ca)) => {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("--ca: cannot read {}", ca.display()))?;
-            Endpoint::from_shared(format!("https://localhost:{}", address.port()))?.tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(pem))
-                    .domain_name("localhost"),
-            )?
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("--ca", ca)?))
+                .domain_name("localhost");
+            match (identity, &settings.tls_client_ca) {
+                (Some((cert, key)), _) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read("--cert", cert)?,
+                        read("--key", key)?,
+                    ));
+                }
+                (None, Some(_)) => bail!(
+                    "the server asks clients for a certificate (--tls-client-ca); give the \
+                     probe's with --cert and --key"
+                ),
+                (None, None) => {}
+            }
+            Endpoint::from_shared(format!("https://localhost:{}", address.port()))?
+                .tls_config(tls)?
         }
         (Some(_), None) => bail!(
             "the server serves TLS (--tls-cert); give the CA that signed its certificate with --ca"
@@ -55,6 +69,11 @@ pub async fn check(
         ServingStatus::Serving => Ok(()),
         other => bail!("{service:?} is {}", other.as_str_name()),
     }
+}
+
+/// A PEM file given with `flag`.
+fn read(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
 /// `0.0.0.0:p` / `[::]:p` (listening everywhere) as the loopback address.

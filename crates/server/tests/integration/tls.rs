@@ -190,6 +190,33 @@ impl Files {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
+
+    /// Writes `issued`'s certificate and key as `NAME.crt` and `NAME.key`.
+    fn write(&self, name: &str, issued: &test_support::Issued) {
+        std::fs::write(
+            self.dir.path().join(format!("{name}.crt")),
+            &issued.cert_pem,
+        )
+        .unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.key")), &issued.key_pem).unwrap();
+    }
+}
+
+/// `orderflow health ARGS` with `env` and nothing else: its exit code and
+/// standard error.
+fn health(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(crate::support::BINARY)
+        .env_clear()
+        .envs(env.iter().copied())
+        .arg("health")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// The port of a started server.
@@ -259,16 +286,57 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let clients = TestCa::new("orderflow clients CA");
     std::fs::write(files.dir.path().join("clients.pem"), clients.cert_pem()).unwrap();
     let db = TestDb::sqlite().await;
-    let server = Server::start(
-        &db,
-        &[
-            ("ORDERFLOW_TLS_CERT", &files.path("server.crt")),
-            ("ORDERFLOW_TLS_KEY", &files.path("server.key")),
-            ("ORDERFLOW_TLS_CLIENT_CA", &files.path("clients.pem")),
-        ],
+    let (cert, key, client_ca) = (
+        files.path("server.crt"),
+        files.path("server.key"),
+        files.path("clients.pem"),
     );
+    let settings = [
+        ("ORDERFLOW_TLS_CERT", cert.as_str()),
+        ("ORDERFLOW_TLS_KEY", key.as_str()),
+        ("ORDERFLOW_TLS_CLIENT_CA", client_ca.as_str()),
+    ];
+    let server = Server::start(&db, &settings);
     let https = format!("https://localhost:{}", port(&server));
     let ca = files.ca.cert_pem();
+
+    // The health probe, with the server's settings: it must present a
+    // certificate from the clients' CA, and says so when given none.
+    let listen = format!("127.0.0.1:{}", port(&server));
+    let mut probe_env = settings.to_vec();
+    probe_env.push(("ORDERFLOW_LISTEN", &listen));
+    let ca_file = files.path("ca.pem");
+    let (code, stderr) = health(&probe_env, &["--ca", &ca_file]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--cert and --key"), "{stderr}");
+    files.write("probe", &clients.client("probe"));
+    files.write(
+        "stranger",
+        &TestCa::new("not the clients CA").client("stranger"),
+    );
+    let (probe_cert, probe_key) = (files.path("probe.crt"), files.path("probe.key"));
+    let (code, stderr) = health(
+        &probe_env,
+        &["--ca", &ca_file, "--cert", &probe_cert, "--key", &probe_key],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (stranger_cert, stranger_key) = (files.path("stranger.crt"), files.path("stranger.key"));
+    let (code, stderr) = health(
+        &probe_env,
+        &[
+            "--ca",
+            &ca_file,
+            "--cert",
+            &stranger_cert,
+            "--key",
+            &stranger_key,
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "a certificate from another CA passed: {stderr}"
+    );
 
     let anonymous = answered(orderflow_proto::Client::builder(&https).tls(trusting(&ca))).await;
     assert!(
