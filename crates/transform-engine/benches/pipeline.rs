@@ -179,39 +179,27 @@ fn input(round: &mut u64, fixture: &[Event]) -> Vec<Vec<Event>> {
         .collect()
 }
 
-/// Times `run` over `iters` fresh inputs, one batch at a time, the whole
-/// round gathering in one outcome. Building the input and dropping the
-/// output happen outside the clock, and the output buffers are reused
-/// across rounds, as the engine's workers reuse theirs.
+/// What happens to a batch's kept events after the batch.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    /// The whole round gathers in one outcome (the log consumer's way).
+    Gathered,
+    /// Each batch's kept events are handed off (to a vector standing in for
+    /// the sink) and the next batch starts from an empty outcome, as in the
+    /// engine's workers.
+    HandedOff,
+}
+
+/// Times `run` over `iters` fresh inputs, one batch at a time, keeping the
+/// output as `output` says. Building the input and dropping the output
+/// happen outside the clock, and the output buffers are reused across
+/// rounds, as the engine's workers reuse theirs.
 fn timed(
     iters: u64,
     round: &mut u64,
     fixture: &[Event],
     out: &mut BatchOutcome,
-    mut run: impl FnMut(Vec<Event>, &mut BatchOutcome),
-) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let batches = input(round, fixture);
-        out.clear();
-        let started = Instant::now();
-        for batch in batches {
-            run(batch, out);
-        }
-        total += started.elapsed();
-        black_box(&out);
-    }
-    total
-}
-
-/// As [`timed`], but after each batch its kept events are handed off (to
-/// `handed`, standing in for the sink) and the next batch starts from an
-/// empty outcome, as in the engine's workers.
-fn timed_handoff(
-    iters: u64,
-    round: &mut u64,
-    fixture: &[Event],
-    out: &mut BatchOutcome,
+    output: Output,
     mut run: impl FnMut(Vec<Event>, &mut BatchOutcome),
 ) -> Duration {
     let mut handed: Vec<Vec<Event>> = Vec::with_capacity(EVENTS / BATCH + 1);
@@ -223,10 +211,12 @@ fn timed_handoff(
         let started = Instant::now();
         for batch in batches {
             run(batch, out);
-            handed.push(std::mem::replace(&mut out.kept, Vec::with_capacity(BATCH)));
+            if output == Output::HandedOff {
+                handed.push(std::mem::replace(&mut out.kept, Vec::with_capacity(BATCH)));
+            }
         }
         total += started.elapsed();
-        black_box(&handed);
+        black_box((&out, &handed));
     }
     total
 }
@@ -267,36 +257,64 @@ fn bench(c: &mut Criterion) {
     let (mut steps, mut buffers) = (spec.build().into_steps(), Default::default());
     group.bench_function("enum_step_major", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &mut round, &fixture, &mut out, |batch, out| {
-                enum_step_major(&mut steps, &mut buffers, batch, out);
-            })
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::Gathered,
+                |batch, out| {
+                    enum_step_major(&mut steps, &mut buffers, batch, out);
+                },
+            )
         })
     });
 
     let mut pipeline: Pipeline = spec.build();
     group.bench_function("enum_event_major", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &mut round, &fixture, &mut out, |batch, out| {
-                pipeline.process_batch(batch, out);
-            })
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::Gathered,
+                |batch, out| {
+                    pipeline.process_batch(batch, out);
+                },
+            )
         })
     });
 
     let mut pipeline: Pipeline = spec.build();
     group.bench_function("enum_event_major_handoff", |b| {
         b.iter_custom(|iters| {
-            timed_handoff(iters, &mut round, &fixture, &mut out, |batch, out| {
-                pipeline.process_batch(batch, out);
-            })
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::HandedOff,
+                |batch, out| {
+                    pipeline.process_batch(batch, out);
+                },
+            )
         })
     });
 
     let mut steps = spec.build().into_steps();
     group.bench_function("enum_event_major_moving", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &mut round, &fixture, &mut out, |batch, out| {
-                enum_event_major_moving(&mut steps, batch, out);
-            })
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::Gathered,
+                |batch, out| {
+                    enum_event_major_moving(&mut steps, batch, out);
+                },
+            )
         })
     });
 
@@ -304,24 +322,38 @@ fn bench(c: &mut Criterion) {
         spec.build().into_steps().into_iter().map(boxed).collect();
     group.bench_function("dyn_event_major", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &mut round, &fixture, &mut out, |batch, out| {
-                dyn_event_major(&mut steps, batch, out);
-            })
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::Gathered,
+                |batch, out| {
+                    dyn_event_major(&mut steps, batch, out);
+                },
+            )
         })
     });
 
     // The floor: a loop that touches each event and does nothing else.
     group.bench_function("bare_loop", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &mut round, &fixture, &mut out, |batch, out| {
-                for event in batch {
-                    if event.amount_cents.is_some_and(|a| a.get() < 0) {
-                        out.filtered += 1;
-                    } else {
-                        out.kept.push(event);
+            timed(
+                iters,
+                &mut round,
+                &fixture,
+                &mut out,
+                Output::Gathered,
+                |batch, out| {
+                    for event in batch {
+                        if event.amount_cents.is_some_and(|a| a.get() < 0) {
+                            out.filtered += 1;
+                        } else {
+                            out.kept.push(event);
+                        }
                     }
-                }
-            })
+                },
+            )
         })
     });
     group.finish();
