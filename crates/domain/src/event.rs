@@ -457,5 +457,7 @@ impl<'de> Deserialize<'de> for Attributes {
     }
 }
 
+mod binary;
+
 #[cfg(test)]
 mod tests;

@@ -76,6 +76,41 @@ impl Timestamp {
     pub fn fraction_digits(&self) -> u8 {
         self.fraction_digits
     }
+
+    /// The timestamp as numbers: seconds since the Unix epoch, nanoseconds
+    /// into the second (1,000,000,000 or more within a leap second), and
+    /// the fraction digits to write. [`Self::from_parts`] takes them back.
+    pub fn to_parts(&self) -> (i64, u32, u8) {
+        (
+            self.at.timestamp(),
+            self.at.timestamp_subsec_nanos(),
+            self.fraction_digits,
+        )
+    }
+
+    /// The timestamp [`Self::to_parts`] returned; numbers no timestamp has
+    /// (a year outside the four digits RFC 3339 spells, an impossible
+    /// nanosecond count, more than nine fraction digits) are an error.
+    pub fn from_parts(seconds: i64, nanos: u32, fraction_digits: u8) -> Result<Self, DomainError> {
+        let invalid = |what: &str| {
+            DomainError::invalid(
+                "occurred_at",
+                format!("{what} ({seconds} s, {nanos} ns, {fraction_digits} fraction digits)"),
+            )
+        };
+        if fraction_digits > 9 {
+            return Err(invalid("has more than nine fraction digits"));
+        }
+        let at = DateTime::from_timestamp(seconds, nanos)
+            .ok_or_else(|| invalid("is not a valid instant"))?;
+        if !(0..=9999).contains(&at.year()) {
+            return Err(invalid("is outside the years 0000 to 9999"));
+        }
+        Ok(Self {
+            at,
+            fraction_digits,
+        })
+    }
 }
 
 /// A stored timestamp's text, built without formatting machinery.

@@ -1,7 +1,9 @@
 //! The event log behind acknowledged ingest, in the database itself.
 //!
 //! - **Append** ([`Database::append_log`]): a group of batches in one
-//!   transaction, one row per batch (its events as canonical JSON lines).
+//!   transaction, one row per batch (its events in the binary form of
+//!   `Event::encode_batch`; rows from before that form hold JSON lines, and
+//!   are still read).
 //!   Each batch with a producer id is checked against, and advances, that
 //!   producer's last durable sequence in the same transaction, so a retry
 //!   is recognised as a duplicate and stores nothing. On PostgreSQL the
@@ -76,14 +78,31 @@ struct NewLogRow {
     producer_id: Option<String>,
     sequence: Option<i64>,
     event_count: i32,
-    body: String,
+    /// Empty: the events are in `data`.
+    body: &'static str,
+    data: Vec<u8>,
 }
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = event_log)]
 struct LogRow {
     position: i64,
+    /// JSON lines, in rows appended before the binary form (else empty).
     body: String,
+    data: Option<Vec<u8>>,
+}
+
+impl LogRow {
+    fn events(&self) -> Result<Vec<Event>, StorageError> {
+        match &self.data {
+            Some(data) => Event::decode_batch(data).map_err(|e| corrupt(self.position, e)),
+            None => self
+                .body
+                .split('\n')
+                .map(|line| Event::from_json(line).map_err(|e| corrupt(self.position, e)))
+                .collect(),
+        }
+    }
 }
 
 fn corrupt(position: i64, what: impl std::fmt::Display) -> StorageError {
@@ -102,8 +121,8 @@ impl Database {
         let rows = batches
             .iter()
             .map(|batch| {
-                let body = Event::json_lines(batch.events, false)
-                    .map_err(|e| StorageError::Internal(e.to_string()))?;
+                let mut data = Vec::new();
+                Event::encode_batch(batch.events, &mut data);
                 let producer = match batch.producer {
                     Some((id, sequence)) => Some((
                         id.to_owned(),
@@ -115,7 +134,7 @@ impl Database {
                 };
                 let event_count = i32::try_from(batch.events.len())
                     .map_err(|_| StorageError::Invalid("batch too large".to_owned()))?;
-                Ok((producer, event_count, body))
+                Ok((producer, event_count, data))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let serialise = self.backend() == crate::Backend::Postgres;
@@ -128,7 +147,7 @@ impl Database {
                 }
                 let mut outcomes = Vec::with_capacity(rows.len());
                 let mut appended = Vec::with_capacity(rows.len());
-                for (producer, event_count, body) in rows {
+                for (producer, event_count, data) in rows {
                     if let Some((id, sequence)) = &producer {
                         let last: Option<i64> = log_producers::table
                             .find(id)
@@ -156,7 +175,8 @@ impl Database {
                         producer_id,
                         sequence,
                         event_count,
-                        body,
+                        body: "",
+                        data,
                     });
                     outcomes.push(None);
                 }
@@ -211,14 +231,9 @@ impl Database {
             })?;
             rows.into_iter()
                 .map(|row| {
-                    let events = row
-                        .body
-                        .split('\n')
-                        .map(|line| Event::from_json(line).map_err(|e| corrupt(row.position, e)))
-                        .collect::<Result<Vec<_>, _>>()?;
                     Ok(LogEntry {
                         position: row.position,
-                        events,
+                        events: row.events()?,
                     })
                 })
                 .collect()

@@ -87,6 +87,7 @@ diesel::table! {
         sequence -> Nullable<BigInt>,
         event_count -> Integer,
         body -> Text,
+        data -> Nullable<Binary>,
     }
 }
 

@@ -18,6 +18,23 @@ fn every_legacy_line_round_trips_byte_for_byte() {
 }
 
 #[test]
+fn legacy_events_pass_through_the_log_form_unchanged() {
+    // What the durable log holds between the ack and the pipeline: the
+    // stored JSON written afterwards must be the line that came in.
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let mut bytes = Vec::new();
+    Event::encode_batch(&events, &mut bytes);
+    let read = Event::decode_batch(&bytes).unwrap();
+    assert_eq!(read.len(), 500);
+    for ((event, line), number) in read.iter().zip(LEGACY.lines()).zip(1..) {
+        assert_eq!(event.to_json().unwrap(), line, "line {number} changed");
+    }
+}
+
+#[test]
 fn legacy_lines_cover_the_tricky_cases() {
     // Guards the guard: if the fixture lost these, the round-trip test would
     // prove less than it claims.

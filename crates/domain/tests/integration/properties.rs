@@ -1,4 +1,5 @@
-//! Property tests: arbitrary events survive write → read → write unchanged.
+//! Property tests: arbitrary events survive write → read → write unchanged,
+//! in the stored JSON and in the event log's binary form.
 
 use chrono::DateTime;
 use domain::{Action, Cents, Event, EventId, Timestamp, UserId};
@@ -60,6 +61,23 @@ proptest! {
         let read = Event::from_json(&written).unwrap();
         prop_assert_eq!(&read, &event);
         prop_assert_eq!(read.to_json().unwrap(), written);
+    }
+
+    #[test]
+    fn batches_round_trip_through_the_log_form(events in proptest::collection::vec(event(), 0..6)) {
+        let mut bytes = Vec::new();
+        Event::encode_batch(&events, &mut bytes);
+        let read = Event::decode_batch(&bytes).unwrap();
+        prop_assert_eq!(&read, &events);
+        let mut again = Vec::new();
+        Event::encode_batch(&read, &mut again);
+        prop_assert_eq!(again, bytes);
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_their_parts(ts in timestamp()) {
+        let (seconds, nanos, digits) = ts.to_parts();
+        prop_assert_eq!(Timestamp::from_parts(seconds, nanos, digits).unwrap(), ts);
     }
 
     #[test]

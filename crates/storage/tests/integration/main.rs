@@ -33,4 +33,5 @@ test_support::backend_tests!(
     cancelled_writes_never_leave_an_open_transaction,
     concurrent_tasks_create_read_and_update_consistently,
     event_log_is_exactly_once_per_producer_and_per_commit,
+    log_rows_from_before_the_binary_form_still_read,
 );

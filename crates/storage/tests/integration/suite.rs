@@ -747,3 +747,42 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
     assert_eq!(rest.len(), 2, "the committed rows were deleted");
     assert!(rest.iter().all(|e| e.position > through));
 }
+
+/// Log rows appended before the binary form hold JSON lines; after the
+/// migration they are read as they were, in position order with the rows
+/// written since, and a row holding both forms (or neither) is refused.
+pub async fn log_rows_from_before_the_binary_form_still_read(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(5)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let old_body = Event::json_lines(&events[..3], false).unwrap();
+    let literal = old_body.replace('\'', "''");
+    db.execute_raw(&format!(
+        "INSERT INTO event_log (producer_id, sequence, event_count, body) VALUES ('old', 1, 3, '{literal}')"
+    ))
+    .await
+    .unwrap();
+    db.append_log(&[NewLogBatch {
+        producer: Some(("new", 1)),
+        events: &events[3..],
+    }])
+    .await
+    .unwrap();
+    let entries = db.read_log(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    let read: Vec<Event> = entries.iter().flat_map(|e| e.events.clone()).collect();
+    assert_eq!(read, events);
+    assert_eq!(db.log_backlog("c").await.unwrap(), 5);
+
+    // `'\x01'` reads as a blob on PostgreSQL and as text (not NULL) on SQLite.
+    for (body, data) in [("'x'", r"'\x01'"), ("''", "NULL")] {
+        let refused = db
+            .execute_raw(&format!(
+                "INSERT INTO event_log (event_count, body, data) VALUES (1, {body}, {data})"
+            ))
+            .await;
+        assert!(refused.is_err(), "body {body}, data {data}: {refused:?}");
+    }
+}
