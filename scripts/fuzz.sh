@@ -17,7 +17,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(proto_requests event_json import_lines pipeline_toml grpc_timeout)
+  targets=(proto_requests event_json import_lines pipeline_toml grpc_timeout log_batch)
 fi
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

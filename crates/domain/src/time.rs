@@ -90,7 +90,8 @@ impl Timestamp {
 
     /// The timestamp [`Self::to_parts`] returned; numbers no timestamp has
     /// (a year outside the four digits RFC 3339 spells, an impossible
-    /// nanosecond count, more than nine fraction digits) are an error.
+    /// nanosecond count, more than nine fraction digits, or nanoseconds
+    /// finer than the fraction digits write) are an error.
     pub fn from_parts(seconds: i64, nanos: u32, fraction_digits: u8) -> Result<Self, DomainError> {
         let invalid = |what: &str| {
             DomainError::invalid(
@@ -100,6 +101,11 @@ impl Timestamp {
         };
         if fraction_digits > 9 {
             return Err(invalid("has more than nine fraction digits"));
+        }
+        // Written text truncates to the digits, so finer nanoseconds would
+        // not survive a write and a read.
+        if nanos % 10u32.pow(9 - u32::from(fraction_digits)) != 0 {
+            return Err(invalid("has nanoseconds finer than its fraction digits"));
         }
         let at = DateTime::from_timestamp(seconds, nanos)
             .ok_or_else(|| invalid("is not a valid instant"))?;

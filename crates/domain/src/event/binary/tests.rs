@@ -111,6 +111,11 @@ fn damage_is_reported_with_its_offset() {
         &[1, 1, 2, 1, b'u', 0, 0, 0, 11, 0],
         "has more than nine fraction digits",
     );
+    // 16 ns written with no fraction digits (found by the fuzz target).
+    fails(
+        &[1, 1, 2, 1, b'u', 0, 0, 16, 0, 0],
+        "has nanoseconds finer than its fraction digits",
+    );
     fails(
         &[
             1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
