@@ -34,16 +34,12 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 /// - `synchronous = FULL`: an acknowledged commit survives power loss.
 /// - `busy_timeout`: a writer waits for the write lock instead of failing.
 /// - `foreign_keys`: off by default in SQLite; our schema relies on them.
-/// - `cache_size`: 16 MiB of pages per connection (SQLite's default is
-///   2 MiB), so the event log's rows are still cached when the pipeline
-///   reads them back: +4-8% durable ingest (docs/benchmarks.md), at most
-///   64 MiB for the default pool of four.
 ///
 /// `busy_timeout` comes first: switching the journal mode takes a lock, and
 /// without the timeout a connection opened beside another fails at once with
 /// "database is locked".
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384;";
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
 /// A pooled connection to either backend.
 #[allow(
