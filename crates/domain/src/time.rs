@@ -104,7 +104,7 @@ impl Timestamp {
         }
         // Written text truncates to the digits, so finer nanoseconds would
         // not survive a write and a read.
-        if nanos % 10u32.pow(9 - u32::from(fraction_digits)) != 0 {
+        if !nanos.is_multiple_of(10u32.pow(9 - u32::from(fraction_digits))) {
             return Err(invalid("has nanoseconds finer than its fraction digits"));
         }
         let at = DateTime::from_timestamp(seconds, nanos)
