@@ -127,12 +127,12 @@ fn merge_text(
             let header = buf.chunk().len() - chunk.len();
             chunk.get(..len).map(|bytes| (header + len, bytes))
         });
-    if let Some((taken, bytes)) = whole {
-        if let Ok(text) = std::str::from_utf8(bytes) {
-            *value = ArcStr::from(text);
-            buf.advance(taken);
-            return Ok(());
-        }
+    if let Some((taken, bytes)) = whole
+        && let Ok(text) = std::str::from_utf8(bytes)
+    {
+        *value = ArcStr::from(text);
+        buf.advance(taken);
+        return Ok(());
     }
     // Split across chunks, truncated, or not UTF-8: prost's decoders read
     // it and word any error as for the clients' types.
