@@ -14,6 +14,7 @@ use humantime::Duration;
 use storage::{CacheConfig, StoreConfig};
 use transform_engine::{EngineConfig, LogConfig, OverflowPolicy};
 
+use crate::nats_log::NatsFormat;
 use crate::sinks::Output;
 
 /// orderflow: a gRPC order service with an event-transform pipeline.
@@ -169,6 +170,11 @@ pub struct Settings {
     /// replaced after this). Applies when the consumer is created.
     #[arg(long, env = "ORDERFLOW_NATS_ACK_WAIT", default_value = "10s", value_parser = duration)]
     pub nats_ack_wait: Duration,
+    /// How this replica writes batches to the stream: `json` (every
+    /// release reads it) or `binary` (a third of the bytes; set it once
+    /// every replica reads it). Each replica reads both.
+    #[arg(long, env = "ORDERFLOW_NATS_LOG_FORMAT", value_enum, default_value_t = NatsFormat::default())]
+    pub nats_log_format: NatsFormat,
     /// Orders kept in the cache.
     #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = CacheConfig::DEFAULT_CAPACITY)]
     pub cache_capacity: usize,

@@ -2,7 +2,13 @@
 //! (`ORDERFLOW_EVENT_LOG=nats://host:4222`).
 //!
 //! - **Append**: each batch is one message on the stream's subject, its
-//!   events as canonical JSON lines. A batch with a producer id carries
+//!   events as canonical JSON lines, or, with `ORDERFLOW_NATS_LOG_FORMAT=
+//!   binary`, in the database log's binary form (`Event::encode_batch`, a
+//!   third of the bytes) marked by the header [`FORMAT_HEADER`]. Every
+//!   replica reads both, so a cluster switches in two steps: upgrade every
+//!   replica (all read both forms), then set `binary`. A replica of an
+//!   earlier release would terminate a binary message it cannot read.
+//!   A batch with a producer id carries
 //!   `Nats-Msg-Id: <producer_id>/<sequence>`, so a retry within the stream's
 //!   duplicate window is acknowledged by JetStream as a duplicate and stored
 //!   once. The client's ack waits for JetStream's publish acknowledgement
@@ -56,7 +62,25 @@ pub struct NatsSettings {
     /// database log): `blackhole` counts them without storing them (the
     /// applied sequences and dead letters are still stored).
     pub output: Output,
+    /// How this replica writes batches (it reads both forms).
+    pub format: NatsFormat,
 }
+
+/// How a replica writes batches to the stream (`ORDERFLOW_NATS_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NatsFormat {
+    /// Canonical JSON lines: what every release reads (the default).
+    #[default]
+    Json,
+    /// The binary form, under [`FORMAT_HEADER`]: set it once every replica
+    /// runs a release that reads it.
+    Binary,
+}
+
+/// The header naming a message's form; absent means JSON lines.
+pub const FORMAT_HEADER: &str = "Orderflow-Log-Format";
+/// [`FORMAT_HEADER`]'s value for the binary form.
+const BINARY: &str = "binary";
 
 impl NatsSettings {
     /// The durable consumer every replica shares.
@@ -79,6 +103,7 @@ pub struct NatsLog {
     /// The client, for its connection state (health).
     client: async_nats::Client,
     output: Output,
+    format: NatsFormat,
 }
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> SinkError {
@@ -135,6 +160,7 @@ impl NatsLog {
             pending: Mutex::new(BTreeMap::new()),
             client,
             output: settings.output,
+            format: settings.format,
         })
     }
 
@@ -150,13 +176,38 @@ impl NatsLog {
     }
 }
 
-fn encode(events: &[Event]) -> Result<Bytes, SinkError> {
-    Event::json_lines(events, true)
-        .map(Bytes::from)
-        .map_err(|e| SinkError {
-            message: e.to_string(),
-            kind: SinkErrorKind::Rejected,
-        })
+/// A batch as a message, in `format`.
+fn message(events: &[Event], format: NatsFormat) -> Result<PublishMessage, SinkError> {
+    Ok(match format {
+        NatsFormat::Json => {
+            let lines = Event::json_lines(events, true).map_err(|e| SinkError {
+                message: e.to_string(),
+                kind: SinkErrorKind::Rejected,
+            })?;
+            PublishMessage::build().payload(Bytes::from(lines))
+        }
+        NatsFormat::Binary => {
+            let mut body = Vec::new();
+            Event::encode_batch(events, &mut body);
+            PublishMessage::build()
+                .payload(Bytes::from(body))
+                .header(FORMAT_HEADER, BINARY)
+        }
+    })
+}
+
+/// A message's events, in whichever form its header names.
+fn events(message: &async_nats::Message) -> Result<Vec<Event>, String> {
+    let format = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(FORMAT_HEADER))
+        .map(|value| value.as_str());
+    match format {
+        None => Event::parse_json_lines(&message.payload).map_err(|e| e.to_string()),
+        Some(BINARY) => Event::decode_batch(&message.payload).map_err(|e| e.to_string()),
+        Some(other) => Err(format!("unknown {FORMAT_HEADER} {other:?}")),
+    }
 }
 
 /// How long a pull waits for messages before answering with fewer.
@@ -174,7 +225,7 @@ impl EventLog for NatsLog {
         // and answers each.
         let mut acks = Vec::with_capacity(batches.len());
         for batch in batches {
-            let mut message = PublishMessage::build().payload(encode(&batch.events)?);
+            let mut message = message(&batch.events, self.format)?;
             if let Some((producer, sequence)) = &batch.producer {
                 message = message.message_id(format!("{producer}/{sequence}"));
             }
@@ -250,7 +301,7 @@ impl EventLog for NatsLog {
                 }
                 continue;
             }
-            let events = match Event::parse_json_lines(&message.payload) {
+            let events = match events(&message) {
                 Ok(events) => events,
                 Err(error) => {
                     // Never written by orderflow: park it for good rather

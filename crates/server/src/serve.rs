@@ -218,6 +218,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     duplicate_window: Duration::from_secs(120),
                     ack_wait: *settings.nats_ack_wait,
                     output: settings.event_sink,
+                    format: settings.nats_log_format,
                 },
                 db.clone(),
             )

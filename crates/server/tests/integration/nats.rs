@@ -73,8 +73,12 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
         // The killed replica's pulled batches go to the other one soon.
         ("ORDERFLOW_NATS_ACK_WAIT", "2s"),
     ];
+    // B writes the binary form, A and C JSON lines (a cluster mid-switch):
+    // every replica consumes both.
+    let mut binary = env.to_vec();
+    binary.push(("ORDERFLOW_NATS_LOG_FORMAT", "binary"));
     let a = Server::start(&db, &env);
-    let b = Server::start(&db, &env);
+    let b = Server::start(&db, &binary);
     // A third replica takes no producers: it only consumes its share.
     let c = Server::start(&db, &env);
     // Producers alternate between A and B.
@@ -106,7 +110,7 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
     assert!(acked.iter().sum::<u64>() < total, "killed mid-run");
 
     // B again; every producer resumes after its last ack, on its replica.
-    let b = Server::start(&db, &env);
+    let b = Server::start(&db, &binary);
     let mut producers = Vec::new();
     for (producer, from) in acked.iter().enumerate() {
         let server = if producer % 2 == 0 { &a } else { &b };
