@@ -494,6 +494,9 @@ async fn monitor<R: storage::OrderRepository>(
         metrics::gauge!("orderflow_db_pool_idle_connections").set(f64::from(idle));
         metrics::gauge!("orderflow_db_pool_max_connections")
             .set(f64::from(db.config().max_connections));
+        let (batches, ids) = db.order_read_batches();
+        metrics::counter!("orderflow_db_order_read_batches_total").absolute(batches);
+        metrics::counter!("orderflow_db_order_read_ids_total").absolute(ids);
     }
 }
 

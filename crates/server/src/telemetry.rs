@@ -348,6 +348,16 @@ pub const METRICS: &[Metric] = &[
         "the pool's size (--db-pool-size)",
     ),
     metric(
+        "orderflow_db_order_read_batches_total",
+        Kind::Counter,
+        "statements that looked up orders by id for the cache's misses (PostgreSQL; concurrent misses share one)",
+    ),
+    metric(
+        "orderflow_db_order_read_ids_total",
+        Kind::Counter,
+        "order ids those statements asked for; divided by the batches, the mean batch size",
+    ),
+    metric(
         "orderflow_events_received_total",
         Kind::Counter,
         "events that reached ingest",

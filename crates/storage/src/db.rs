@@ -214,6 +214,9 @@ struct Inner {
     pools: Pools,
     /// PostgreSQL's shared readers (see [`Database::reader`]).
     readers: Readers,
+    /// Order lookups by id, batched onto the shared readers (PostgreSQL
+    /// only: see [`Database::order_reads`]).
+    order_reads: Option<std::sync::Arc<crate::orders::OrderReads>>,
     config: StoreConfig,
     /// The pool's latest failure to connect (see [`Database::acquire`]).
     connect_errors: tokio::sync::watch::Sender<Option<StorageError>>,
@@ -310,13 +313,17 @@ impl Database {
                 Pools::Sqlite(pool_builder(&config, &errors).build_unchecked(manager))
             }
         };
+        let readers = match config.backend() {
+            Backend::Postgres => Readers::for_pool(config.max_connections),
+            Backend::Sqlite => Readers::default(),
+        };
         Self {
             inner: std::sync::Arc::new(Inner {
                 pools,
-                readers: match config.backend() {
-                    Backend::Postgres => Readers::for_pool(config.max_connections),
-                    Backend::Sqlite => Readers::default(),
-                },
+                order_reads: (readers.used > 0).then(|| {
+                    std::sync::Arc::new(crate::orders::OrderReads::for_readers(readers.used))
+                }),
+                readers,
                 config,
                 connect_errors: errors,
             }),
@@ -456,12 +463,37 @@ impl Database {
         if let Some(shared) = kept() {
             return Ok(Some(shared));
         }
-        let Conn::Postgres(conn) = self.acquire().await? else {
+        let Conn::Postgres(mut conn) = self.acquire().await? else {
             return Ok(None);
         };
+        // Point reads ask for a list of ids (`= ANY($1)`), as many as are
+        // queued. PostgreSQL's default (`auto`) plans such a statement
+        // afresh for every execution when its first ones had few ids, at
+        // about half the rate of reusing the one generic plan, which for a
+        // primary-key lookup is as good as any (docs/benchmarks.md).
+        if let Err(error) = conn
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await
+        {
+            tracing::warn!(%error, "could not set plan_cache_mode on a shared reader (PostgreSQL 12 or later has it); point reads may be slower");
+        }
         let shared = std::sync::Arc::new(conn);
         *lock(slot) = Some(std::sync::Arc::clone(&shared));
         Ok(Some(shared))
+    }
+
+    /// Order lookups by id, folded into one statement per batch on the
+    /// shared readers (one batch in flight per reader): `None` where
+    /// [`Self::reader`] has no connection to share.
+    pub(crate) fn order_reads(&self) -> Option<&std::sync::Arc<crate::orders::OrderReads>> {
+        self.inner.order_reads.as_ref()
+    }
+
+    /// Batched order lookups so far (PostgreSQL; zeros on SQLite): the
+    /// statements run, and the distinct ids they asked for. Their ratio is
+    /// the mean batch size.
+    pub fn order_read_batches(&self) -> (u64, u64) {
+        self.order_reads().map_or((0, 0), |reads| reads.counts())
     }
 
     /// Stops sharing `broken` (a read on it failed); it returns to the pool,

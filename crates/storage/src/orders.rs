@@ -14,6 +14,7 @@ use domain::{
     ProductId, Quantity, RestoredOrder, UserId,
 };
 
+use crate::batch::{Answers, Batched};
 use crate::db::{Announce as _, Database, InsertRows, insert_rows, with_conn, write_transaction};
 use crate::schema::{order_idempotency_keys, order_lines, orders};
 use crate::{Conflict, StorageError};
@@ -292,7 +293,71 @@ macro_rules! find_by_key {
     }};
 }
 
+/// Order lookups by id, batched (see [`Database::order_reads`]): each
+/// answer is the order, or why its stored rows are unreadable.
+pub(crate) type OrderReads = Batched<OrderId, Result<Order, StorageError>>;
+
+/// Most ids one batched lookup asks for: 128 requests in flight fill about
+/// two batches, one per shared reader.
+const READ_BATCH_IDS: usize = 128;
+
+impl OrderReads {
+    /// One batch in flight per shared reader.
+    pub(crate) fn for_readers(readers: usize) -> Self {
+        Self::new(readers, READ_BATCH_IDS)
+    }
+}
+
 impl Database {
+    /// The orders with `ids` (distinct) in one statement on a shared reader
+    /// (PostgreSQL): each order row joined to its lines, which every order
+    /// has. Ids with no order are left out.
+    async fn orders_by_id(
+        &self,
+        ids: Vec<OrderId>,
+    ) -> Answers<OrderId, Result<Order, StorageError>> {
+        let Some(shared) = self.reader().await? else {
+            return Err(StorageError::Internal(
+                "a batched order lookup found no shared reader".to_owned(),
+            ));
+        };
+        let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut c: &AsyncPgConnection = &shared;
+        let rows: Result<Vec<(OrderRow, LineRow)>, StorageError> = self
+            .timed(async {
+                orders::table
+                    .inner_join(order_lines::table)
+                    .filter(orders::order_id.eq_any(&keys))
+                    // Said of both tables, so PostgreSQL walks both primary
+                    // keys (a merge join, already in order) instead of
+                    // scanning every line.
+                    .filter(order_lines::order_id.eq_any(&keys))
+                    .order((orders::order_id, order_lines::line_no))
+                    .select((OrderRow::as_select(), LineRow::as_select()))
+                    .load(&mut c)
+                    .await
+                    .map_err(StorageError::from)
+            })
+            .await;
+        if rows.is_err() {
+            self.drop_reader(&shared);
+        }
+        let by_key: HashMap<&str, OrderId> = keys.iter().map(String::as_str).zip(ids).collect();
+        let mut found = HashMap::with_capacity(by_key.len());
+        let mut rows = rows?.into_iter().peekable();
+        while let Some((order, first)) = rows.next() {
+            let mut lines = vec![first];
+            while let Some((_, line)) = rows.next_if(|(next, _)| next.order_id == order.order_id) {
+                lines.push(line);
+            }
+            // The statement only matches the ids asked for.
+            if let Some(id) = by_key.get(order.order_id.as_str()) {
+                found.insert(*id, restore(order, lines));
+            }
+        }
+        Ok(found)
+    }
+
     async fn order_by_key(
         &self,
         user: &UserId,
@@ -318,36 +383,37 @@ impl OrderRepository for Database {
                 "failpoint storage-find-order".to_owned(),
             ));
         }
+        // PostgreSQL: with other lookups in flight, in their next batch.
+        if let Some(reads) = self.order_reads() {
+            let db = self.clone();
+            let found = self
+                .timed(reads.get(id, move |ids| {
+                    let db = db.clone();
+                    async move { db.orders_by_id(ids).await }
+                }))
+                .await?;
+            return match found {
+                Some(order) => order,
+                None => Err(StorageError::NotFound {
+                    entity: "order",
+                    id: id.to_string(),
+                }),
+            };
+        }
         self.timed(async {
             let key = id.to_string();
             // One round trip: the order row joined to its lines (every
-            // order has at least one), the hot path behind cache misses.
-            // A macro: `as_select` is typed by the backend it loads from.
-            macro_rules! query {
-                () => {
-                    orders::table
-                        .inner_join(order_lines::table)
-                        .filter(orders::order_id.eq(&key))
-                        .order(order_lines::line_no)
-                        .select((OrderRow::as_select(), LineRow::as_select()))
-                };
-            }
-            let rows: Vec<(OrderRow, LineRow)> = match self.reader().await? {
-                // PostgreSQL: on a shared connection, pipelined with the
-                // other reads (`Database::reader`).
-                Some(shared) => {
-                    let mut c: &AsyncPgConnection = &shared;
-                    let rows = query!().load(&mut c).await.map_err(StorageError::from);
-                    if rows.is_err() {
-                        self.drop_reader(&shared);
-                    }
-                    rows?
-                }
-                None => {
-                    let mut conn = self.acquire().await?;
-                    with_conn!(&mut conn, |c| query!().load(c).await)?
-                }
-            };
+            // order has at least one).
+            let mut conn = self.acquire().await?;
+            let rows: Vec<(OrderRow, LineRow)> = with_conn!(&mut conn, |c| {
+                orders::table
+                    .inner_join(order_lines::table)
+                    .filter(orders::order_id.eq(&key))
+                    .order(order_lines::line_no)
+                    .select((OrderRow::as_select(), LineRow::as_select()))
+                    .load(c)
+                    .await
+            })?;
             let mut rows = rows.into_iter();
             let Some((order, first)) = rows.next() else {
                 return Err(StorageError::NotFound {

@@ -326,6 +326,8 @@ pub async fn metrics_pass_promtool(db: &TestDb) {
         "orderflow_db_pool_connections ",
         "orderflow_db_pool_idle_connections ",
         "orderflow_db_pool_max_connections ",
+        "orderflow_db_order_read_batches_total ",
+        "orderflow_db_order_read_ids_total ",
         "orderflow_grpc_requests_in_flight",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");

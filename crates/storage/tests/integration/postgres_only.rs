@@ -259,3 +259,62 @@ async fn point_reads_share_two_connections_and_replace_a_broken_one() {
         assert_eq!(db.find_order(id).await.unwrap(), created);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_statements_and_each_gets_its_own_order() {
+    let Some(test) = test_support::TestDb::postgres().await else {
+        return;
+    };
+    // Orders of one to four lines, so a batch's rows must be split between
+    // its orders correctly.
+    let mut created = Vec::new();
+    for n in 0..40_i64 {
+        let prices: Vec<i64> = (0..=n % 4).map(|line| 100 * n + line).collect();
+        let order = test
+            .create_order(crate::suite::new_order(
+                &format!("u-batch-{n}"),
+                None,
+                &prices,
+            ))
+            .await
+            .unwrap()
+            .order;
+        created.push(order);
+    }
+    let db = Database::connect(test.config()).await.unwrap();
+    // Each order asked for four times, interleaved with ids that have no order.
+    let mut lookups = Vec::new();
+    for _ in 0..4 {
+        for order in &created {
+            let (db, id) = (db.clone(), order.id());
+            lookups.push((
+                Some(order.clone()),
+                tokio::spawn(async move { db.find_order(id).await }),
+            ));
+        }
+        for _ in 0..10 {
+            let (db, id) = (db.clone(), OrderId::generate());
+            lookups.push((None, tokio::spawn(async move { db.find_order(id).await })));
+        }
+    }
+    let asked = lookups.len() as u64;
+    for (expected, lookup) in lookups {
+        match (expected, lookup.await.unwrap()) {
+            (Some(order), found) => assert_eq!(found.unwrap(), order),
+            (
+                None,
+                Err(StorageError::NotFound {
+                    entity: "order", ..
+                }),
+            ) => {}
+            (None, other) => panic!("an unknown id answered {other:?}"),
+        }
+    }
+    let (batches, ids) = db.order_read_batches();
+    assert!(ids >= 80, "every distinct id asked at least once: {ids}");
+    assert!(ids <= asked, "{ids} ids for {asked} lookups");
+    assert!(
+        batches < ids,
+        "{batches} statements for {ids} ids: concurrent lookups were not batched"
+    );
+}
