@@ -483,8 +483,8 @@ impl Database {
     }
 
     /// Order lookups by id, folded into one statement per batch on the
-    /// shared readers (one batch in flight per reader): `None` where
-    /// [`Self::reader`] has no connection to share.
+    /// shared readers (as many batches in flight as there are readers):
+    /// `None` where [`Self::reader`] has no connection to share.
     pub(crate) fn order_reads(&self) -> Option<&std::sync::Arc<crate::orders::OrderReads>> {
         self.inner.order_reads.as_ref()
     }

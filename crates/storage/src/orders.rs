@@ -298,11 +298,12 @@ macro_rules! find_by_key {
 pub(crate) type OrderReads = Batched<OrderId, Result<Order, StorageError>>;
 
 /// Most ids one batched lookup asks for: 128 requests in flight fill about
-/// two batches, one per shared reader.
+/// two batches, as many as there are shared readers.
 const READ_BATCH_IDS: usize = 128;
 
 impl OrderReads {
-    /// One batch in flight per shared reader.
+    /// As many batches in flight as there are shared readers; each takes
+    /// the next reader in turn (`Database::reader`).
     pub(crate) fn for_readers(readers: usize) -> Self {
         Self::new(readers, READ_BATCH_IDS)
     }
