@@ -225,7 +225,7 @@ pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDb)
         db,
         &[
             ("ORDERFLOW_OVERFLOW_POLICY", "block"),
-            ("ORDERFLOW_SHUTDOWN_DELAY", "3s"),
+            ("ORDERFLOW_SHUTDOWN_DELAY", "5s"),
         ],
     );
     let mut events = server.events().await;
@@ -242,20 +242,28 @@ pub async fn sigterm_during_a_stream_keeps_every_acknowledged_event(db: &TestDb)
     // SIGTERM while the stream is open and events are still coming.
     server.signal_term();
     // Health turns NOT_SERVING while the server still answers (the delay;
-    // wide enough that a busy CI machine still polls inside it).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // wide enough that a busy CI machine still polls inside it, with each
+    // check bounded so one slow answer cannot use up the window).
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut seen = Vec::new();
     loop {
-        let check = health
-            .check(tonic_health::pb::HealthCheckRequest {
+        let check = tokio::time::timeout(
+            Duration::from_millis(500),
+            health.check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
-            })
-            .await;
-        if check.is_ok_and(|r| r.into_inner().status == 2) {
-            break;
+            }),
+        )
+        .await;
+        match check {
+            Ok(Ok(reply)) if reply.get_ref().status == 2 => break,
+            Ok(Ok(reply)) => seen.push(format!("status {}", reply.into_inner().status)),
+            Ok(Err(status)) => seen.push(format!("{:?}", status.code())),
+            Err(_) => seen.push("no answer within 500 ms".to_owned()),
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "never NOT_SERVING during shutdown"
+            "never NOT_SERVING during shutdown; the checks saw (last 5): {:?}",
+            &seen[seen.len().saturating_sub(5)..]
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
