@@ -48,6 +48,17 @@ impl Loader {
         }
     }
 
+    /// A lookup of `key` through `batches` with this loader, on a task of
+    /// its own.
+    fn spawn_get(
+        &self,
+        batches: &Arc<Batched<u32, u32>>,
+        key: u32,
+    ) -> tokio::task::JoinHandle<Result<Option<u32>, StorageError>> {
+        let (batches, load) = (Arc::clone(batches), self.load());
+        tokio::spawn(async move { batches.get(key, load).await })
+    }
+
     fn asked(&self) -> Vec<Vec<u32>> {
         self.asked.lock().unwrap().clone()
     }
@@ -73,10 +84,7 @@ async fn a_lone_lookup_is_answered_at_once_in_a_batch_of_its_own() {
 async fn lookups_queued_while_batches_are_in_flight_share_the_next_batch() {
     let batches = Arc::new(Batched::new(1, 16));
     let loader = Loader::new(false);
-    let first = tokio::spawn({
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        async move { b.get(1, l).await }
-    });
+    let first = loader.spawn_get(&batches, 1);
     settle().await;
     assert_eq!(
         loader.asked(),
@@ -86,8 +94,7 @@ async fn lookups_queued_while_batches_are_in_flight_share_the_next_batch() {
     // With the only slot busy, these queue; key 5 twice, and 300 has no value.
     let mut later = Vec::new();
     for key in [9, 5, 3, 5, 300] {
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        later.push(tokio::spawn(async move { b.get(key, l).await }));
+        later.push(loader.spawn_get(&batches, key));
     }
     settle().await;
     assert_eq!(
@@ -124,8 +131,7 @@ async fn no_more_than_the_limit_of_batches_run_and_each_holds_at_most_max_keys()
     let loader = Loader::new(false);
     let mut calls = Vec::new();
     for key in 0..10 {
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        calls.push(tokio::spawn(async move { b.get(key, l).await }));
+        calls.push(loader.spawn_get(&batches, key));
     }
     settle().await;
     assert_eq!(loader.asked().len(), 2, "two slots, two batches");
@@ -176,19 +182,10 @@ async fn a_panicking_loader_answers_with_an_error_instead_of_leaving_lookups_wai
 async fn a_caller_that_gives_up_does_not_cancel_the_batch_it_shares() {
     let batches = Arc::new(Batched::new(1, 16));
     let loader = Loader::new(false);
-    let busy = tokio::spawn({
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        async move { b.get(1, l).await }
-    });
+    let busy = loader.spawn_get(&batches, 1);
     settle().await;
-    let quitter = tokio::spawn({
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        async move { b.get(2, l).await }
-    });
-    let stayer = tokio::spawn({
-        let (b, l) = (Arc::clone(&batches), loader.load());
-        async move { b.get(3, l).await }
-    });
+    let quitter = loader.spawn_get(&batches, 2);
+    let stayer = loader.spawn_get(&batches, 3);
     settle().await;
     quitter.abort();
     loader.gate.add_permits(2);
