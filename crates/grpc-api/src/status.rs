@@ -248,6 +248,13 @@ pub fn log(error: LogError) -> Status {
         )
         .retry_after(RETRY_UNAVAILABLE)
         .status(),
+        LogError::SequenceGap { expected, .. } => self::error(
+            Code::FailedPrecondition,
+            Reason::SequenceGap,
+            error.to_string(),
+        )
+        .meta("expected_sequence", expected)
+        .status(),
         LogError::ShuttingDown => shutting_down(error.to_string()),
         LogError::Log(sink) => match sink.kind {
             SinkErrorKind::Unavailable => {

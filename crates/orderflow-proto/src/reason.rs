@@ -111,6 +111,10 @@ reasons! {
     /// UNAVAILABLE, with `RetryInfo`: the event log cannot take the batch
     /// now; retry it with the same sequence.
     EventLogUnavailable = "EVENT_LOG_UNAVAILABLE",
+    /// FAILED_PRECONDITION: the batch's `sequence` skips ahead of its
+    /// producer's last durable one + 1; nothing was stored. Metadata
+    /// `expected_sequence`: resend from that sequence, in order.
+    SequenceGap = "SEQUENCE_GAP",
     /// UNIMPLEMENTED: this server runs without acknowledged ingest.
     AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED",
     /// UNAUTHENTICATED: the `authorization: Bearer <token>` metadata is

@@ -116,6 +116,7 @@ impl EventLog for DatabaseLog {
             .map(|outcome| match outcome {
                 LogAppend::Appended { position } => Appended::New { position },
                 LogAppend::Duplicate => Appended::Duplicate,
+                LogAppend::Gap { expected } => Appended::Gap { expected },
             })
             .collect())
     }

@@ -544,6 +544,29 @@ impl Database {
         Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_within(work, true).await
+    }
+
+    /// [`Self::write`], except that once the task has started it is awaited
+    /// to its end: the answer is always the write's real outcome (but for a
+    /// runtime shutting down). For a caller that must know whether the
+    /// write landed before it goes on (the event log's writer); its own
+    /// callers keep their deadlines.
+    pub(crate) async fn write_to_end<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_within(work, false).await
+    }
+
+    async fn write_within<T, F, Fut>(&self, work: F, bounded: bool) -> Result<T, StorageError>
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+        T: Send + 'static,
+    {
         let budget = self.inner.config.operation_timeout;
         let deadline = tokio::time::Instant::now() + budget;
         let conn = tokio::time::timeout_at(deadline, self.acquire())
@@ -554,7 +577,12 @@ impl Database {
                 )))
             })?;
         let task = tokio::spawn(work(conn));
-        match tokio::time::timeout_at(deadline, task).await {
+        let finished = if bounded {
+            tokio::time::timeout_at(deadline, task).await
+        } else {
+            Ok(task.await)
+        };
+        match finished {
             Ok(Ok(result)) => result,
             Ok(Err(join)) if join.is_panic() => {
                 tracing::error!("a storage write panicked; the transaction was rolled back");

@@ -6,7 +6,11 @@
 //!   are still read).
 //!   Each batch with a producer id is checked against, and advances, that
 //!   producer's last durable sequence in the same transaction, so a retry
-//!   is recognised as a duplicate and stores nothing. On PostgreSQL the
+//!   is recognised as a duplicate and stores nothing, and a batch that skips
+//!   ahead is refused as a gap (so a failed batch cannot be skipped over).
+//!   The append waits for its transaction's end however long it takes:
+//!   the log writer must know whether rows joined the log before it frees
+//!   their room in the backlog bound (callers keep their own deadlines). On PostgreSQL the
 //!   transaction first takes an advisory lock, so appends commit in
 //!   position order and a reader never passes a position that commits later;
 //!   SQLite has one writer anyway.
@@ -51,6 +55,12 @@ pub enum LogAppend {
     },
     /// A retry: the producer's sequence was already durable; nothing stored.
     Duplicate,
+    /// The sequence skips ahead of the producer's last durable one + 1:
+    /// nothing stored ("no gaps", as Kafka's idempotent producer).
+    Gap {
+        /// The sequence this producer must send next.
+        expected: u64,
+    },
 }
 
 /// A batch read back from the log.
@@ -105,6 +115,22 @@ impl LogRow {
     }
 }
 
+/// The one sequence rule: `None` stores the batch; else a duplicate (at or
+/// below the producer's `last` durable sequence) or a gap (past `last + 1`).
+/// A producer the log does not know may start anywhere.
+fn check_sequence(last: Option<i64>, sequence: i64) -> Option<LogAppend> {
+    let last = last?;
+    if sequence <= last {
+        Some(LogAppend::Duplicate)
+    } else if sequence - last > 1 {
+        Some(LogAppend::Gap {
+            expected: u64::try_from(last).unwrap_or(0).saturating_add(1),
+        })
+    } else {
+        None
+    }
+}
+
 fn corrupt(position: i64, what: impl std::fmt::Display) -> StorageError {
     StorageError::Internal(format!(
         "event log position {position} is unreadable: {what}"
@@ -138,7 +164,7 @@ impl Database {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let serialise = self.backend() == crate::Backend::Postgres;
-        self.write(move |mut conn| async move {
+        self.write_to_end(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 if serialise {
                     diesel::sql_query(format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
@@ -155,8 +181,8 @@ impl Database {
                             .first(c)
                             .await
                             .optional()?;
-                        if last.is_some_and(|last| last >= *sequence) {
-                            outcomes.push(Some(LogAppend::Duplicate));
+                        if let Some(refused) = check_sequence(last, *sequence) {
+                            outcomes.push(Some(refused));
                             continue;
                         }
                         diesel::insert_into(log_producers::table)
@@ -197,7 +223,7 @@ impl Database {
                 let mut resolved = Vec::with_capacity(outcomes.len());
                 for outcome in outcomes {
                     resolved.push(match outcome {
-                        Some(duplicate) => duplicate,
+                        Some(refused) => refused,
                         None => LogAppend::Appended {
                             position: positions.next().ok_or_else(|| {
                                 StorageError::Internal(

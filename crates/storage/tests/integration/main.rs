@@ -33,5 +33,6 @@ test_support::backend_tests!(
     cancelled_writes_never_leave_an_open_transaction,
     concurrent_tasks_create_read_and_update_consistently,
     event_log_is_exactly_once_per_producer_and_per_commit,
+    event_log_refuses_a_sequence_gap,
     log_rows_from_before_the_binary_form_still_read,
 );

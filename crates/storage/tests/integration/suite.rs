@@ -690,7 +690,7 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
         .unwrap();
     let appended = |outcome: &LogAppend| match outcome {
         LogAppend::Appended { position } => Some(*position),
-        LogAppend::Duplicate => None,
+        LogAppend::Duplicate | LogAppend::Gap { .. } => None,
     };
     let first: Vec<Option<i64>> = outcomes.iter().map(appended).collect();
     assert!(
@@ -746,6 +746,50 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
     let rest = db.read_log(0, 10).await.unwrap();
     assert_eq!(rest.len(), 2, "the committed rows were deleted");
     assert!(rest.iter().all(|e| e.position > through));
+}
+
+/// No gaps: batch k of a producer failed (never stored), k+1 is refused
+/// with the sequence expected, and the retry of k, then k+1, store both
+/// exactly once, in order. Before this rule, k+1 was stored and the retry
+/// of k answered `duplicate` without ever having been stored.
+pub async fn event_log_refuses_a_sequence_gap(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(3)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let batch = |sequence: u64, at: usize| NewLogBatch {
+        producer: Some(("gappy", sequence)),
+        events: &events[at..=at],
+    };
+    // The producer's first batch may carry any sequence.
+    let first = db.append_log(&[batch(4, 0)]).await.unwrap();
+    assert!(
+        matches!(first[..], [LogAppend::Appended { .. }]),
+        "{first:?}"
+    );
+    // Batch 5 failed on its way (a timeout, a full backlog); 6 is sent.
+    let gap = db.append_log(&[batch(6, 2)]).await.unwrap();
+    assert_eq!(gap, [LogAppend::Gap { expected: 5 }]);
+    // The retry of 5, then 6 (here in one group): both stored.
+    let retried = db.append_log(&[batch(5, 1), batch(6, 2)]).await.unwrap();
+    assert!(
+        matches!(
+            retried[..],
+            [LogAppend::Appended { .. }, LogAppend::Appended { .. }]
+        ),
+        "{retried:?}"
+    );
+    let again = db.append_log(&[batch(6, 2)]).await.unwrap();
+    assert_eq!(again, [LogAppend::Duplicate]);
+    let stored: Vec<Event> = db
+        .read_log(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.events)
+        .collect();
+    assert_eq!(stored, events, "each batch once, in sequence order");
 }
 
 /// Log rows appended before the binary form hold JSON lines; after the

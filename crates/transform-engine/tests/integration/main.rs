@@ -11,6 +11,7 @@
 
 mod config;
 mod engine;
+mod log_model;
 mod pipeline;
 
 pub use test_support::{TWELVE_STEPS, legacy_events};
