@@ -43,6 +43,6 @@ mod reason;
 pub use client::{
     Authenticated, CatalogClient, Client, ClientBuilder, ClientError, EventClient, OrderClient,
 };
-pub use reason::{DOMAIN, Reason, details, reason};
+pub use reason::{DOMAIN, Reason, details, expected_sequence, reason};
 /// The standard error details, to read what [`details`] returns.
 pub use tonic_types;

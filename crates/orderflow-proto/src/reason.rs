@@ -147,6 +147,20 @@ pub fn reason(status: &Status) -> Option<Reason> {
         .flatten()
 }
 
+/// The sequence to resend from, when `status` is a `SEQUENCE_GAP` refusal
+/// of an event batch (its `expected_sequence`): the batch skipped ahead of
+/// its producer's last durable one, and nothing was stored. A producer
+/// resends its batches from that sequence, in order.
+#[must_use]
+pub fn expected_sequence(status: &Status) -> Option<u64> {
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    if info.domain != DOMAIN || info.reason != Reason::SequenceGap.as_str() {
+        return None;
+    }
+    info.metadata.get("expected_sequence")?.parse().ok()
+}
+
 /// All the standard details in `status` (`ErrorInfo`, `BadRequest`,
 /// `RetryInfo`, ...); empty when it carries none or they do not decode.
 #[must_use]
@@ -169,6 +183,22 @@ mod tests {
             );
         }
         assert_eq!(Reason::from_name("NOT_A_REASON"), None);
+    }
+
+    #[test]
+    fn a_sequence_gap_says_where_to_resend_from() {
+        let mut gap = ErrorDetails::new();
+        gap.set_error_info(
+            "SEQUENCE_GAP",
+            DOMAIN,
+            std::collections::HashMap::from([("expected_sequence".into(), "42".into())]),
+        );
+        let status = Status::with_error_details(tonic::Code::FailedPrecondition, "gap", gap);
+        assert_eq!(expected_sequence(&status), Some(42));
+        assert_eq!(
+            expected_sequence(&Status::failed_precondition("no details")),
+            None
+        );
     }
 
     #[test]

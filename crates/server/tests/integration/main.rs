@@ -18,6 +18,7 @@ mod kill;
 mod nats;
 mod otlp;
 mod outage;
+mod overload;
 mod pipeline;
 mod proxy;
 mod replicas;
@@ -39,4 +40,5 @@ test_support::backend_tests!(
     acknowledged_batches_survive_sigkill_while_outputs_commit,
     the_blackhole_sink_counts_and_discards,
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
+    cancelling_clients_never_loosen_the_backlog_bound,
 );

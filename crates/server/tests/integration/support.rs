@@ -11,6 +11,13 @@ use tonic::transport::Channel;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
 
+/// The binary the tests start: this build's, or `ORDERFLOW_TEST_BINARY`
+/// (to show that a test fails on another build, such as the one before a
+/// fix).
+pub fn binary() -> String {
+    std::env::var("ORDERFLOW_TEST_BINARY").unwrap_or_else(|_| BINARY.to_owned())
+}
+
 /// A running `orderflow` process.
 pub struct Server {
     child: Child,
@@ -37,7 +44,7 @@ impl Server {
     /// Starts the binary on the database at `url`.
     pub fn start_url(url: &str, env: &[(&str, &str)]) -> Self {
         let metrics = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary());
         command
             .env_clear()
             .env("DATABASE_URL", url)
@@ -103,6 +110,11 @@ impl Server {
         self.client().await.events()
     }
 
+    /// The process id, for reading its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -152,7 +164,7 @@ pub fn run(
     stdin: Option<&[u8]>,
 ) -> (std::process::ExitStatus, Vec<u8>, String) {
     use std::io::Write as _;
-    let mut child = Command::new(BINARY)
+    let mut child = Command::new(binary())
         .env_clear()
         .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")

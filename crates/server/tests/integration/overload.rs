@@ -1,0 +1,207 @@
+//! The backlog bound against clients that give up: producers send 1,000-event
+//! batches with deadlines of 30-200 ms (one in four up to 3 s) to a server whose consumer (the
+//! twelve-step pipeline) is far slower than they are, so most calls expire
+//! while their batch waits. Each producer retries a failed batch with the
+//! same sequence and, on SEQUENCE_GAP, resends from `expected_sequence`, as
+//! the contract tells it to.
+//!
+//! Sampled all along: `orderflow_log_backlog` never above the bound plus one
+//! batch, and the server's resident memory flat. At the end: every
+//! acknowledged batch stored exactly once, and no batch a producer never
+//! had acknowledged stored in its place.
+//!
+//! `ORDERFLOW_OVERLOAD_SECONDS` sets the length (default 12, the quick form
+//! CI runs; the full form is 60).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use orderflow_proto::proto::{Event, EventBatch};
+use rand::Rng as _;
+use test_support::TestDb;
+use tonic::Code;
+
+use crate::support::Server;
+
+const BOUND: u64 = 20_000;
+const BATCH: u64 = 1_000;
+const PRODUCERS: usize = 32;
+
+fn batch(producer: usize, sequence: u64) -> EventBatch {
+    EventBatch {
+        producer_id: format!("overload-{producer}"),
+        sequence,
+        events: (0..BATCH)
+            .map(|n| Event {
+                event_id: format!("o{producer}-s{sequence}-{n}"),
+                user_id: format!("u-{n}"),
+                action: "purchase".into(),
+                amount_cents: Some(100),
+                ..Event::default()
+            })
+            .collect(),
+    }
+}
+
+/// What one producer had acknowledged: the sequences, in order.
+async fn produce(server_address: String, producer: usize, until: Instant) -> Vec<u64> {
+    let mut client = orderflow_proto::Client::connect(server_address)
+        .await
+        .unwrap()
+        .events();
+    let mut acked = Vec::new();
+    let mut sequence = 1;
+    while Instant::now() < until {
+        // Most callers give up within 30-200 ms, while their batch waits;
+        // one in four waits up to 3 s, so some batches are acknowledged.
+        let longest = if producer % 4 == 0 { 3_000 } else { 200 };
+        let deadline = Duration::from_millis(rand::rng().random_range(30..=longest));
+        let mut request = tonic::Request::new(batch(producer, sequence));
+        request.set_timeout(deadline);
+        // The client gives up at its deadline too, wherever the call is.
+        let answer = tokio::time::timeout(deadline, client.publish_event_batch(request)).await;
+        match answer {
+            Ok(Ok(ack)) => {
+                let ack = ack.into_inner();
+                // New, or a duplicate: an earlier attempt whose caller gave
+                // up was stored. Durable either way.
+                assert_eq!(ack.sequence, sequence);
+                acked.push(sequence);
+                sequence += 1;
+            }
+            Ok(Err(status)) => {
+                if let Some(expected) = orderflow_proto::expected_sequence(&status) {
+                    sequence = expected;
+                } else {
+                    // Expired, shed, or a call the client itself cut off
+                    // mid-send (a transport error): the same batch again.
+                    // Never a refusal of the batch itself.
+                    assert!(
+                        !matches!(
+                            status.code(),
+                            Code::Internal | Code::InvalidArgument | Code::FailedPrecondition
+                        ),
+                        "{status:?}"
+                    );
+                }
+            }
+            // Expired client-side: the same batch again.
+            Err(_) => {}
+        }
+    }
+    acked
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn resident_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+pub async fn cancelling_clients_never_loosen_the_backlog_bound(db: &TestDb) {
+    let seconds: u64 = std::env::var("ORDERFLOW_OVERLOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("twelve-steps.toml");
+    std::fs::write(&pipeline, test_support::TWELVE_STEPS).unwrap();
+    let server = Server::start(
+        db,
+        &[
+            ("ORDERFLOW_LOG_MAX_BACKLOG", &BOUND.to_string()),
+            ("ORDERFLOW_PIPELINE", &pipeline.display().to_string()),
+        ],
+    );
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| tokio::spawn(produce(server.address.clone(), p, until)))
+        .collect();
+
+    let mut highest = 0f64;
+    let mut memory = Vec::new();
+    let started = Instant::now();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = crate::suite::scrape(&server).await;
+        if let Some(backlog) = metric(&text, "orderflow_log_backlog") {
+            highest = highest.max(backlog);
+        }
+        memory.push((started.elapsed(), resident_mb(server.pid())));
+    }
+    let mut acked = HashMap::new();
+    for (producer, handle) in producers.into_iter().enumerate() {
+        acked.insert(producer, handle.await.unwrap());
+    }
+    // Memory once the overload is established (after the first third).
+    let settled: Vec<f64> = memory
+        .iter()
+        .filter(|(at, _)| at.as_secs_f64() > seconds as f64 / 3.0)
+        .map(|(_, mb)| *mb)
+        .collect();
+    let low = settled.iter().copied().fold(f64::MAX, f64::min);
+    let high = settled.iter().copied().fold(0f64, f64::max);
+    let batches: usize = acked.values().map(Vec::len).sum();
+    eprintln!(
+        "{seconds} s: {batches} batches acknowledged; backlog peak {highest}; RSS {low:.1}-{high:.1} MB"
+    );
+    assert!(batches > 0, "nothing was acknowledged");
+    assert!(
+        highest <= (BOUND + BATCH) as f64,
+        "backlog {highest} above the bound {BOUND} plus one batch"
+    );
+    assert!(
+        high - low <= 16.0,
+        "resident memory grew from {low:.1} to {high:.1} MB under overload"
+    );
+
+    // Drain, then every acknowledged batch is stored exactly once.
+    let mut events = server.events().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        if stats.log_backlog == 0 && stats.received == stats.processed {
+            assert_eq!(stats.deduplicated, 0, "a batch appended twice: {stats:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.terminate().success());
+    let seen = crate::support::stored_event_ids(db);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    for (producer, sequences) in &acked {
+        for sequence in sequences {
+            for n in [0, BATCH - 1] {
+                let id = format!("o{producer}-s{sequence}-{n}");
+                assert!(seen.contains_key(&id), "acknowledged {id} missing");
+            }
+        }
+    }
+    // Stored per producer: contiguous sequences (no gap skipped over).
+    let mut stored: HashMap<usize, Vec<u64>> = HashMap::new();
+    for id in seen.keys().filter(|id| id.ends_with("-0")) {
+        let mut parts = id.trim_start_matches('o').split('-');
+        let producer: usize = parts.next().unwrap().parse().unwrap();
+        let sequence: u64 = parts.next().unwrap()[1..].parse().unwrap();
+        stored.entry(producer).or_default().push(sequence);
+    }
+    for (producer, mut sequences) in stored {
+        sequences.sort_unstable();
+        assert!(
+            sequences.windows(2).all(|w| w[1] == w[0] + 1),
+            "overload-{producer} stored with a gap: {sequences:?}"
+        );
+    }
+}
