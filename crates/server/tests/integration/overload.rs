@@ -54,7 +54,11 @@ async fn produce(server_address: String, producer: usize, until: Instant) -> Vec
     while Instant::now() < until {
         // Most callers give up within 30-200 ms, while their batch waits;
         // one in four waits up to 3 s, so some batches are acknowledged.
-        let longest = if producer % 4 == 0 { 3_000 } else { 200 };
+        let longest = if producer.is_multiple_of(4) {
+            3_000
+        } else {
+            200
+        };
         let deadline = Duration::from_millis(rand::rng().random_range(30..=longest));
         let mut request = tonic::Request::new(batch(producer, sequence));
         request.set_timeout(deadline);
