@@ -1,5 +1,5 @@
 //! The backlog bound against clients that give up: producers send 1,000-event
-//! batches with deadlines of 30-200 ms (one in four up to 3 s) to a server whose consumer (the
+//! batches with deadlines of 30-200 ms (one in four without a deadline) to a server whose consumer (the
 //! twelve-step pipeline) is far slower than they are, so most calls expire
 //! while their batch waits. Each producer retries a failed batch with the
 //! same sequence and, on SEQUENCE_GAP, resends from `expected_sequence`, as
@@ -53,17 +53,17 @@ async fn produce(server_address: String, producer: usize, until: Instant) -> Vec
     let mut sequence = 1;
     while Instant::now() < until {
         // Most callers give up within 30-200 ms, while their batch waits;
-        // one in four waits up to 3 s, so some batches are acknowledged.
-        let longest = if producer.is_multiple_of(4) {
-            3_000
-        } else {
-            200
-        };
-        let deadline = Duration::from_millis(rand::rng().random_range(30..=longest));
+        // one in four waits as long as it takes, so some batches are
+        // acknowledged however slow the machine is.
         let mut request = tonic::Request::new(batch(producer, sequence));
-        request.set_timeout(deadline);
-        // The client gives up at its deadline too, wherever the call is.
-        let answer = tokio::time::timeout(deadline, client.publish_event_batch(request)).await;
+        let answer = if producer.is_multiple_of(4) {
+            Ok(client.publish_event_batch(request).await)
+        } else {
+            let deadline = Duration::from_millis(rand::rng().random_range(30..=200));
+            request.set_timeout(deadline);
+            // The client gives up at its deadline too, wherever the call is.
+            tokio::time::timeout(deadline, client.publish_event_batch(request)).await
+        };
         match answer {
             Ok(Ok(ack)) => {
                 let ack = ack.into_inner();
