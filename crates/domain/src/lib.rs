@@ -13,6 +13,7 @@ mod event;
 mod ids;
 mod money;
 mod order;
+mod sequence;
 mod text;
 mod time;
 
@@ -26,5 +27,6 @@ pub use money::{Cents, Currency};
 pub use order::{
     MAX_ORDER_LINES, NewOrder, Order, OrderLine, OrderStatus, Quantity, RestoredOrder,
 };
+pub use sequence::SequenceVerdict;
 pub use text::{QUOTE_CHARS, Quoted, quote};
 pub use time::Timestamp;

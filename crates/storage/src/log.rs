@@ -25,7 +25,7 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use domain::{DeadLetter, Event};
+use domain::{DeadLetter, Event, SequenceVerdict};
 
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
@@ -115,19 +115,14 @@ impl LogRow {
     }
 }
 
-/// The one sequence rule: `None` stores the batch; else a duplicate (at or
-/// below the producer's `last` durable sequence) or a gap (past `last + 1`).
-/// A producer the log does not know may start anywhere.
+/// The sequence rule (`domain::SequenceVerdict`) over the stored `last`:
+/// `None` stores the batch; else its refusal.
 fn check_sequence(last: Option<i64>, sequence: i64) -> Option<LogAppend> {
-    let last = last?;
-    if sequence <= last {
-        Some(LogAppend::Duplicate)
-    } else if sequence - last > 1 {
-        Some(LogAppend::Gap {
-            expected: u64::try_from(last).unwrap_or(0).saturating_add(1),
-        })
-    } else {
-        None
+    let last = last.map(|last| u64::try_from(last).unwrap_or(0));
+    match SequenceVerdict::of(last, u64::try_from(sequence).unwrap_or(0)) {
+        SequenceVerdict::Store => None,
+        SequenceVerdict::Duplicate => Some(LogAppend::Duplicate),
+        SequenceVerdict::Gap { expected } => Some(LogAppend::Gap { expected }),
     }
 }
 

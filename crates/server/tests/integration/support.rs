@@ -11,9 +11,9 @@ use tonic::transport::Channel;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_orderflow");
 
-/// The binary the tests start: this build's, or `ORDERFLOW_TEST_BINARY`
-/// (to show that a test fails on another build, such as the one before a
-/// fix).
+/// The binary [`Server::start`] and [`run`] start: this build's, or
+/// `ORDERFLOW_TEST_BINARY` (to show that a test fails on another build, such
+/// as the one before a fix).
 pub fn binary() -> String {
     std::env::var("ORDERFLOW_TEST_BINARY").unwrap_or_else(|_| BINARY.to_owned())
 }

@@ -24,9 +24,17 @@ pub(super) struct Shared {
     /// Wakes the consumer after an append.
     pub(super) appended: Notify,
     /// The writer's request for a recount of the backlog after an append
-    /// of unknown outcome; the consumer answers once done.
-    /// `None` once the consumer has stopped: nobody will answer.
-    resync: Mutex<Option<Option<oneshot::Sender<()>>>>,
+    /// of unknown outcome, which the consumer answers once done.
+    resync: Mutex<Resync>,
+}
+
+#[derive(Debug)]
+enum Resync {
+    Idle,
+    /// The writer waits for the answer.
+    Requested(oneshot::Sender<()>),
+    /// The consumer has stopped: nobody will answer.
+    ConsumerGone,
 }
 
 impl Shared {
@@ -35,7 +43,7 @@ impl Shared {
         Self {
             handoff: Mutex::new(Handoff::with_bound(bound)),
             appended: Notify::new(),
-            resync: Mutex::new(Some(None)),
+            resync: Mutex::new(Resync::Idle),
         }
     }
 
@@ -45,11 +53,11 @@ impl Shared {
     pub(super) async fn resync(&self) {
         let (done, answer) = oneshot::channel();
         {
-            let mut resync = self.resync.lock().unwrap_or_else(PoisonError::into_inner);
-            match resync.as_mut() {
-                Some(request) => *request = Some(done),
-                None => return,
+            let mut resync = self.resync_state();
+            if matches!(*resync, Resync::ConsumerGone) {
+                return;
             }
+            *resync = Resync::Requested(done);
         }
         self.appended.notify_one();
         let _ = answer.await;
@@ -57,20 +65,24 @@ impl Shared {
 
     /// The writer's pending recount request, if any.
     pub(super) fn resync_requested(&self) -> Option<oneshot::Sender<()>> {
-        self.resync
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-            .and_then(Option::take)
+        let mut resync = self.resync_state();
+        match std::mem::replace(&mut *resync, Resync::Idle) {
+            Resync::Requested(done) => Some(done),
+            other => {
+                *resync = other;
+                None
+            }
+        }
     }
 
     /// The consumer has stopped: a pending request is dropped (its writer
     /// goes on), and later ones return at once.
     pub(super) fn consumer_stopped(&self) {
-        self.resync
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        *self.resync_state() = Resync::ConsumerGone;
+    }
+
+    fn resync_state(&self) -> MutexGuard<'_, Resync> {
+        self.resync.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Handoff> {

@@ -43,7 +43,7 @@ mod tests;
 use std::future::Future;
 use std::sync::Arc;
 
-use domain::{DeadLetter, Event};
+use domain::{DeadLetter, Event, SequenceVerdict};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -87,19 +87,14 @@ pub enum Appended {
     },
 }
 
-/// A producer's sequence check, the one rule every log applies in its
-/// append: `last` is the producer's last durable sequence, if the log
-/// knows the producer. `None`: store the batch.
+/// The sequence rule (`domain::SequenceVerdict`) as a log's answer:
+/// `None` stores the batch; else the batch's refusal. `last` is the
+/// producer's last durable sequence, if the log knows the producer.
 pub fn check_sequence(last: Option<u64>, sequence: u64) -> Option<Appended> {
-    let last = last?;
-    if sequence <= last {
-        Some(Appended::Duplicate)
-    } else if sequence - last > 1 {
-        Some(Appended::Gap {
-            expected: last.saturating_add(1),
-        })
-    } else {
-        None
+    match SequenceVerdict::of(last, sequence) {
+        SequenceVerdict::Store => None,
+        SequenceVerdict::Duplicate => Some(Appended::Duplicate),
+        SequenceVerdict::Gap { expected } => Some(Appended::Gap { expected }),
     }
 }
 
