@@ -311,10 +311,7 @@ impl EventLog for NatsLog {
                     continue;
                 }
             };
-            records.push(LogRecord {
-                position: sequence,
-                events,
-            });
+            records.push(LogRecord::new(sequence, events));
             pending.push((sequence, message));
         }
         self.pending().extend(pending);
@@ -327,6 +324,9 @@ impl EventLog for NatsLog {
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        // `read` terminates a message it cannot decode itself (it never
+        // hands over a damaged record), so there is none to keep aside.
+        _damaged: &[(i64, String)],
     ) -> Result<(), SinkError> {
         let taken: Vec<(i64, jetstream::Message)> = {
             let mut pending = self.pending();

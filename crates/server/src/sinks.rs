@@ -8,8 +8,8 @@ use storage::{
     Database, DeadLetterStore as _, EventStore as _, LogAppend, NewLogBatch, StorageError,
 };
 use transform_engine::{
-    Appended, DeadLetterSink, EventLog, EventSink, LogBatch, LogRecord, SinkError, SinkErrorKind,
-    Written,
+    Appended, Damage, DeadLetterSink, EventLog, EventSink, LogBatch, LogRecord, SinkError,
+    SinkErrorKind, Written,
 };
 
 /// Where processed events go (`ORDERFLOW_EVENT_SINK`).
@@ -128,6 +128,10 @@ impl EventLog for DatabaseLog {
             .map(|entry| LogRecord {
                 position: entry.position,
                 events: entry.events,
+                damage: entry.damage.map(|damage| Damage {
+                    events: damage.events,
+                    error: damage.error,
+                }),
             })
             .collect())
     }
@@ -137,13 +141,14 @@ impl EventLog for DatabaseLog {
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        damaged: &[(i64, String)],
     ) -> Result<(), SinkError> {
         let events = match self.output {
             Output::Database => events,
             Output::Blackhole => &[],
         };
         self.db
-            .commit_log(CONSUMER, through, events, letters)
+            .commit_log(CONSUMER, through, events, letters, damaged)
             .await
             .map(drop)
             .map_err(sink_error)

@@ -408,6 +408,11 @@ pub const METRICS: &[Metric] = &[
         "events acknowledged (durable in the event log) and not yet processed",
     ),
     metric(
+        "orderflow_log_damaged_records_total",
+        Kind::Counter,
+        "event log records that could not be decoded, kept aside (damaged_log_rows) so the log moves on",
+    ),
+    metric(
         "orderflow_serving",
         Kind::Gauge,
         "1 while health reports SERVING, else 0",

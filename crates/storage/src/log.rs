@@ -16,8 +16,10 @@
 //!   SQLite has one writer anyway.
 //! - **Commit** ([`Database::commit_log`]): a consumer's outputs (events and
 //!   dead letters) and its new cursor in one transaction, and the log rows
-//!   the cursor passed are deleted in it too (bounded disk). A commit whose
-//!   range the cursor already covers stores nothing, so repeating one whose
+//!   the cursor passed are deleted in it too (bounded disk). A row that
+//!   cannot be decoded is read as a [`LogDamage`], and its commit moves it,
+//!   as it was, to `damaged_log_rows` with the error: the log moves on. A
+//!   commit whose range the cursor already covers stores nothing, so repeating one whose
 //!   outcome was unknown is safe.
 //!
 //! Durable means committed: SQLite runs with `synchronous = FULL` (see
@@ -30,7 +32,7 @@ use domain::{DeadLetter, Event, SequenceVerdict};
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
 use crate::events::{dead_letter_rows, event_rows};
-use crate::schema::{event_log, log_applied, log_cursors, log_producers};
+use crate::schema::{damaged_log_rows, event_log, log_applied, log_cursors, log_producers};
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
@@ -68,8 +70,34 @@ pub enum LogAppend {
 pub struct LogEntry {
     /// Its position; positions grow in append order.
     pub position: i64,
-    /// Its events, in the order sent.
+    /// Its events, in the order sent (none if the row is damaged).
     pub events: Vec<Event>,
+    /// Why the row could not be decoded, if it could not: the consumer
+    /// passes it to [`Database::commit_log`], which moves the row to
+    /// `damaged_log_rows`, so the log moves on.
+    pub damage: Option<LogDamage>,
+}
+
+/// A log row that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    /// The events the row says it holds.
+    pub events: u64,
+    /// The decode error, naming the position and the byte.
+    pub error: String,
+}
+
+/// A log row kept aside as undecodable (`damaged_log_rows`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedLogRow {
+    /// Its position in the log.
+    pub position: i64,
+    /// The events it said it held.
+    pub events: u64,
+    /// Its binary body, as it was (`None` for a JSON-lines row).
+    pub data: Option<Vec<u8>>,
+    /// Why it could not be decoded.
+    pub error: String,
 }
 
 /// What a consumer's commit did.
@@ -97,7 +125,20 @@ struct NewLogRow {
 #[diesel(table_name = event_log)]
 struct LogRow {
     position: i64,
+    event_count: i32,
     /// JSON lines, in rows appended before the binary form (else empty).
+    body: String,
+    data: Option<Vec<u8>>,
+}
+
+/// A whole log row, as it is moved to `damaged_log_rows`.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = event_log)]
+struct DamagedRow {
+    position: i64,
+    producer_id: Option<String>,
+    sequence: Option<i64>,
+    event_count: i32,
     body: String,
     data: Option<Vec<u8>>,
 }
@@ -250,14 +291,53 @@ impl Database {
                     .load(c)
                     .await
             })?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(LogEntry {
+            Ok(rows
+                .into_iter()
+                .map(|row| match row.events() {
+                    Ok(events) => LogEntry {
                         position: row.position,
-                        events: row.events()?,
-                    })
+                        events,
+                        damage: None,
+                    },
+                    Err(error) => LogEntry {
+                        position: row.position,
+                        events: Vec::new(),
+                        damage: Some(LogDamage {
+                            events: u64::try_from(row.event_count).unwrap_or(0),
+                            error: error.to_string(),
+                        }),
+                    },
                 })
-                .collect()
+                .collect())
+        })
+        .await
+    }
+
+    /// The log rows kept aside as undecodable, oldest first.
+    pub async fn damaged_log_rows(&self) -> Result<Vec<DamagedLogRow>, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let rows: Vec<(i64, i32, Option<Vec<u8>>, String)> = with_conn!(&mut conn, |c| {
+                damaged_log_rows::table
+                    .order(damaged_log_rows::position)
+                    .select((
+                        damaged_log_rows::position,
+                        damaged_log_rows::event_count,
+                        damaged_log_rows::data,
+                        damaged_log_rows::error,
+                    ))
+                    .load(c)
+                    .await
+            })?;
+            Ok(rows
+                .into_iter()
+                .map(|(position, events, data, error)| DamagedLogRow {
+                    position,
+                    events: u64::try_from(events).unwrap_or(0),
+                    data,
+                    error,
+                })
+                .collect())
         })
         .await
     }
@@ -301,7 +381,9 @@ impl Database {
     }
 
     /// Commits `consumer`'s outputs for the log up to `through`, with the
-    /// cursor, in one transaction, and deletes the log rows it passed.
+    /// cursor, in one transaction, and deletes the log rows it passed; the
+    /// `damaged` positions (with their decode errors) are first copied, as
+    /// they are, to `damaged_log_rows`.
     /// Idempotent: a range the cursor already covers stores nothing.
     pub async fn commit_log(
         &self,
@@ -309,7 +391,10 @@ impl Database {
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        damaged: &[(i64, String)],
     ) -> Result<LogCommit, StorageError> {
+        let damaged = damaged.to_vec();
+        let now = chrono::Utc::now().timestamp_millis();
         let event_rows = event_rows(events)?;
         let letter_rows = dead_letter_rows(letters)?;
         let consumer = consumer.to_owned();
@@ -329,6 +414,28 @@ impl Database {
                 }
                 for chunk in chunked(letter_rows) {
                     c.insert_rows(chunk).await?;
+                }
+                for (position, error) in &damaged {
+                    let row: Option<DamagedRow> = event_log::table
+                        .find(position)
+                        .select(DamagedRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?;
+                    let Some(row) = row else { continue };
+                    diesel::insert_into(damaged_log_rows::table)
+                        .values((
+                            damaged_log_rows::position.eq(row.position),
+                            damaged_log_rows::producer_id.eq(row.producer_id),
+                            damaged_log_rows::sequence.eq(row.sequence),
+                            damaged_log_rows::event_count.eq(row.event_count),
+                            damaged_log_rows::body.eq(row.body),
+                            damaged_log_rows::data.eq(row.data),
+                            damaged_log_rows::error.eq(error),
+                            damaged_log_rows::moved_at.eq(now),
+                        ))
+                        .execute(c)
+                        .await?;
                 }
                 diesel::insert_into(log_cursors::table)
                     .values((

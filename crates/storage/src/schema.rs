@@ -113,6 +113,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    damaged_log_rows (position) {
+        position -> BigInt,
+        producer_id -> Nullable<Text>,
+        sequence -> Nullable<BigInt>,
+        event_count -> Integer,
+        body -> Text,
+        data -> Nullable<Binary>,
+        error -> Text,
+        moved_at -> BigInt,
+    }
+}
+
 diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(order_idempotency_keys -> orders (order_id));
 diesel::joinable!(warehouses -> products (product_id));
@@ -130,4 +143,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     log_producers,
     log_cursors,
     log_applied,
+    damaged_log_rows,
 );

@@ -24,8 +24,8 @@ pub use config::{ConfigError, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_KEYS, PipelineSp
 pub use engine::{AggregateRow, Engine, EngineConfig};
 pub use ingest::{Admission, Ingest, IngestError, OverflowPolicy};
 pub use log::{
-    Ack, Appended, BoundState, EventLog, LogBatch, LogConfig, LogError, LogIngest, LogRecord,
-    MAX_BATCH_EVENTS, MemoryLog, Pending, check_sequence,
+    Ack, Appended, BoundState, Damage, EventLog, LogBatch, LogConfig, LogError, LogIngest,
+    LogRecord, MAX_BATCH_EVENTS, MemoryLog, Pending, check_sequence,
 };
 pub use pipeline::{BatchOutcome, Pipeline};
 pub use sink::{DeadLetterSink, EventSink, MemorySink, SinkError, SinkErrorKind, Written};

@@ -13,12 +13,12 @@
 )]
 
 mod catalog;
+mod event_log;
 mod faults;
 mod kill;
 mod nats;
 mod otlp;
 mod outage;
-mod overload;
 mod pipeline;
 mod proxy;
 mod replicas;
@@ -41,4 +41,5 @@ test_support::backend_tests!(
     the_blackhole_sink_counts_and_discards,
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
     cancelling_clients_never_loosen_the_backlog_bound,
+    a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
 );

@@ -16,7 +16,10 @@ pub use crate::kill::{
     acknowledged_batches_survive_sigkill_while_outputs_commit,
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
 };
-pub use crate::overload::cancelling_clients_never_loosen_the_backlog_bound;
+pub use crate::event_log::{
+    a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
+    cancelling_clients_never_loosen_the_backlog_bound,
+};
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 
 pub fn create(user: &str, key: &str) -> CreateOrderRequest {

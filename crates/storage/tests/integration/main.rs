@@ -34,5 +34,6 @@ test_support::backend_tests!(
     concurrent_tasks_create_read_and_update_consistently,
     event_log_is_exactly_once_per_producer_and_per_commit,
     event_log_refuses_a_sequence_gap,
+    a_damaged_log_row_is_read_as_such_and_moved_aside,
     log_rows_from_before_the_binary_form_still_read,
 );

@@ -732,11 +732,15 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
     let through = entries[1].position;
     let outputs = &read[..3];
     assert_eq!(
-        db.commit_log("c", through, outputs, &[]).await.unwrap(),
+        db.commit_log("c", through, outputs, &[], &[])
+            .await
+            .unwrap(),
         LogCommit::Committed
     );
     assert_eq!(
-        db.commit_log("c", through, outputs, &[]).await.unwrap(),
+        db.commit_log("c", through, outputs, &[], &[])
+            .await
+            .unwrap(),
         LogCommit::AlreadyCommitted,
         "a repeated commit stores nothing"
     );
@@ -790,6 +794,71 @@ pub async fn event_log_refuses_a_sequence_gap(db: &TestDb) {
         .flat_map(|e| e.events)
         .collect();
     assert_eq!(stored, events, "each batch once, in sequence order");
+}
+
+/// A row that cannot be decoded is read as damaged (its position, its event
+/// count, the error) instead of failing the read, and the commit over it
+/// moves it, bytes and all, to `damaged_log_rows`: the log moves on.
+pub async fn a_damaged_log_row_is_read_as_such_and_moved_aside(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(3)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let appended = db
+        .append_log(&[
+            NewLogBatch {
+                producer: None,
+                events: &events[..1],
+            },
+            NewLogBatch {
+                producer: None,
+                events: &events[1..],
+            },
+        ])
+        .await
+        .unwrap();
+    let [_, LogAppend::Appended { position: bad }] = appended[..] else {
+        panic!("{appended:?}");
+    };
+    // A damaged page: the row's binary body is garbage.
+    let garbage = match db.backend() {
+        storage::Backend::Postgres => "decode('deadbeef', 'hex')",
+        storage::Backend::Sqlite => "x'deadbeef'",
+    };
+    db.execute_raw(&format!(
+        "UPDATE event_log SET data = {garbage} WHERE position = {bad}"
+    ))
+    .await
+    .unwrap();
+    let entries = db.read_log(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 2, "the read does not fail");
+    assert_eq!(entries[0].events, events[..1]);
+    assert!(entries[0].damage.is_none());
+    let damage = entries[1]
+        .damage
+        .clone()
+        .expect("the second row is damaged");
+    assert_eq!(damage.events, 2);
+    assert!(
+        damage.error.contains(&format!("position {bad}")),
+        "{}",
+        damage.error
+    );
+    assert!(entries[1].events.is_empty());
+
+    db.commit_log("c", bad, &events[..1], &[], &[(bad, damage.error.clone())])
+        .await
+        .unwrap();
+    assert!(
+        db.read_log(0, 10).await.unwrap().is_empty(),
+        "the log moved on"
+    );
+    let kept = db.damaged_log_rows().await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0].position, kept[0].events), (bad, 2));
+    assert_eq!(kept[0].error, damage.error);
+    assert_eq!(kept[0].data.as_deref(), Some(&[0xde, 0xad, 0xbe, 0xef][..]));
 }
 
 /// Log rows appended before the binary form hold JSON lines; after the

@@ -112,15 +112,34 @@ impl<L: EventLog> Consumer<L> {
         let Some(through) = records.last().map(|r| r.position) else {
             return;
         };
-        let taken: u64 = records.iter().map(|r| r.events.len() as u64).sum();
+        let taken: u64 = records.iter().map(LogRecord::event_count).sum();
+        let mut damaged = Vec::new();
+        let mut damaged_events = 0;
         for record in records {
-            self.pipeline.process_batch(record.events, out);
+            match record.damage {
+                None => self.pipeline.process_batch(record.events, out),
+                Some(damage) => {
+                    tracing::error!(
+                        position = record.position,
+                        events = damage.events,
+                        error = %damage.error,
+                        "an event log record cannot be decoded; it is kept aside as damaged and the log moves on"
+                    );
+                    metrics::counter!("orderflow_log_damaged_records_total").increment(1);
+                    damaged_events += damage.events;
+                    damaged.push((record.position, damage.error));
+                }
+            }
         }
         let mut delay = RETRY;
         // The same commit until it lands: it is idempotent, so a repeat
         // after an unknown outcome cannot store twice.
         loop {
-            match self.log.commit(through, &out.kept, &out.dead).await {
+            match self
+                .log
+                .commit(through, &out.kept, &out.dead, &damaged)
+                .await
+            {
                 Ok(()) => break,
                 Err(error) if error.kind != SinkErrorKind::Rejected => {
                     tracing::warn!(%error, through, "committing the event log's outputs failed; repeating it");
@@ -153,7 +172,7 @@ impl<L: EventLog> Consumer<L> {
             processed: out.kept.len() as u64,
             filtered: out.filtered,
             deduplicated: out.deduplicated,
-            dead_lettered: out.dead.len() as u64,
+            dead_lettered: out.dead.len() as u64 + damaged_events,
             dropped: 0,
         });
         self.bound.leave(taken);

@@ -140,7 +140,7 @@ impl Handoff {
         self.events += events.len();
         self.records.push_back(Handed {
             after,
-            record: LogRecord { position, events },
+            record: LogRecord::new(position, events),
         });
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use domain::{DeadLetter, Event};
 
-use super::{Appended, EventLog, LogBatch, LogRecord, check_sequence};
+use super::{Appended, Damage, EventLog, LogBatch, LogRecord, check_sequence};
 use crate::sink::{SinkError, SinkErrorKind};
 
 /// An in-memory [`EventLog`] for tests and benchmarks: durable only as long
@@ -26,6 +26,8 @@ struct MemoryLogState {
     cursor: i64,
     events: Vec<Event>,
     letters: Vec<DeadLetter>,
+    /// Damaged records kept aside by commits: (position, error).
+    damaged: Vec<(i64, String)>,
 }
 
 impl MemoryLog {
@@ -53,6 +55,25 @@ impl MemoryLog {
     pub fn letters(&self) -> Vec<DeadLetter> {
         self.with(|s| s.letters.clone())
     }
+
+    /// Damages the record at `position`, if the log holds it: reads give
+    /// it back undecodable, as a database row with a damaged page.
+    pub fn damage(&self, position: i64, error: &str) {
+        self.with(|s| {
+            if let Some(record) = s.records.iter_mut().find(|r| r.position == position) {
+                record.damage = Some(Damage {
+                    events: record.events.len() as u64,
+                    error: error.to_owned(),
+                });
+                record.events.clear();
+            }
+        });
+    }
+
+    /// Damaged records kept aside by commits so far: (position, error).
+    pub fn damaged(&self) -> Vec<(i64, String)> {
+        self.with(|s| s.damaged.clone())
+    }
 }
 
 impl EventLog for MemoryLog {
@@ -70,10 +91,8 @@ impl EventLog for MemoryLog {
                     }
                     s.next += 1;
                     let position = s.next;
-                    s.records.push_back(LogRecord {
-                        position,
-                        events: batch.events.clone(),
-                    });
+                    s.records
+                        .push_back(LogRecord::new(position, batch.events.clone()));
                     Appended::New { position }
                 })
                 .collect()
@@ -96,6 +115,7 @@ impl EventLog for MemoryLog {
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        damaged: &[(i64, String)],
     ) -> Result<(), SinkError> {
         let refused = !events.is_empty()
             && self
@@ -114,6 +134,7 @@ impl EventLog for MemoryLog {
             }
             s.events.extend_from_slice(events);
             s.letters.extend_from_slice(letters);
+            s.damaged.extend_from_slice(damaged);
             s.cursor = through;
             while s.records.front().is_some_and(|r| r.position <= through) {
                 s.records.pop_front();
@@ -131,7 +152,7 @@ impl EventLog for MemoryLog {
             s.records
                 .iter()
                 .filter(|r| r.position > s.cursor)
-                .map(|r| r.events.len() as u64)
+                .map(LogRecord::event_count)
                 .sum()
         }))
     }

@@ -103,8 +103,39 @@ pub fn check_sequence(last: Option<u64>, sequence: u64) -> Option<Appended> {
 pub struct LogRecord {
     /// Its position; positions grow in append order.
     pub position: i64,
-    /// The events.
+    /// The events (none if the record is damaged).
     pub events: Vec<Event>,
+    /// Set when the log could not decode the record: the consumer counts
+    /// its events as dead-lettered and hands it to [`EventLog::commit`],
+    /// which keeps it aside, so the log moves on.
+    pub damage: Option<Damage>,
+}
+
+impl LogRecord {
+    /// A readable record.
+    pub fn new(position: i64, events: Vec<Event>) -> Self {
+        Self {
+            position,
+            events,
+            damage: None,
+        }
+    }
+
+    /// Events the record holds (a damaged one: those it says it holds).
+    pub fn event_count(&self) -> u64 {
+        self.damage
+            .as_ref()
+            .map_or(self.events.len() as u64, |damage| damage.events)
+    }
+}
+
+/// A log record that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The events it says it holds.
+    pub events: u64,
+    /// The decode error.
+    pub error: String,
 }
 
 /// A durable, ordered log of batches with one consumer cursor.
@@ -127,11 +158,15 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Commits the outputs of the log up to `through` with the cursor,
     /// atomically; a range the cursor already covers stores nothing.
+    /// `damaged` are the positions in the range that could not be decoded,
+    /// with their errors: the log keeps them aside (the database log in
+    /// `damaged_log_rows`) in the same commit.
     fn commit(
         &self,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        damaged: &[(i64, String)],
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// The committed cursor (0: nothing committed yet).

@@ -433,6 +433,46 @@ async fn a_full_backlog_refuses_after_the_wait_and_recovers() {
     );
 }
 
+/// A record the log cannot decode (a damaged row left by an earlier run)
+/// is kept aside with its position and error, its events count as
+/// dead-lettered, and the records after it are processed: the log moves on
+/// instead of retrying the read for ever.
+#[tokio::test]
+async fn a_damaged_record_is_kept_aside_and_the_log_moves_on() {
+    let log = Arc::new(MemoryLog::new());
+    let all = events(9);
+    for (n, chunk) in all.chunks(3).enumerate() {
+        log.append(&[batch(Some(("p", n as u64 + 1)), chunk.to_vec())])
+            .await
+            .unwrap();
+    }
+    log.damage(2, "byte 7: not a varint");
+    let (engine, ingest) = with_log(Arc::clone(&log), LogConfig::default()).await;
+    ingest
+        .submit(batch(Some(("p", 4)), events(12)[9..].to_vec()), None)
+        .await
+        .unwrap();
+    while engine.stats().log_backlog > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = engine.shutdown().await;
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(
+        (stats.processed, stats.dead_lettered, stats.in_flight),
+        (9, 3, 0),
+        "the damaged record's three events dead-lettered, the rest processed"
+    );
+    assert_eq!(log.damaged(), [(2, "byte 7: not a varint".to_owned())]);
+    let stored: Vec<Event> = log.events();
+    let expected: Vec<Event> = all[..3]
+        .iter()
+        .chain(&all[6..])
+        .chain(&events(12)[9..])
+        .cloned()
+        .collect();
+    assert_eq!(stored, expected);
+}
+
 /// Outputs the store refuses for good are dead-lettered with the range, so
 /// every acknowledged event still ends in exactly one outcome and the log
 /// moves on.
@@ -546,11 +586,12 @@ impl transform_engine::EventLog for Watched {
         through: i64,
         events: &[Event],
         letters: &[domain::DeadLetter],
+        damaged: &[(i64, String)],
     ) -> Result<(), transform_engine::SinkError> {
         if let Ok(permit) = self.gate.acquire().await {
             permit.forget();
         }
-        self.log.commit(through, events, letters).await
+        self.log.commit(through, events, letters, damaged).await
     }
 
     async fn cursor(&self) -> Result<i64, transform_engine::SinkError> {

@@ -139,10 +139,8 @@ impl EventLog for ModelLog {
             }
             d.next += 1;
             let position = d.next;
-            d.records.push_back(LogRecord {
-                position,
-                events: batch.events.clone(),
-            });
+            d.records
+                .push_back(LogRecord::new(position, batch.events.clone()));
             d.stored.push(batch.producer.clone());
             let ids: Vec<String> = batch.events.iter().map(id_of).collect();
             d.stored_ids.extend(ids);
@@ -172,9 +170,13 @@ impl EventLog for ModelLog {
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
+        damaged: &[(i64, String)],
     ) -> Result<(), SinkError> {
         self.commits.pass().await;
-        assert!(letters.is_empty(), "nothing in the model dead-letters");
+        assert!(
+            letters.is_empty() && damaged.is_empty(),
+            "nothing in the model dead-letters"
+        );
         let mut d = self.durable();
         if d.cursor >= through {
             return Ok(());

@@ -1,0 +1,1 @@
+DROP TABLE damaged_log_rows;
