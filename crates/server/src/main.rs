@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server::probe::check(&cli.settings, &service, ca.as_deref(), identity, *timeout).await
         }
         Some(Command::Events(EventsCommand::Export)) => {
-            let db = serve::connect(&cli.settings, Open::MustExist).await?;
+            let db = serve::connect(&cli.settings, Open::ReadOnly).await?;
             let count = events_cli::export(&db).await?;
             tracing::info!(count, "exported events");
             Ok(())

@@ -65,11 +65,12 @@ pub fn store_config(settings: &Settings) -> StoreConfig {
 pub enum Open {
     /// Create a SQLite file that is not there (serving, `migrate`, import).
     CreateIfMissing,
-    /// A SQLite file must already exist (`events export` only reads).
-    MustExist,
+    /// Read only, no migrations (`events export`): the database must
+    /// exist, and may be a read-only file or a hot standby.
+    ReadOnly,
 }
 
-/// Connects and migrates, retrying an unreachable database with backoff for
+/// Connects (and but for [`Open::ReadOnly`] migrates), retrying an unreachable database with backoff for
 /// up to `startup_timeout`. A configuration that can never work (see
 /// [`StorageError::Misconfigured`]) fails at once, naming the setting.
 pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database> {
@@ -79,7 +80,7 @@ pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database
     loop {
         let attempt = match open {
             Open::CreateIfMissing => Database::connect(config.clone()).await,
-            Open::MustExist => Database::connect_existing(config.clone()).await,
+            Open::ReadOnly => Database::connect_read_only(config.clone()).await,
         };
         match attempt {
             Ok(db) => return Ok(db),

@@ -41,6 +41,30 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
+/// The read-only session: waits for a writer's lock like the others, and
+/// refuses any statement that would write.
+const SQLITE_READ_ONLY_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;";
+
+/// What a pool may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// `path` as a SQLite URI that opens the file read-only (a `file:` URI
+/// given by the operator is kept as it is).
+fn read_only_uri(path: &str) -> String {
+    if path.starts_with("file:") {
+        return path.to_owned();
+    }
+    let escaped = path
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    format!("file:{escaped}?mode=ro")
+}
+
 /// A pooled connection to either backend.
 #[allow(
     clippy::large_enum_variant,
@@ -269,20 +293,28 @@ impl Database {
         Ok(db)
     }
 
-    /// As [`Self::connect`], for commands that only read (`events export`):
-    /// a SQLite file that does not exist is an error, not a new empty
-    /// database.
-    pub async fn connect_existing(config: StoreConfig) -> Result<Self, StorageError> {
+    /// For commands that only read (`events export`): no migrations, no
+    /// write probe, and on SQLite a connection that cannot write
+    /// (`mode=ro`, `PRAGMA query_only`), so it works on a read-only file or
+    /// a PostgreSQL hot standby. The file must exist; a read checks the
+    /// database answers and holds the schema.
+    pub async fn connect_read_only(config: StoreConfig) -> Result<Self, StorageError> {
         if config.backend() == Backend::Sqlite {
             crate::connect::check_sqlite_path(config.sqlite_path(), true)?;
         }
-        Self::connect(config).await
+        let db = Self::open_with(config, Access::ReadOnly);
+        crate::EventStore::read_events(&db, None, 1).await?;
+        Ok(db)
     }
 
     /// Opens the pool without migrating. Connections are made on demand, so
     /// this succeeds even while the database is down; calls then fail as
     /// `Unavailable` within `acquire_timeout`.
     pub fn open(config: StoreConfig) -> Self {
+        Self::open_with(config, Access::ReadWrite)
+    }
+
+    fn open_with(config: StoreConfig, access: Access) -> Self {
         let (errors, _) = tokio::sync::watch::channel(None);
         let pools = match config.backend() {
             Backend::Postgres => {
@@ -298,18 +330,25 @@ impl Database {
             }
             Backend::Sqlite => {
                 let mut setup = ManagerConfig::<SqliteConn>::default();
-                setup.custom_setup = Box::new(|url| {
+                let pragmas = match access {
+                    Access::ReadWrite => SQLITE_PRAGMAS,
+                    Access::ReadOnly => SQLITE_READ_ONLY_PRAGMAS,
+                };
+                setup.custom_setup = Box::new(move |url| {
                     let url = url.to_owned();
                     Box::pin(async move {
                         let mut conn = SqliteConn::establish(&url).await?;
-                        conn.batch_execute(SQLITE_PRAGMAS)
+                        conn.batch_execute(pragmas)
                             .await
                             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                         Ok(conn)
                     })
                 });
-                let manager =
-                    AsyncDieselConnectionManager::new_with_config(config.sqlite_path(), setup);
+                let path = match access {
+                    Access::ReadWrite => config.sqlite_path().to_owned(),
+                    Access::ReadOnly => read_only_uri(config.sqlite_path()),
+                };
+                let manager = AsyncDieselConnectionManager::new_with_config(path, setup);
                 Pools::Sqlite(pool_builder(&config, &errors).build_unchecked(manager))
             }
         };

@@ -32,6 +32,7 @@ test_support::backend_tests!(
     health_is_serving_and_reflection_lists_the_services,
     sigterm_during_a_stream_keeps_every_acknowledged_event,
     import_then_export_reproduces_the_fixture_byte_for_byte,
+    export_only_reads,
     metrics_pass_promtool,
     acknowledged_orders_survive_sigkill,
     engine_writes_through_the_real_stores,

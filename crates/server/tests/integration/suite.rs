@@ -10,15 +10,15 @@ use tonic::Code;
 
 use crate::support::{Server, run};
 
+pub use crate::event_log::{
+    a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
+    cancelling_clients_never_loosen_the_backlog_bound,
+};
 pub use crate::kill::{
     acknowledged_batches_survive_sigkill_exactly_once,
     acknowledged_batches_survive_sigkill_in_a_group_commit,
     acknowledged_batches_survive_sigkill_while_outputs_commit,
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
-};
-pub use crate::event_log::{
-    a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
-    cancelling_clients_never_loosen_the_backlog_bound,
 };
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 
@@ -309,6 +309,67 @@ pub async fn import_then_export_reproduces_the_fixture_byte_for_byte(db: &TestDb
         FIXTURE,
         "the failed import stored nothing"
     );
+}
+
+/// `events export` only reads: no migrations, no write probe, so it works
+/// on a database it cannot write. SQLite: the file made immutable
+/// (`chattr +i`, which binds root too). PostgreSQL: a role that may only
+/// read, whose transactions are read-only, as on a hot standby. Before, the
+/// export migrated and probed writability first, and failed on both.
+pub async fn export_only_reads(db: &TestDb) {
+    let (ok, _, stderr) = run(db, &["events", "import", "-"], Some(FIXTURE.as_bytes()));
+    assert!(ok.success(), "{stderr}");
+    let (ok, stdout, stderr) = match db.postgres_schema() {
+        None => {
+            let path = db.url().to_owned();
+            let Some(_frozen) = Immutable::new(&path) else {
+                eprintln!("skipped: chattr +i is not supported here");
+                return;
+            };
+            run(db, &["events", "export"], None)
+        }
+        Some(schema) => {
+            let role = format!("reader_{}", rand::random::<u32>());
+            db.execute_raw(&format!(
+                "CREATE ROLE {role} LOGIN; \
+                 GRANT USAGE ON SCHEMA {schema} TO {role}; \
+                 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+                 ALTER ROLE {role} SET default_transaction_read_only = on;"
+            ))
+            .await
+            .unwrap();
+            let url = db.url().replacen("://postgres@", &format!("://{role}@"), 1);
+            assert_ne!(url, db.url(), "the test URL names the postgres user");
+            let result = crate::support::run_url(&url, &["events", "export"], None);
+            db.execute_raw(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+                .await
+                .unwrap();
+            result
+        }
+    };
+    assert!(ok.success(), "{stderr}");
+    assert_eq!(String::from_utf8(stdout).unwrap(), FIXTURE);
+}
+
+/// A file made immutable (`chattr +i`) for as long as this lives.
+struct Immutable(String);
+
+impl Immutable {
+    fn new(path: &str) -> Option<Self> {
+        let done = std::process::Command::new("chattr")
+            .args(["+i", path])
+            .status()
+            .is_ok_and(|s| s.success());
+        done.then(|| Self(path.to_owned()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-i", &self.0])
+            .status();
+    }
 }
 
 pub async fn metrics_pass_promtool(db: &TestDb) {

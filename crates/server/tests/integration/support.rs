@@ -163,10 +163,19 @@ pub fn run(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> (std::process::ExitStatus, Vec<u8>, String) {
+    run_url(db.url(), args, stdin)
+}
+
+/// [`run`] on the database at `url`.
+pub fn run_url(
+    url: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (std::process::ExitStatus, Vec<u8>, String) {
     use std::io::Write as _;
     let mut child = Command::new(binary())
         .env_clear()
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", url)
         .env("RUST_LOG", "warn")
         .args(args)
         .stdin(Stdio::piped())
