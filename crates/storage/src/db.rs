@@ -41,6 +41,29 @@ pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
+/// Whether the SQLite database takes writes: a table created and rolled
+/// back, the write lock tried without waiting (a held lock means someone is
+/// writing, so the file is writable). Leaves the connection as it found it.
+async fn sqlite_write_probe(
+    mut c: PooledConnection<'static, SqliteConn>,
+) -> Result<bool, StorageError> {
+    c.batch_execute("PRAGMA busy_timeout = 0").await?;
+    let probe = c
+        .batch_execute("BEGIN IMMEDIATE; CREATE TABLE orderflow_write_probe (x INTEGER); ROLLBACK;")
+        .await;
+    // Whatever happened, leave no transaction open and restore the timeout
+    // before the connection goes back to the pool.
+    if probe.is_err() {
+        let _rolled_back = c.batch_execute("ROLLBACK").await;
+    }
+    c.batch_execute(SQLITE_PRAGMAS).await?;
+    match probe.map_err(StorageError::from) {
+        Ok(()) | Err(StorageError::Unavailable(_)) => Ok(true),
+        Err(StorageError::Misconfigured(_)) => Ok(false),
+        Err(other) => Err(other),
+    }
+}
+
 /// The read-only session: waits for a writer's lock like the others, and
 /// refuses any statement that would write.
 const SQLITE_READ_ONLY_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;";
@@ -410,34 +433,23 @@ impl Database {
     /// table created and rolled back (the schema page is written to the
     /// transaction only); the write lock is tried without waiting, and a
     /// held lock means someone is writing, so the file is writable.
+    ///
+    /// The SQLite probe changes the connection's session (its busy timeout,
+    /// a transaction) and puts it back, so it runs on a task of its own that
+    /// owns the connection, as writes do: a caller that gives up (the
+    /// health monitor's timeout) cannot return it to the pool half-way.
     async fn check_writable(&self) -> Result<(), StorageError> {
-        let mut conn = self.acquire().await?;
-        let writable = match &mut conn {
-            Conn::Postgres(c) => {
+        let conn = self.acquire().await?;
+        let writable = match conn {
+            Conn::Postgres(mut c) => {
                 let query = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
                     "NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
                 ));
-                query.get_result::<bool>(&mut **c).await?
+                query.get_result::<bool>(&mut *c).await?
             }
-            Conn::Sqlite(c) => {
-                c.batch_execute("PRAGMA busy_timeout = 0").await?;
-                let probe = c
-                    .batch_execute(
-                        "BEGIN IMMEDIATE; CREATE TABLE orderflow_write_probe (x INTEGER); ROLLBACK;",
-                    )
-                    .await;
-                // Whatever happened, leave no transaction open and restore
-                // the timeout before the connection goes back to the pool.
-                if probe.is_err() {
-                    let _rolled_back = c.batch_execute("ROLLBACK").await;
-                }
-                c.batch_execute(SQLITE_PRAGMAS).await?;
-                match probe.map_err(StorageError::from) {
-                    Ok(()) | Err(StorageError::Unavailable(_)) => true,
-                    Err(StorageError::Misconfigured(_)) => false,
-                    Err(other) => return Err(other),
-                }
-            }
+            Conn::Sqlite(c) => tokio::spawn(sqlite_write_probe(c))
+                .await
+                .map_err(|e| StorageError::Internal(format!("the write probe failed: {e}")))??,
         };
         if writable {
             Ok(())
@@ -779,3 +791,6 @@ where
         // round trip to every query.
         .test_on_check_out(false)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! The health ping against cancellation: whatever moment its caller gives
+//! up at (the monitor's timeout), the SQLite connection it used goes back to
+//! the pool as it came: outside any transaction, with its busy timeout.
+
+use std::time::Duration;
+
+use diesel_async::SimpleAsyncConnection as _;
+
+use super::{Conn, Database};
+use crate::config::StoreConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_ping_returns_its_connection_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ping.db").display().to_string();
+    let config = StoreConfig::new(path);
+    let pool = config.max_connections as usize;
+    let db = Database::connect(config).await.unwrap();
+    for _ in 0..pool {
+        db.ping().await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        db.ping().await.unwrap();
+    }
+    let whole = u64::try_from(started.elapsed().as_micros() / 20)
+        .unwrap()
+        .max(20);
+    let mut cancelled = 0;
+    for i in 0..1_000u64 {
+        // Cut off anywhere from before its first statement to after its last.
+        let cut = Duration::from_micros((i * 7919) % (whole * 2));
+        if tokio::time::timeout(cut, db.ping()).await.is_err() {
+            cancelled += 1;
+        }
+    }
+    eprintln!("{cancelled} of 1000 pings cancelled; a whole ping took {whole} us");
+    // Give a probe still running on its own (if any) time to finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held = Vec::new();
+    for _ in 0..pool {
+        let mut conn = db.acquire().await.unwrap();
+        let Conn::Sqlite(c) = &mut conn else {
+            unreachable!("a SQLite pool")
+        };
+        // Inside a transaction left open, BEGIN fails.
+        c.batch_execute("BEGIN; ROLLBACK;")
+            .await
+            .expect("the connection came back inside a transaction");
+        let timeout: Vec<BusyTimeout> =
+            diesel_async::RunQueryDsl::load(diesel::sql_query("PRAGMA busy_timeout"), &mut **c)
+                .await
+                .unwrap();
+        assert_eq!(
+            timeout.first().map(|t| t.timeout),
+            Some(5_000),
+            "the connection came back with the probe's busy timeout"
+        );
+        held.push(conn);
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct BusyTimeout {
+    #[diesel(sql_type = diesel::sql_types::Integer, column_name = "timeout")]
+    timeout: i32,
+}
