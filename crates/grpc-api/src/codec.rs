@@ -66,12 +66,7 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
 /// and never quotes the bytes, so it is kept.
 fn blame_client(status: Status) -> Status {
     if status.code() == Code::Internal {
-        crate::status::error(
-            Code::InvalidArgument,
-            crate::status::Reason::MalformedRequest,
-            status.message(),
-        )
-        .status()
+        crate::status::error(crate::status::Reason::MalformedRequest, status.message()).status()
     } else {
         status
     }

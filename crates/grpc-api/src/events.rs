@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
 use crate::convert;
@@ -64,7 +64,6 @@ impl EventApi {
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
         self.log.as_ref().ok_or_else(|| {
             status::error(
-                Code::Unimplemented,
                 Reason::AcknowledgedIngestDisabled,
                 "acknowledged ingest is not configured",
             )
@@ -79,7 +78,6 @@ async fn next_message<T>(stream: &mut Streaming<T>, idle: Duration) -> Result<Op
     match tokio::time::timeout(idle, stream.message()).await {
         Ok(message) => message.map_err(crate::layers::stream_error),
         Err(_) => Err(status::error(
-            Code::DeadlineExceeded,
             Reason::StreamIdle,
             format!("no message for {idle:?}; the server closed the idle stream"),
         )
@@ -144,14 +142,12 @@ impl EventService for EventApi {
             match self.ingest.submit(event).await.map_err(status::ingest)? {
                 Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
                 Admission::Dropped => Err(status::error(
-                    Code::ResourceExhausted,
                     Reason::EventDropped,
                     "event queue full: the event was dropped",
                 )
                 .retry_after(status::RETRY_OVERLOADED)
                 .status()),
                 Admission::DeadLettered => Err(status::error(
-                    Code::ResourceExhausted,
                     Reason::EventDeadLettered,
                     "event queue full: the event goes to the dead-letter store",
                 )

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::status::{self, Reason};
 
@@ -94,7 +94,6 @@ where
                 .map(|v| v.as_bytes());
             if !presented.is_some_and(|p| constant_time_eq(p, expected)) {
                 let status = status::error(
-                    Code::Unauthenticated,
                     Reason::Unauthenticated,
                     "missing or wrong bearer token (metadata `authorization: Bearer <token>`)",
                 )
@@ -159,13 +158,9 @@ where
             };
             match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result,
-                Err(_) => Ok(status::error(
-                    Code::DeadlineExceeded,
-                    Reason::DeadlineExceeded,
-                    "deadline exceeded",
-                )
-                .status()
-                .into_http()),
+                Err(_) => Ok(status::error(Reason::DeadlineExceeded, "deadline exceeded")
+                    .status()
+                    .into_http()),
             }
         })
     }
@@ -248,12 +243,12 @@ where
 
 /// RESOURCE_EXHAUSTED for an oversized message, keeping tonic's words.
 fn too_large(message: &str) -> Status {
-    status::error(Code::ResourceExhausted, Reason::MessageTooLarge, message).status()
+    status::error(Reason::MessageTooLarge, message).status()
 }
 
 /// INVALID_ARGUMENT for a body that did not decode, keeping tonic's words.
 fn malformed(message: &str) -> Status {
-    status::error(Code::InvalidArgument, Reason::MalformedRequest, message).status()
+    status::error(Reason::MalformedRequest, message).status()
 }
 
 /// Maps a request stream's read error: an oversized message is
@@ -361,7 +356,6 @@ where
             Err(_) => {
                 metrics::counter!("orderflow_grpc_shed_total").increment(1);
                 let status = status::error(
-                    Code::ResourceExhausted,
                     Reason::Overloaded,
                     format!("server at its limit of {what}; retry with backoff"),
                 )
@@ -478,7 +472,6 @@ where
             .sum();
         if bytes > self.max_bytes {
             let status = status::error(
-                Code::ResourceExhausted,
                 Reason::MetadataTooLarge,
                 format!(
                     "request metadata is {bytes} bytes in {} entries, at most {} bytes are allowed",

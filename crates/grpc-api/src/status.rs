@@ -50,10 +50,12 @@ pub struct Rich {
     retry: Option<Duration>,
 }
 
-/// A status with `code`, `message` and an `ErrorInfo` naming `reason`.
-pub fn error(code: Code, reason: Reason, message: impl Into<String>) -> Rich {
+/// A status with `message` and an `ErrorInfo` naming `reason`; its code is
+/// the reason's ([`Reason::code`]), so a reason always travels with the same
+/// code.
+pub fn error(reason: Reason, message: impl Into<String>) -> Rich {
     Rich {
-        code,
+        code: reason.code(),
         message: message.into(),
         reason,
         metadata: HashMap::new(),
@@ -105,14 +107,10 @@ impl From<Rich> for Status {
 /// field in `BadRequest`.
 pub fn invalid_field(field: &str, reason: impl std::fmt::Display) -> Status {
     let reason = reason.to_string();
-    error(
-        Code::InvalidArgument,
-        Reason::InvalidField,
-        format!("invalid {field}: {reason}"),
-    )
-    .meta("field", field)
-    .field(field, reason)
-    .status()
+    error(Reason::InvalidField, format!("invalid {field}: {reason}"))
+        .meta("field", field)
+        .field(field, reason)
+        .status()
 }
 
 /// `status` with another message, keeping its code and details.
@@ -124,40 +122,28 @@ pub fn with_message(status: &Status, message: String) -> Status {
 pub fn domain(error: DomainError) -> Status {
     let message = error.to_string();
     match error {
-        DomainError::InvalidField { field, reason } => {
-            self::error(Code::InvalidArgument, Reason::InvalidField, message)
-                .meta("field", &field)
-                .field(field, reason)
+        DomainError::InvalidField { field, reason } => self::error(Reason::InvalidField, message)
+            .meta("field", &field)
+            .field(field, reason),
+        DomainError::MultiplePrimaryWarehouses { product, count } => {
+            self::error(Reason::MultiplePrimaryWarehouses, message.clone())
+                .meta("product_id", &product)
+                .meta("count", count)
+                .field("warehouses", message)
         }
-        DomainError::MultiplePrimaryWarehouses { product, count } => self::error(
-            Code::InvalidArgument,
-            Reason::MultiplePrimaryWarehouses,
-            message.clone(),
-        )
-        .meta("product_id", &product)
-        .meta("count", count)
-        .field("warehouses", message),
-        DomainError::MalformedEvent(_) => {
-            self::error(Code::InvalidArgument, Reason::MalformedRequest, message)
-        }
+        DomainError::MalformedEvent(_) => self::error(Reason::MalformedRequest, message),
         DomainError::IllegalTransition { from, to } => {
             // The wire enum's names, as a client's generated code knows them.
-            self::error(Code::FailedPrecondition, Reason::IllegalTransition, message)
+            self::error(Reason::IllegalTransition, message)
                 .meta("from", crate::convert::wire_status(from).as_str_name())
                 .meta("to", crate::convert::wire_status(to).as_str_name())
         }
-        DomainError::NoPrimaryWarehouse(product) => self::error(
-            Code::FailedPrecondition,
-            Reason::NoPrimaryWarehouse,
-            message,
-        )
-        .meta("product_id", product),
-        DomainError::IdempotencyKeyReused(key) => self::error(
-            Code::FailedPrecondition,
-            Reason::IdempotencyKeyReused,
-            message,
-        )
-        .meta("idempotency_key", key.as_str()),
+        DomainError::NoPrimaryWarehouse(product) => {
+            self::error(Reason::NoPrimaryWarehouse, message).meta("product_id", product)
+        }
+        DomainError::IdempotencyKeyReused(key) => {
+            self::error(Reason::IdempotencyKeyReused, message).meta("idempotency_key", key.as_str())
+        }
     }
     .status()
 }
@@ -166,21 +152,19 @@ pub fn domain(error: DomainError) -> Status {
 pub fn storage(error: StorageError) -> Status {
     let message = error.to_string();
     match error {
-        StorageError::NotFound { entity, id } => {
-            self::error(Code::NotFound, Reason::NotFound, message)
-                .meta("entity", entity)
-                .meta("id", id)
-        }
+        StorageError::NotFound { entity, id } => self::error(Reason::NotFound, message)
+            .meta("entity", entity)
+            .meta("id", id),
         StorageError::Conflict(Conflict::StaleVersion {
             id,
             expected,
             actual,
-        }) => self::error(Code::Aborted, Reason::StaleVersion, message)
+        }) => self::error(Reason::StaleVersion, message)
             .meta("order_id", id)
             .meta("expected_version", expected)
             .meta("actual_version", actual),
         StorageError::Conflict(Conflict::Duplicate(what)) => {
-            let rich = self::error(Code::AlreadyExists, Reason::DuplicateKey, message);
+            let rich = self::error(Reason::DuplicateKey, message);
             // The store's messages for the keys a client can collide with
             // start with the field (`sku: ...`).
             match what.split_once(':') {
@@ -188,7 +172,7 @@ pub fn storage(error: StorageError) -> Status {
                 None => rich,
             }
         }
-        StorageError::Invalid(_) => self::error(Code::InvalidArgument, Reason::RuleBroken, message),
+        StorageError::Invalid(_) => self::error(Reason::RuleBroken, message),
         StorageError::Domain(inner) => return domain(inner),
         StorageError::Unavailable(_) => {
             tracing::warn!(%error, "database unavailable");
@@ -204,7 +188,6 @@ pub fn storage(error: StorageError) -> Status {
         StorageError::OutcomeUnknown(_) => {
             tracing::warn!(%error, "write outcome unknown");
             self::error(
-                Code::Unknown,
                 Reason::OutcomeUnknown,
                 "the database did not confirm the write in time; it may have been applied \
                  (read before retrying, or retry with the same idempotency_key)",
@@ -217,7 +200,6 @@ pub fn storage(error: StorageError) -> Status {
 
 fn unavailable() -> Rich {
     error(
-        Code::Unavailable,
         Reason::DatabaseUnavailable,
         "database unavailable, retry later",
     )
@@ -226,7 +208,7 @@ fn unavailable() -> Rich {
 
 /// UNAVAILABLE for a server that is shutting down.
 pub fn shutting_down(message: impl Into<String>) -> Status {
-    error(Code::Unavailable, Reason::ShuttingDown, message)
+    error(Reason::ShuttingDown, message)
         .retry_after(RETRY_OVERLOADED)
         .status()
 }
@@ -241,26 +223,19 @@ pub fn ingest(error: IngestError) -> Status {
 /// The status for an acknowledged batch that was not acknowledged.
 pub fn log(error: LogError) -> Status {
     match error {
-        LogError::Full(_) => self::error(
-            Code::ResourceExhausted,
-            Reason::EventLogFull,
-            error.to_string(),
-        )
-        .retry_after(RETRY_UNAVAILABLE)
-        .status(),
-        LogError::SequenceGap { expected, .. } => self::error(
-            Code::FailedPrecondition,
-            Reason::SequenceGap,
-            error.to_string(),
-        )
-        .meta("expected_sequence", expected)
-        .status(),
+        LogError::Full(_) => self::error(Reason::EventLogFull, error.to_string())
+            .retry_after(RETRY_UNAVAILABLE)
+            .status(),
+        LogError::SequenceGap { expected, .. } => {
+            self::error(Reason::SequenceGap, error.to_string())
+                .meta("expected_sequence", expected)
+                .status()
+        }
         LogError::ShuttingDown => shutting_down(error.to_string()),
         LogError::Log(sink) => match sink.kind {
             SinkErrorKind::Unavailable => {
                 tracing::warn!(error = %sink, "event log unavailable");
                 self::error(
-                    Code::Unavailable,
                     Reason::EventLogUnavailable,
                     "event log unavailable, retry the batch with the same sequence",
                 )
@@ -270,7 +245,6 @@ pub fn log(error: LogError) -> Status {
             SinkErrorKind::OutcomeUnknown => {
                 tracing::warn!(error = %sink, "event log append outcome unknown");
                 self::error(
-                    Code::Unknown,
                     Reason::OutcomeUnknown,
                     "the event log did not confirm the append in time; retry the batch with the \
                      same producer_id and sequence (a durable one answers duplicate)",
@@ -290,5 +264,5 @@ pub fn internal(error: &dyn std::fmt::Display) -> Status {
 
 /// INTERNAL with the generic message, for a fault already logged (or a panic).
 pub fn internal_status() -> Status {
-    self::error(Code::Internal, Reason::Internal, "internal error").status()
+    self::error(Reason::Internal, "internal error").status()
 }

@@ -14,7 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 pub const DOMAIN: &str = "orderflow.v1";
 
 macro_rules! reasons {
-    ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal,)+) => {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal => $code:ident,)+) => {
         /// `ErrorInfo.reason`: the stable, upper-snake name of what went wrong.
         ///
         /// New reasons may be added; an existing one is never renamed.
@@ -36,6 +36,15 @@ macro_rules! reasons {
                 }
             }
 
+            /// The gRPC code every status with this reason carries: the one
+            /// map from reason to code, total by construction.
+            #[must_use]
+            pub const fn code(self) -> tonic::Code {
+                match self {
+                    $(Reason::$variant => tonic::Code::$code,)+
+                }
+            }
+
             /// The reason named `name`, if this version of the crate knows it.
             #[must_use]
             pub fn from_name(name: &str) -> Option<Self> {
@@ -51,83 +60,83 @@ macro_rules! reasons {
 reasons! {
     /// INVALID_ARGUMENT: a request field breaks its rule; `BadRequest` and
     /// metadata `field` name it (`lines[2].quantity`, `events[0].attributes`).
-    InvalidField = "INVALID_FIELD",
+    InvalidField = "INVALID_FIELD" => InvalidArgument,
     /// INVALID_ARGUMENT: the request body is not a valid protobuf message
     /// of the method's type (or a string in it is not UTF-8).
-    MalformedRequest = "MALFORMED_REQUEST",
+    MalformedRequest = "MALFORMED_REQUEST" => InvalidArgument,
     /// INVALID_ARGUMENT: a product names more than one primary warehouse.
-    MultiplePrimaryWarehouses = "MULTIPLE_PRIMARY_WAREHOUSES",
+    MultiplePrimaryWarehouses = "MULTIPLE_PRIMARY_WAREHOUSES" => InvalidArgument,
     /// INVALID_ARGUMENT: a value breaks a rule of the order store that the
     /// request's types do not express.
-    RuleBroken = "RULE_BROKEN",
+    RuleBroken = "RULE_BROKEN" => InvalidArgument,
     /// NOT_FOUND: metadata `entity` (`order`, `product`) and `id`.
-    NotFound = "NOT_FOUND",
+    NotFound = "NOT_FOUND" => NotFound,
     /// ALREADY_EXISTS: a unique key is taken; metadata `key` names it.
-    DuplicateKey = "DUPLICATE_KEY",
+    DuplicateKey = "DUPLICATE_KEY" => AlreadyExists,
     /// ABORTED: the order changed since the version the request was based
     /// on; metadata `order_id`, `expected_version`, `actual_version`. Re-read
     /// and retry.
-    StaleVersion = "STALE_VERSION",
+    StaleVersion = "STALE_VERSION" => Aborted,
     /// FAILED_PRECONDITION: the order's status cannot move to the one asked
     /// for; metadata `from` and `to`.
-    IllegalTransition = "ILLEGAL_TRANSITION",
+    IllegalTransition = "ILLEGAL_TRANSITION" => FailedPrecondition,
     /// FAILED_PRECONDITION: the product has no primary warehouse; metadata
     /// `product_id`.
-    NoPrimaryWarehouse = "NO_PRIMARY_WAREHOUSE",
+    NoPrimaryWarehouse = "NO_PRIMARY_WAREHOUSE" => FailedPrecondition,
     /// FAILED_PRECONDITION: the idempotency key already created a different
     /// order; metadata `idempotency_key`.
-    IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED",
+    IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED" => FailedPrecondition,
     /// UNAVAILABLE, with `RetryInfo`: the database cannot be reached or
     /// refuses writes; nothing was applied.
-    DatabaseUnavailable = "DATABASE_UNAVAILABLE",
+    DatabaseUnavailable = "DATABASE_UNAVAILABLE" => Unavailable,
     /// UNKNOWN: a write was sent but not confirmed; it may have been
     /// applied. Read before retrying, or retry with the same idempotency key
     /// (or the same batch sequence).
-    OutcomeUnknown = "OUTCOME_UNKNOWN",
+    OutcomeUnknown = "OUTCOME_UNKNOWN" => Unknown,
     /// UNAVAILABLE, with `RetryInfo`: the server is shutting down; retry
     /// (another replica answers).
-    ShuttingDown = "SHUTTING_DOWN",
+    ShuttingDown = "SHUTTING_DOWN" => Unavailable,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the server is at its limit of
     /// concurrent requests or open streams; metadata `limit`.
-    Overloaded = "OVERLOADED",
+    Overloaded = "OVERLOADED" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED: the request (or one message of a stream) is
     /// larger than the server accepts. Retrying the same request cannot
     /// help, so there is no `RetryInfo`.
-    MessageTooLarge = "MESSAGE_TOO_LARGE",
+    MessageTooLarge = "MESSAGE_TOO_LARGE" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED: the request's metadata is larger than the server
     /// accepts; no `RetryInfo`.
-    MetadataTooLarge = "METADATA_TOO_LARGE",
+    MetadataTooLarge = "METADATA_TOO_LARGE" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
     /// the event was dropped (overflow policy `drop_newest`).
-    EventDropped = "EVENT_DROPPED",
+    EventDropped = "EVENT_DROPPED" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
     /// the event went to the dead-letter store (overflow policy
     /// `dead_letter`).
-    EventDeadLettered = "EVENT_DEAD_LETTERED",
+    EventDeadLettered = "EVENT_DEAD_LETTERED" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the acknowledged-ingest backlog
     /// stayed full for the whole wait; retry the batch with the same
     /// sequence.
-    EventLogFull = "EVENT_LOG_FULL",
+    EventLogFull = "EVENT_LOG_FULL" => ResourceExhausted,
     /// UNAVAILABLE, with `RetryInfo`: the event log cannot take the batch
     /// now; retry it with the same sequence.
-    EventLogUnavailable = "EVENT_LOG_UNAVAILABLE",
+    EventLogUnavailable = "EVENT_LOG_UNAVAILABLE" => Unavailable,
     /// FAILED_PRECONDITION: the batch's `sequence` skips ahead of its
     /// producer's last durable one + 1; nothing was stored. Metadata
     /// `expected_sequence`: resend from that sequence, in order.
-    SequenceGap = "SEQUENCE_GAP",
+    SequenceGap = "SEQUENCE_GAP" => FailedPrecondition,
     /// UNIMPLEMENTED: this server runs without acknowledged ingest.
-    AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED",
+    AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED" => Unimplemented,
     /// UNAUTHENTICATED: the `authorization: Bearer <token>` metadata is
     /// missing or wrong.
-    Unauthenticated = "UNAUTHENTICATED",
+    Unauthenticated = "UNAUTHENTICATED" => Unauthenticated,
     /// DEADLINE_EXCEEDED: the request's `grpc-timeout` ran out in the server.
-    DeadlineExceeded = "DEADLINE_EXCEEDED",
+    DeadlineExceeded = "DEADLINE_EXCEEDED" => DeadlineExceeded,
     /// DEADLINE_EXCEEDED: a client stream sent nothing for the server's
     /// stream idle timeout; metadata `idle_timeout`.
-    StreamIdle = "STREAM_IDLE",
+    StreamIdle = "STREAM_IDLE" => DeadlineExceeded,
     /// INTERNAL: a fault in the server (a bug, corrupt data, a panic); the
     /// detail is in the server's log, never in the answer.
-    Internal = "INTERNAL",
+    Internal = "INTERNAL" => Internal,
 }
 
 impl std::fmt::Display for Reason {
@@ -171,6 +180,14 @@ pub fn details(status: &Status) -> ErrorDetails {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_reason_says_its_code_as_its_doc_does() {
+        // The doc of each reason opens with its code (README's table too).
+        assert_eq!(Reason::SequenceGap.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(Reason::EventLogFull.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(Reason::OutcomeUnknown.code(), tonic::Code::Unknown);
+    }
 
     #[test]
     fn names_round_trip_and_are_upper_snake() {
