@@ -170,6 +170,13 @@ pub struct Settings {
     /// replaced after this). Applies when the consumer is created.
     #[arg(long, env = "ORDERFLOW_NATS_ACK_WAIT", default_value = "10s", value_parser = duration)]
     pub nats_ack_wait: Duration,
+    /// How long JetStream remembers a batch's `Nats-Msg-Id` to answer a
+    /// retry as a duplicate by itself. Retries after it are still answered
+    /// duplicate (the producers' records in the database decide), so this
+    /// only trades memory in NATS for round trips. Applies when the stream
+    /// is created.
+    #[arg(long, env = "ORDERFLOW_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = duration)]
+    pub nats_duplicate_window: Duration,
     /// How this replica writes batches to the stream: `json` (every
     /// release reads it) or `binary` (a third of the bytes; set it once
     /// every replica reads it). Each replica reads both.

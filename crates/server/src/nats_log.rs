@@ -38,6 +38,7 @@ use std::time::Duration;
 use crate::sinks::Output;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
+use domain::SequenceVerdict;
 use domain::{DeadLetter, Event};
 use jetstream::message::PublishMessage;
 use storage::{Database, LogCommit};
@@ -99,7 +100,7 @@ pub struct NatsLog {
     stream: String,
     db: Database,
     /// Pulled and not yet acknowledged, by stream sequence.
-    pending: Mutex<BTreeMap<i64, jetstream::Message>>,
+    pending: Mutex<BTreeMap<i64, Pulled>>,
     /// The client, for its connection state (health).
     client: async_nats::Client,
     output: Output,
@@ -169,11 +170,21 @@ impl NatsLog {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, jetstream::Message>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Pulled>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A pulled message, and the (producer, sequence) its id names.
+type Pulled = (jetstream::Message, Option<(String, u64)>);
+
+/// The (producer, sequence) a message's `Nats-Msg-Id` names, if any.
+fn producer_of(message: &async_nats::Message) -> Option<(String, u64)> {
+    let id = message.headers.as_ref()?.get("Nats-Msg-Id")?.as_str();
+    let (producer, sequence) = id.rsplit_once('/')?;
+    Some((producer.to_owned(), sequence.parse().ok()?))
 }
 
 /// A batch as a message, in `format`.
@@ -221,24 +232,59 @@ impl EventLog for NatsLog {
         if !self.is_connected() {
             return Err(unavailable("NATS is unreachable", "reconnecting"));
         }
-        // Publish all, then await the acks: JetStream stores them in order
-        // and answers each.
+        // The producers' records decide, before anything is published,
+        // what is a duplicate (committed already, however long ago) and
+        // what skips ahead (a gap); the stream's duplicate window only
+        // catches retries of batches published and not yet consumed.
+        let mut producers: Vec<String> = batches
+            .iter()
+            .filter_map(|b| b.producer.as_ref().map(|(p, _)| p.clone()))
+            .collect();
+        producers.sort_unstable();
+        producers.dedup();
+        let mut records = if producers.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            self.db
+                .producer_records(&producers)
+                .await
+                .map_err(crate::sinks::sink_error)?
+        };
+        let mut outcomes: Vec<Option<Appended>> = Vec::with_capacity(batches.len());
         let mut acks = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut message = message(&batch.events, self.format)?;
             if let Some((producer, sequence)) = &batch.producer {
+                let record = records.entry(producer.clone()).or_default();
+                match record.verdict(*sequence) {
+                    SequenceVerdict::Duplicate => {
+                        outcomes.push(Some(Appended::Duplicate));
+                        continue;
+                    }
+                    SequenceVerdict::Gap { expected } => {
+                        outcomes.push(Some(Appended::Gap { expected }));
+                        continue;
+                    }
+                    SequenceVerdict::Store => {}
+                }
+                // The next batch of this group is checked against this one.
+                record.appended = record.appended.max(Some(*sequence));
                 message = message.message_id(format!("{producer}/{sequence}"));
             }
+            // Publish all, then await the acks: JetStream stores them in
+            // order and answers each.
             let ack = self
                 .context
                 .send_publish(self.subject.clone(), message)
                 .await
                 .map_err(|e| unavailable("publishing to JetStream failed", e))?;
             // (A full stream answers in the ack below.)
-            acks.push(ack);
+            acks.push((batch.producer.clone(), ack));
+            outcomes.push(None);
         }
-        let mut outcomes = Vec::with_capacity(acks.len());
-        for ack in acks {
+        let mut published = Vec::new();
+        let mut answered = Vec::with_capacity(acks.len());
+        for (producer, ack) in acks {
             let ack = ack.await.map_err(|e| {
                 let text = e.to_string();
                 if text.contains("maximum messages") || text.contains("maximum bytes") {
@@ -253,7 +299,9 @@ impl EventLog for NatsLog {
                     }
                 }
             })?;
-            outcomes.push(if ack.duplicate {
+            // In the stream either way (a duplicate: from an earlier try).
+            published.extend(producer);
+            answered.push(if ack.duplicate {
                 Appended::Duplicate
             } else {
                 Appended::New {
@@ -261,7 +309,25 @@ impl EventLog for NatsLog {
                 }
             });
         }
-        Ok(outcomes)
+        if !published.is_empty()
+            && let Err(error) = self.db.note_appended(&published).await
+        {
+            // The next batch of such a producer may be refused as a gap
+            // until a retry of this one (a duplicate) records it again.
+            tracing::warn!(%error, "could not record the producers' published sequences");
+        }
+        let mut answered = answered.into_iter();
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome
+                    .or_else(|| answered.next())
+                    .ok_or_else(|| SinkError {
+                        message: "JetStream answered fewer publishes than were sent".to_owned(),
+                        kind: SinkErrorKind::OutcomeUnknown,
+                    })
+            })
+            .collect()
     }
 
     async fn read(&self, _after: i64, limit: u32) -> Result<Vec<LogRecord>, SinkError> {
@@ -291,8 +357,23 @@ impl EventLog for NatsLog {
             .applied_sequences(&self.stream, &sequences)
             .await
             .map_err(crate::sinks::sink_error)?;
+        let batches: Vec<(String, u64)> =
+            fetched.iter().filter_map(|(_, m)| producer_of(m)).collect();
+        let committed = if batches.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            self.db
+                .applied_batches(&batches)
+                .await
+                .map_err(crate::sinks::sink_error)?
+        };
         let mut records = Vec::with_capacity(fetched.len());
         let mut pending = Vec::with_capacity(fetched.len());
+        let mut taken: std::collections::HashSet<(String, u64)> = self
+            .pending()
+            .values()
+            .filter_map(|(_, producer)| producer.clone())
+            .collect();
         for (sequence, message) in fetched {
             if applied.contains(&sequence) {
                 // Committed before (its ack was lost): acknowledge, skip.
@@ -300,6 +381,20 @@ impl EventLog for NatsLog {
                     tracing::debug!(%error, sequence, "could not acknowledge an applied message");
                 }
                 continue;
+            }
+            let producer = producer_of(&message);
+            if let Some((id, number)) = &producer {
+                // A copy published again after the duplicate window: its
+                // batch is committed, or another copy is in hand here.
+                if committed.contains(&(id.clone(), *number))
+                    || !taken.insert((id.clone(), *number))
+                {
+                    tracing::info!(sequence, producer = %id, batch = number, "a batch published twice (after the duplicate window); skipping the copy");
+                    if let Err(error) = message.ack().await {
+                        tracing::debug!(%error, sequence, "could not acknowledge a duplicate message");
+                    }
+                    continue;
+                }
             }
             let events = match events(&message) {
                 Ok(events) => events,
@@ -312,7 +407,7 @@ impl EventLog for NatsLog {
                 }
             };
             records.push(LogRecord::new(sequence, events));
-            pending.push((sequence, message));
+            pending.push((sequence, (message, producer)));
         }
         self.pending().extend(pending);
         records.sort_by_key(|r| r.position);
@@ -328,24 +423,28 @@ impl EventLog for NatsLog {
         // hands over a damaged record), so there is none to keep aside.
         _damaged: &[(i64, String)],
     ) -> Result<(), SinkError> {
-        let taken: Vec<(i64, jetstream::Message)> = {
+        let taken: Vec<(i64, Pulled)> = {
             let mut pending = self.pending();
             let rest = pending.split_off(&(through.saturating_add(1)));
             let taken = std::mem::replace(&mut *pending, rest);
             taken.into_iter().collect()
         };
         let sequences: Vec<i64> = taken.iter().map(|(s, _)| *s).collect();
+        let producers: Vec<(String, u64)> = taken
+            .iter()
+            .filter_map(|(_, (_, producer))| producer.clone())
+            .collect();
         let events = match self.output {
             Output::Database => events,
             Output::Blackhole => &[],
         };
         let committed = self
             .db
-            .commit_applied(&self.stream, &sequences, events, letters)
+            .commit_applied(&self.stream, &sequences, &producers, events, letters)
             .await;
         match committed {
             Ok(LogCommit::Committed) => {
-                for (sequence, message) in taken {
+                for (sequence, (message, _)) in taken {
                     // A lost ack means a redelivery, which `read` filters.
                     if let Err(error) = message.ack().await {
                         tracing::debug!(%error, sequence, "could not acknowledge a committed message");
@@ -357,7 +456,7 @@ impl EventLog for NatsLog {
                 // Another replica committed some of these meanwhile:
                 // nothing was stored; let JetStream deliver them again, and
                 // `read` sorts the applied from the rest.
-                for (_, message) in taken {
+                for (_, (message, _)) in taken {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                 }
                 Ok(())

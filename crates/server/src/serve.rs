@@ -216,7 +216,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     url: settings.event_log.clone(),
                     stream: settings.nats_stream.clone(),
                     max_batches: settings.nats_max_batches,
-                    duplicate_window: Duration::from_secs(120),
+                    duplicate_window: *settings.nats_duplicate_window,
                     ack_wait: *settings.nats_ack_wait,
                     output: settings.event_sink,
                     format: settings.nats_log_format,

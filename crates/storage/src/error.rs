@@ -95,6 +95,13 @@ impl From<diesel::result::Error> for StorageError {
                     Kind::ClosedConnection | Kind::UnableToSendCommand => {
                         Self::Unavailable(info.message().to_owned())
                     }
+                    // PostgreSQL rolled the transaction back to resolve a
+                    // conflict with another: nothing was applied, and a
+                    // repeat succeeds.
+                    Kind::SerializationFailure => Self::Unavailable(info.message().to_owned()),
+                    _ if info.message().contains("deadlock detected") => {
+                        Self::Unavailable(info.message().to_owned())
+                    }
                     // SQLite reports a held write lock past busy_timeout as a
                     // plain error; it is load, not a bug.
                     _ if is_sqlite_busy(info.message()) => {

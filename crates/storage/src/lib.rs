@@ -30,7 +30,9 @@ pub use db::{Database, ORDER_CHANGES_CHANNEL, Written};
 pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
 pub use listen::{ListenerState, listen_for_order_changes};
-pub use log::{DamagedLogRow, LogAppend, LogCommit, LogDamage, LogEntry, NewLogBatch};
+pub use log::{
+    DamagedLogRow, LogAppend, LogCommit, LogDamage, LogEntry, NewLogBatch, ProducerRecord,
+};
 pub use orders::{
     Created, DEFAULT_PAGE_SIZE, FoundOrder, MAX_PAGE_SIZE, OrderForm, OrderPage, OrderRepository,
 };

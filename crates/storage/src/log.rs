@@ -32,7 +32,10 @@ use domain::{DeadLetter, Event, SequenceVerdict};
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
 use crate::events::{dead_letter_rows, event_rows};
-use crate::schema::{damaged_log_rows, event_log, log_applied, log_cursors, log_producers};
+use crate::schema::{
+    damaged_log_rows, event_log, log_applied, log_applied_batches, log_cursors, log_producers,
+    log_producers_appended,
+};
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
@@ -459,8 +462,152 @@ impl Database {
     }
 }
 
+/// A producer id and one of its sequences, as stored.
+type Sequenced = (String, i64);
+
+/// A producer's records on a shared log: what its outputs committed, and
+/// what was published to the stream (perhaps not consumed yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// The last sequence whose outputs are committed.
+    pub committed: Option<u64>,
+    /// The highest sequence published to the stream.
+    pub appended: Option<u64>,
+}
+
+impl ProducerRecord {
+    /// The verdict on `sequence`: at or below the committed one, a
+    /// duplicate (whatever the stream's duplicate window remembers); past
+    /// the highest known + 1, a gap; else store it.
+    pub fn verdict(&self, sequence: u64) -> SequenceVerdict {
+        if self.committed.is_some_and(|c| sequence <= c) {
+            return SequenceVerdict::Duplicate;
+        }
+        let known = self.committed.max(self.appended);
+        match SequenceVerdict::of(known, sequence) {
+            // Published, not yet consumed: the stream's window decides.
+            SequenceVerdict::Duplicate => SequenceVerdict::Store,
+            other => other,
+        }
+    }
+}
+
 /// A shared log's messages (NATS JetStream), recorded with their outputs.
 impl Database {
+    /// The records of `producers` (those the database does not know are
+    /// absent from the map).
+    pub async fn producer_records(
+        &self,
+        producers: &[String],
+    ) -> Result<std::collections::HashMap<String, ProducerRecord>, StorageError> {
+        let producers = producers.to_vec();
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let (committed, appended): (Vec<Sequenced>, Vec<Sequenced>) =
+                with_conn!(&mut conn, |c| {
+                    let committed = log_producers::table
+                        .filter(log_producers::producer_id.eq_any(&producers))
+                        .select((log_producers::producer_id, log_producers::last_sequence))
+                        .load(c)
+                        .await?;
+                    let appended = log_producers_appended::table
+                        .filter(log_producers_appended::producer_id.eq_any(&producers))
+                        .select((
+                            log_producers_appended::producer_id,
+                            log_producers_appended::appended_sequence,
+                        ))
+                        .load(c)
+                        .await?;
+                    Ok::<_, diesel::result::Error>((committed, appended))
+                })?;
+            let mut records = std::collections::HashMap::new();
+            for (id, last) in committed {
+                records
+                    .entry(id)
+                    .or_insert_with(ProducerRecord::default)
+                    .committed = u64::try_from(last).ok();
+            }
+            for (id, last) in appended {
+                records
+                    .entry(id)
+                    .or_insert_with(ProducerRecord::default)
+                    .appended = u64::try_from(last).ok();
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    /// Which of `batches` (producer, sequence) already have their outputs
+    /// committed (`log_applied_batches`).
+    pub async fn applied_batches(
+        &self,
+        batches: &[(String, u64)],
+    ) -> Result<std::collections::HashSet<(String, u64)>, StorageError> {
+        let producers: Vec<String> = batches.iter().map(|(p, _)| p.clone()).collect();
+        let sequences: Vec<i64> = batches
+            .iter()
+            .map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let wanted: std::collections::HashSet<(String, u64)> = batches.iter().cloned().collect();
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let found: Vec<(String, i64)> = with_conn!(&mut conn, |c| {
+                log_applied_batches::table
+                    .filter(log_applied_batches::producer_id.eq_any(&producers))
+                    .filter(log_applied_batches::sequence.eq_any(&sequences))
+                    .select((
+                        log_applied_batches::producer_id,
+                        log_applied_batches::sequence,
+                    ))
+                    .load(c)
+                    .await
+            })?;
+            Ok(found
+                .into_iter()
+                .filter_map(|(p, s)| Some((p, u64::try_from(s).ok()?)))
+                .filter(|pair| wanted.contains(pair))
+                .collect())
+        })
+        .await
+    }
+
+    /// Records that `published` (producer, sequence) are in the stream:
+    /// each producer's appended sequence only grows.
+    pub async fn note_appended(&self, published: &[(String, u64)]) -> Result<(), StorageError> {
+        let mut highest: std::collections::BTreeMap<String, i64> =
+            std::collections::BTreeMap::new();
+        for (producer, sequence) in published {
+            let sequence = i64::try_from(*sequence).unwrap_or(i64::MAX);
+            let entry = highest.entry(producer.clone()).or_insert(sequence);
+            *entry = (*entry).max(sequence);
+        }
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                for (producer, sequence) in &highest {
+                    diesel::insert_into(log_producers_appended::table)
+                        .values((
+                            log_producers_appended::producer_id.eq(producer),
+                            log_producers_appended::appended_sequence.eq(sequence),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                        .await?;
+                    diesel::update(
+                        log_producers_appended::table
+                            .filter(log_producers_appended::producer_id.eq(producer))
+                            .filter(log_producers_appended::appended_sequence.lt(sequence)),
+                    )
+                    .set(log_producers_appended::appended_sequence.eq(sequence))
+                    .execute(c)
+                    .await?;
+                }
+                Ok::<_, StorageError>(())
+            })
+        })
+        .await
+    }
+
     /// Which of `sequences` of `stream` already have their outputs committed
     /// (a redelivery after a crash, or a message another replica committed).
     pub async fn applied_sequences(
@@ -490,13 +637,29 @@ impl Database {
     /// (another replica committed it meanwhile) nothing is stored:
     /// [`LogCommit::AlreadyCommitted`], and the caller lets the messages be
     /// redelivered, to be filtered by [`Self::applied_sequences`].
+    ///
+    /// `producers` are the (producer, sequence) of those messages that have
+    /// a producer: each is recorded (`log_applied_batches`), so a batch
+    /// published twice (a retry after the stream's duplicate window) is
+    /// committed once, a second copy making the commit
+    /// [`LogCommit::AlreadyCommitted`]; and each producer's committed
+    /// sequence moves up to the highest (replicas commit a producer's
+    /// batches in any order).
     pub async fn commit_applied(
         &self,
         stream: &str,
         sequences: &[i64],
+        producers: &[(String, u64)],
         events: &[Event],
         letters: &[DeadLetter],
     ) -> Result<LogCommit, StorageError> {
+        // Sorted, so concurrent commits by several replicas take the
+        // producers' rows in one order (no deadlock).
+        let mut producers: Vec<(String, i64)> = producers
+            .iter()
+            .map(|(p, s)| (p.clone(), i64::try_from(*s).unwrap_or(i64::MAX)))
+            .collect();
+        producers.sort_unstable();
         let event_rows = event_rows(events)?;
         let letter_rows = dead_letter_rows(letters)?;
         let stream = stream.to_owned();
@@ -521,6 +684,41 @@ impl Database {
                                 "log_applied".to_owned(),
                             )));
                         }
+                    }
+                    for (producer, sequence) in &producers {
+                        let inserted = diesel::insert_into(log_applied_batches::table)
+                            .values((
+                                log_applied_batches::producer_id.eq(producer),
+                                log_applied_batches::sequence.eq(sequence),
+                                log_applied_batches::applied_at.eq(now),
+                            ))
+                            .on_conflict_do_nothing()
+                            .execute(c)
+                            .await?;
+                        if inserted == 0 {
+                            // Committed before: rolls the transaction back.
+                            return Err(StorageError::Conflict(crate::Conflict::Duplicate(
+                                "log_applied".to_owned(),
+                            )));
+                        }
+                        // Up to the highest only: the update re-checks the
+                        // row once another replica's commit releases it.
+                        diesel::insert_into(log_producers::table)
+                            .values((
+                                log_producers::producer_id.eq(producer),
+                                log_producers::last_sequence.eq(sequence),
+                            ))
+                            .on_conflict_do_nothing()
+                            .execute(c)
+                            .await?;
+                        diesel::update(
+                            log_producers::table
+                                .filter(log_producers::producer_id.eq(producer))
+                                .filter(log_producers::last_sequence.lt(sequence)),
+                        )
+                        .set(log_producers::last_sequence.eq(sequence))
+                        .execute(c)
+                        .await?;
                     }
                     for chunk in chunked(event_rows) {
                         c.insert_rows(chunk).await?;

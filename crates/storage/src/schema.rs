@@ -114,6 +114,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    log_producers_appended (producer_id) {
+        producer_id -> Text,
+        appended_sequence -> BigInt,
+    }
+}
+
+diesel::table! {
+    log_applied_batches (producer_id, sequence) {
+        producer_id -> Text,
+        sequence -> BigInt,
+        applied_at -> BigInt,
+    }
+}
+
+diesel::table! {
     damaged_log_rows (position) {
         position -> BigInt,
         producer_id -> Nullable<Text>,
@@ -144,4 +159,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     log_cursors,
     log_applied,
     damaged_log_rows,
+    log_producers_appended,
+    log_applied_batches,
 );

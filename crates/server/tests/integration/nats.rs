@@ -136,6 +136,18 @@ async fn three_replicas_share_the_jetstream_log_exactly_once_through_a_sigkill()
         if seen.len() as u64 == expected {
             break;
         }
+        if Instant::now() >= deadline {
+            for server in [&a, &b, &c] {
+                for line in server
+                    .logs()
+                    .iter()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(8)
+                {
+                    eprintln!("DEBUG {line}");
+                }
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "{} of {expected} events stored",
@@ -211,4 +223,107 @@ async fn nats_out_of_reach_answers_unavailable_and_not_serving_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(crate::support::stored_event_ids(&db).len(), expected);
+}
+
+/// Sequences on JetStream follow the same rules as on the database log,
+/// beyond the stream's duplicate window (1 s here): a retry of a batch whose
+/// outputs are committed is answered `duplicate` and stored nothing, one
+/// that skips ahead is SEQUENCE_GAP with the sequence expected, and a copy
+/// that reaches the stream anyway (published by hand with the batch's
+/// `Nats-Msg-Id` after the window) is not committed twice. Before, the
+/// retry after the window was stored a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_sequences_hold_beyond_the_duplicate_window() {
+    use orderflow_proto::proto::EventBatchAck;
+
+    let Some((db, stream)) = setup().await else {
+        return;
+    };
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_EVENT_LOG", NATS),
+            ("ORDERFLOW_NATS_STREAM", stream.name.as_str()),
+            ("ORDERFLOW_NATS_DUPLICATE_WINDOW", "1s"),
+        ],
+    );
+    let mut events = server.events().await;
+    let mut send = async |sequence: u64| {
+        events
+            .publish_event_batch(crate::kill::batch(9, sequence))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let first: EventBatchAck = send(1).await.unwrap();
+    assert!(!first.duplicate);
+    let stored_once = |db: &TestDb| {
+        let seen = crate::support::stored_event_ids(db);
+        (0..EVENTS_PER_BATCH).all(|n| seen.get(&format!("p9-s1-{n}")) == Some(&1))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stored_once(&db) {
+        assert!(Instant::now() < deadline, "batch 1 never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the window, JetStream has forgotten the id.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let retry = send(1).await.unwrap();
+    assert!(retry.duplicate, "{retry:?}");
+    assert_eq!(retry.accepted, 0);
+    let gap = send(3).await.unwrap_err();
+    assert_eq!(orderflow_proto::expected_sequence(&gap), Some(2), "{gap:?}");
+    assert!(!send(2).await.unwrap().duplicate);
+
+    // A copy of batch 2 reaches the stream after the window (as a retry
+    // racing the first copy's consumption would): the consumer skips it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let client = nats().await.unwrap();
+    let copy = crate::kill::batch(9, 2);
+    let lines: String = copy
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"event_id\":\"{}-copy\",\"user_id\":\"{}\",\"action\":\"purchase\",\"amount_cents\":100,\"attributes\":{{}}}}\n",
+                e.event_id, e.user_id
+            )
+        })
+        .collect();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{}/2", copy.producer_id).as_str());
+    let jetstream = async_nats::jetstream::new(client);
+    let ack = jetstream
+        .publish_with_headers(
+            format!("orderflow.events.{}", stream.name),
+            headers,
+            lines.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        !ack.duplicate,
+        "the window is over: JetStream took the copy"
+    );
+    // Until the consumer has taken and acknowledged every message.
+    let js_stream = jetstream.get_stream(&stream.name).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = js_stream.consumer_info("orderflow-pipeline").await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never consumed: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.terminate().success());
+    let seen = crate::support::stored_event_ids(&db);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert!(
+        !seen.keys().any(|id| id.ends_with("-copy")),
+        "the copy of batch 2 was committed"
+    );
+    assert_eq!(seen.len() as u64, 2 * EVENTS_PER_BATCH);
 }

@@ -1,0 +1,2 @@
+DROP TABLE log_producers_appended;
+DROP TABLE log_applied_batches;
