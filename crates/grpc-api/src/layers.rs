@@ -426,6 +426,9 @@ pub struct MetadataLimitLayer {
 }
 
 impl MetadataLimitLayer {
+    /// The default bound: 16 KiB of metadata.
+    pub const DEFAULT_MAX_BYTES: usize = 16 * 1024;
+
     /// Metadata of at most `max_bytes`, counted as HTTP/2 counts a header
     /// list: name, value and 32 bytes per entry.
     pub fn new(max_bytes: usize) -> Self {

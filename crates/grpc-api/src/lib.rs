@@ -25,6 +25,7 @@ mod events;
 mod layers;
 mod observe;
 mod orders;
+mod stack;
 pub mod status;
 pub mod wire;
 
@@ -37,6 +38,7 @@ pub use layers::{
 };
 pub use observe::{MetricsLayer, RPC_METHODS, current_rpc, rpc_labels};
 pub use orders::OrderApi;
+pub use stack::{Layers, PanicHandler, StackConfig, layers};
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment
 /// variable when built with the `failpoints` feature (tests only); keep the

@@ -237,7 +237,7 @@ pub struct Settings {
     /// Largest accepted request metadata (all headers, counted as HTTP/2
     /// counts them: name + value + 32 bytes each); larger answers
     /// RESOURCE_EXHAUSTED. HTTP/2 itself refuses 16 times this with HTTP 431.
-    #[arg(long, env = "ORDERFLOW_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "ORDERFLOW_MAX_METADATA_BYTES", default_value_t = grpc_api::MetadataLimitLayer::DEFAULT_MAX_BYTES)]
     pub max_metadata_bytes: usize,
     /// Streaming RPCs open at once (PublishEvents, StreamEventBatches,
     /// Health/Watch, reflection), a budget apart from unary requests so

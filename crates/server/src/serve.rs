@@ -10,10 +10,7 @@ use anyhow::Context as _;
 use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
-use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, EventApi,
-    LoadShedLayer, MetadataLimitLayer, MetricsLayer, OrderApi,
-};
+use grpc_api::{CatalogApi, EventApi, OrderApi, StackConfig};
 use storage::{
     Backend, CacheConfig, CachedOrders, Database, ListenerState, StorageError, StoreConfig,
 };
@@ -298,20 +295,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(*settings.http2_keepalive_timeout))
         .http2_max_header_list_size(header_list_limit)
         .trace_fn(move |request| request_span(request, sampling))
-        .layer(MetricsLayer::new())
-        .layer(ActivityLayer)
-        .layer(MetadataLimitLayer::new(settings.max_metadata_bytes))
-        .layer(LoadShedLayer::new(
-            settings.max_concurrent_requests,
-            settings.max_open_streams,
+        .layer(grpc_api::layers(
+            &StackConfig {
+                max_metadata_bytes: settings.max_metadata_bytes,
+                max_concurrent_requests: settings.max_concurrent_requests,
+                max_open_streams: settings.max_open_streams,
+                auth_token: settings.auth_token.clone(),
+            },
+            ActivityLayer,
+            stopping.clone(),
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            grpc_api::panic_response,
-        ))
-        .layer(AuthLayer::new(settings.auth_token.as_deref()))
-        .layer(DeadlineLayer)
-        .layer(DecodeErrorLayer)
-        .layer(EndWatchesLayer::new(stopping.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

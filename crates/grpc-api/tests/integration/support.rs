@@ -1,6 +1,7 @@
-//! [`InProcess`]: the three services over a test database, behind the layers
-//! the server stacks (load shedding, panic catching, auth, deadlines,
-//! message size) plus health, on a loopback port inside the test process.
+//! [`InProcess`]: the three services over a test database, behind the
+//! server's own layer stack (`grpc_api::layers`, the one the binary runs,
+//! without its connection tracking) plus health, on a loopback port inside
+//! the test process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,7 @@ use grpc_api::proto::event_service_client::EventServiceClient;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_client::OrderServiceClient;
 use grpc_api::proto::order_service_server::OrderServiceServer;
-use grpc_api::{
-    AuthLayer, CatalogApi, DeadlineLayer, DecodeErrorLayer, EventApi, LoadShedLayer, MetricsLayer,
-    OrderApi,
-};
+use grpc_api::{CatalogApi, EventApi, MetadataLimitLayer, OrderApi, StackConfig};
 use storage::{CacheConfig, CachedOrders, Database, OrderRepository};
 use test_support::TestDb;
 use tokio::net::TcpListener;
@@ -81,15 +79,21 @@ impl InProcess {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let stack = StackConfig {
+            max_metadata_bytes: setting("ORDERFLOW_MAX_METADATA_BYTES")
+                .map_or(MetadataLimitLayer::DEFAULT_MAX_BYTES, |v| {
+                    v.parse().unwrap()
+                }),
+            max_concurrent_requests: max_concurrent,
+            max_open_streams: max_streams,
+            auth_token: auth.map(str::to_owned),
+        };
         let router = tonic::transport::Server::builder()
-            .layer(MetricsLayer::new())
-            .layer(LoadShedLayer::new(max_concurrent, max_streams))
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                grpc_api::panic_response,
+            .layer(grpc_api::layers(
+                &stack,
+                tower::layer::util::Identity::new(),
+                tokio_util::sync::CancellationToken::new(),
             ))
-            .layer(AuthLayer::new(auth))
-            .layer(DeadlineLayer)
-            .layer(DecodeErrorLayer)
             .add_service(health)
             .add_service(
                 OrderServiceServer::new(OrderApi::new(orders))
