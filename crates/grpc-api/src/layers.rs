@@ -18,18 +18,6 @@ use crate::status::{self, Reason};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// RPCs that change state; with a token configured they need
-/// `authorization: Bearer <token>`. Reads, health and reflection stay open.
-const MUTATING: [&str; 7] = [
-    "/orderflow.v1.OrderService/CreateOrder",
-    "/orderflow.v1.OrderService/UpdateOrderStatus",
-    "/orderflow.v1.CatalogService/UpsertProduct",
-    "/orderflow.v1.EventService/PublishEvents",
-    "/orderflow.v1.EventService/PublishEvent",
-    "/orderflow.v1.EventService/PublishEventBatch",
-    "/orderflow.v1.EventService/StreamEventBatches",
-];
-
 /// Requires the bearer token on mutating RPCs when one is configured.
 #[derive(Debug, Clone, Default)]
 pub struct AuthLayer {
@@ -86,7 +74,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(expected) = &self.expected
-            && MUTATING.contains(&request.uri().path())
+            && crate::rpcs::find(request.uri().path()).is_some_and(|rpc| rpc.mutating)
         {
             let presented = request
                 .headers()
@@ -263,16 +251,6 @@ pub fn stream_error(status: Status) -> Status {
     }
 }
 
-/// RPCs whose request or response is a stream: they may stay open for
-/// minutes, so they draw from their own budget (see [`LoadShedLayer`]).
-const STREAMING: [&str; 5] = [
-    "/orderflow.v1.EventService/PublishEvents",
-    "/orderflow.v1.EventService/StreamEventBatches",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
 /// Bounds the RPCs served at once across all connections; past a bound a
 /// request is shed at once with RESOURCE_EXHAUSTED instead of queueing
 /// (queued requests only time out later, holding memory meanwhile).
@@ -340,7 +318,7 @@ where
             let work = self.inner.call(request);
             return Box::pin(async move { Ok(work.await?.map(tonic::body::Body::new)) });
         }
-        let (budget, what) = if STREAMING.contains(&path) {
+        let (budget, what) = if crate::rpcs::find(path).is_some_and(|rpc| rpc.streaming) {
             (&self.budgets.streams, "open streams")
         } else {
             (&self.budgets.unary, "concurrent requests")

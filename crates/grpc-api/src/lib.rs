@@ -25,6 +25,7 @@ mod events;
 mod layers;
 mod observe;
 mod orders;
+pub mod rpcs;
 mod stack;
 pub mod status;
 pub mod wire;
@@ -36,8 +37,9 @@ pub use layers::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,
     MetadataLimitLayer, panic_response, parse_grpc_timeout,
 };
-pub use observe::{MetricsLayer, RPC_METHODS, current_rpc, rpc_labels};
+pub use observe::{MetricsLayer, current_rpc, rpc_labels};
 pub use orders::OrderApi;
+pub use rpcs::{RPCS, Rpc};
 pub use stack::{Layers, PanicHandler, StackConfig, layers};
 
 /// Arms the `fail` crate's failpoints from the `FAILPOINTS` environment

@@ -22,37 +22,12 @@ use http::{HeaderMap, Request, Response};
 use tonic::Code;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::rpcs::RPCS;
+
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// Every method served, as `(service, method)`: the metric labels.
-pub const RPC_METHODS: [(&str, &str); 17] = [
-    ("orderflow.v1.OrderService", "CreateOrder"),
-    ("orderflow.v1.OrderService", "GetOrder"),
-    ("orderflow.v1.OrderService", "ListOrders"),
-    ("orderflow.v1.OrderService", "UpdateOrderStatus"),
-    ("orderflow.v1.CatalogService", "UpsertProduct"),
-    ("orderflow.v1.CatalogService", "GetProduct"),
-    ("orderflow.v1.CatalogService", "GetPrimaryWarehouse"),
-    ("orderflow.v1.EventService", "PublishEvents"),
-    ("orderflow.v1.EventService", "PublishEvent"),
-    ("orderflow.v1.EventService", "GetPipelineStats"),
-    ("orderflow.v1.EventService", "PublishEventBatch"),
-    ("orderflow.v1.EventService", "StreamEventBatches"),
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    ("grpc.health.v1.Health", "List"),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-];
-
 tokio::task_local! {
-    /// The index in [`RPC_METHODS`] of the RPC the current task is serving.
+    /// The index in [`RPCS`] of the RPC the current task is serving.
     static SERVING: usize;
 }
 
@@ -138,11 +113,11 @@ where
     }
 }
 
-/// The recorder's handles, per method of [`RPC_METHODS`] (and one more for
+/// The recorder's handles, per method of [`RPCS`] (and one more for
 /// `unknown`), each taken from the recorder the first time it is needed.
 #[derive(Debug)]
 struct Handles {
-    methods: [MethodHandles; RPC_METHODS.len()],
+    methods: [MethodHandles; RPCS.len()],
     unknown: MethodHandles,
 }
 
@@ -208,23 +183,16 @@ impl Handles {
     }
 }
 
-/// The index in [`RPC_METHODS`] of the method a path names; one past the
-/// end for any other path.
+/// The index in [`RPCS`] of the method a path names; one past the end for
+/// any other path.
 fn rpc_index(path: &str) -> usize {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    RPC_METHODS
-        .iter()
-        .position(|(s, m)| *s == service && *m == method)
-        .unwrap_or(RPC_METHODS.len())
+    crate::rpcs::index(path).unwrap_or(RPCS.len())
 }
 
 /// The labels of [`rpc_index`]'s answer.
 fn labels_at(index: usize) -> (&'static str, &'static str) {
-    RPC_METHODS
-        .get(index)
-        .copied()
-        .unwrap_or(("unknown", "unknown"))
+    RPCS.get(index)
+        .map_or(("unknown", "unknown"), |rpc| (rpc.service, rpc.method))
 }
 
 /// One RPC being measured; records itself once (as CANCELLED if dropped

@@ -470,7 +470,10 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
             },
         }
     }
-    for (service, method) in grpc_api::RPC_METHODS {
+    for grpc_api::Rpc {
+        service, method, ..
+    } in grpc_api::RPCS
+    {
         metrics::counter!("orderflow_grpc_requests_total", "service" => service, "method" => method, "code" => "OK").increment(0);
         metrics::gauge!("orderflow_grpc_requests_in_flight", "service" => service, "method" => method).increment(0.0);
         let _ = metrics::histogram!("orderflow_grpc_request_duration_seconds", "service" => service, "method" => method);

@@ -1,0 +1,97 @@
+//! The one table of the RPCs served: each method's path, whether it
+//! streams, whether it changes state. Every layer reads it (metrics labels,
+//! auth, load-shedding budgets); a test checks it against the proto's
+//! descriptors, so a method added to the proto without a row fails.
+
+/// One RPC served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rpc {
+    /// `orderflow.v1.OrderService`.
+    pub service: &'static str,
+    /// `CreateOrder`.
+    pub method: &'static str,
+    /// The request path, `/orderflow.v1.OrderService/CreateOrder`.
+    pub path: &'static str,
+    /// Whether its request or response is a stream: it may stay open for
+    /// minutes, so it draws from the streams' budget (`LoadShedLayer`).
+    pub streaming: bool,
+    /// Whether it changes state: with a token configured it needs
+    /// `authorization: Bearer <token>` (`AuthLayer`).
+    pub mutating: bool,
+}
+
+macro_rules! rpc {
+    ($service:literal, $method:literal, streaming: $streaming:literal, mutating: $mutating:literal) => {
+        Rpc {
+            service: $service,
+            method: $method,
+            path: concat!("/", $service, "/", $method),
+            streaming: $streaming,
+            mutating: $mutating,
+        }
+    };
+}
+
+/// Every method served.
+pub const RPCS: [Rpc; 17] = [
+    rpc!("orderflow.v1.OrderService", "CreateOrder", streaming: false, mutating: true),
+    rpc!("orderflow.v1.OrderService", "GetOrder", streaming: false, mutating: false),
+    rpc!("orderflow.v1.OrderService", "ListOrders", streaming: false, mutating: false),
+    rpc!("orderflow.v1.OrderService", "UpdateOrderStatus", streaming: false, mutating: true),
+    rpc!("orderflow.v1.CatalogService", "UpsertProduct", streaming: false, mutating: true),
+    rpc!("orderflow.v1.CatalogService", "GetProduct", streaming: false, mutating: false),
+    rpc!("orderflow.v1.CatalogService", "GetPrimaryWarehouse", streaming: false, mutating: false),
+    rpc!("orderflow.v1.EventService", "PublishEvents", streaming: true, mutating: true),
+    rpc!("orderflow.v1.EventService", "PublishEvent", streaming: false, mutating: true),
+    rpc!("orderflow.v1.EventService", "GetPipelineStats", streaming: false, mutating: false),
+    rpc!("orderflow.v1.EventService", "PublishEventBatch", streaming: false, mutating: true),
+    rpc!("orderflow.v1.EventService", "StreamEventBatches", streaming: true, mutating: true),
+    rpc!("grpc.health.v1.Health", "Check", streaming: false, mutating: false),
+    rpc!("grpc.health.v1.Health", "Watch", streaming: true, mutating: false),
+    rpc!("grpc.health.v1.Health", "List", streaming: false, mutating: false),
+    rpc!("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", streaming: true, mutating: false),
+    rpc!("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", streaming: true, mutating: false),
+];
+
+/// The index in [`RPCS`] of the RPC at `path`.
+pub fn index(path: &str) -> Option<usize> {
+    RPCS.iter().position(|rpc| rpc.path == path)
+}
+
+/// The RPC at `path`, if it is served.
+pub fn find(path: &str) -> Option<&'static Rpc> {
+    RPCS.iter().find(|rpc| rpc.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::{RPCS, find};
+
+    /// Every method of orderflow's proto has its row, with the streaming
+    /// the descriptor says, and no row names a method the proto lacks.
+    #[test]
+    fn the_table_matches_the_proto() {
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut ours = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                for method in &service.method {
+                    let path = format!("/{name}/{}", method.name());
+                    let rpc = find(&path).unwrap_or_else(|| panic!("{path} has no row in RPCS"));
+                    let streaming = method.client_streaming() || method.server_streaming();
+                    assert_eq!(rpc.streaming, streaming, "{path}: streaming");
+                    ours += 1;
+                }
+            }
+        }
+        let orderflow = RPCS
+            .iter()
+            .filter(|r| r.service.starts_with("orderflow."))
+            .count();
+        assert_eq!(ours, orderflow, "a row names a method the proto lacks");
+    }
+}
