@@ -32,6 +32,14 @@ forbid storage transform-engine
 # no server stack, no database driver.
 forbid orderflow-proto domain storage transform-engine grpc-api diesel diesel-async \
     libsqlite3-sys tokio-postgres axum
+# The load generator is a client: it reaches the server only through the
+# client crate, never through the server's own crates or a database driver.
+forbid loadgen domain storage transform-engine grpc-api server diesel diesel-async \
+    libsqlite3-sys tokio-postgres
+# The engine's log stays I/O-free: a broker's client belongs to the server's
+# adapter (server/src/nats_log.rs), not to the engine or the store.
+forbid transform-engine async-nats
+forbid storage async-nats
 # Test support is a dev-dependency only.
 for krate in domain storage transform-engine grpc-api server loadgen orderflow-proto; do
     forbid "$krate" test-support
