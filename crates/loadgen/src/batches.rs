@@ -41,7 +41,10 @@ pub struct StreamOutcome {
     pub errors: Vec<String>,
 }
 
-/// Streams batches until `stop`, then waits for the outstanding acks.
+/// Streams batches until `stop`, then waits for the outstanding acks. A
+/// stream the server ends with SEQUENCE_GAP (a batch it never stored was
+/// skipped) is opened again from the sequence the server expects, as the
+/// contract tells producers to.
 pub async fn stream(
     channel: Client,
     worker: usize,
@@ -49,6 +52,48 @@ pub async fn stream(
     stop: Arc<AtomicBool>,
     mut latency: Histogram<u64>,
 ) -> StreamOutcome {
+    let mut outcome = StreamOutcome {
+        latency: Histogram::new(3).unwrap_or_else(|_| latency.clone()),
+        acked: 0,
+        events: 0,
+        errors: Vec::new(),
+    };
+    let mut from = 1;
+    while let Some(resume) = attempt(
+        &channel,
+        worker,
+        &config,
+        &stop,
+        from,
+        &mut outcome,
+        &mut latency,
+    )
+    .await
+    {
+        if stop.load(Ordering::Relaxed) || resume <= from {
+            outcome.errors.push(format!(
+                "the server expects sequence {resume} and no progress was made"
+            ));
+            break;
+        }
+        from = resume;
+        outcome.acked = resume - 1;
+    }
+    outcome.latency = latency;
+    outcome
+}
+
+/// One stream from sequence `from`; `Some(sequence)` when the server asks
+/// for the stream again from there (SEQUENCE_GAP).
+async fn attempt(
+    channel: &Client,
+    worker: usize,
+    config: &StreamConfig,
+    stop: &Arc<AtomicBool>,
+    from: u64,
+    outcome: &mut StreamOutcome,
+    latency: &mut Histogram<u64>,
+) -> Option<u64> {
     let producer_id = format!("loadgen-{}-{worker}", config.run);
     let window = Arc::new(Semaphore::new(config.window.max(1)));
     let (requests, outbound) = mpsc::channel::<EventBatch>(config.window.max(1));
@@ -57,11 +102,11 @@ pub async fn stream(
         let (window, sent, stop, config) = (
             Arc::clone(&window),
             Arc::clone(&sent),
-            Arc::clone(&stop),
+            Arc::clone(stop),
             config.clone(),
         );
         tokio::spawn(async move {
-            let mut sequence = 0u64;
+            let mut sequence = from - 1;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(permit) = window.acquire().await else {
                     break;
@@ -87,13 +132,8 @@ pub async fn stream(
             }
         })
     };
-    let mut outcome = StreamOutcome {
-        latency: Histogram::new(3).unwrap_or_else(|_| latency.clone()),
-        acked: 0,
-        events: 0,
-        errors: Vec::new(),
-    };
     let mut client = channel.events();
+    let mut resume = None;
     match client
         .stream_event_batches(tokio_stream::wrappers::ReceiverStream::new(outbound))
         .await
@@ -104,7 +144,10 @@ pub async fn stream(
                 let ack = match ack {
                     Ok(ack) => ack,
                     Err(status) => {
-                        outcome.errors.push(format!("stream failed: {status}"));
+                        match orderflow_proto::expected_sequence(&status) {
+                            Some(expected) if expected >= 1 => resume = Some(expected),
+                            _ => outcome.errors.push(format!("stream failed: {status}")),
+                        }
                         break;
                     }
                 };
@@ -134,8 +177,7 @@ pub async fn stream(
             .push(format!("cannot open the stream: {status}")),
     }
     sender.abort();
-    outcome.latency = latency;
-    outcome
+    resume
 }
 
 /// Waits until the server has processed every acknowledged event, then
