@@ -70,7 +70,10 @@ pub async fn stream(
     )
     .await
     {
-        if stop.load(Ordering::Relaxed) || resume <= from {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if resume <= from {
             outcome.errors.push(format!(
                 "the server expects sequence {resume} and no progress was made"
             ));
