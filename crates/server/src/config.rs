@@ -151,8 +151,8 @@ pub struct Settings {
     /// Where acknowledged batches are logged: `database` (the database
     /// itself; one replica consumes it) or `nats://host:port` (a JetStream
     /// stream all replicas share; see `ORDERFLOW_NATS_STREAM`).
-    #[arg(long, env = "ORDERFLOW_EVENT_LOG", default_value = "database")]
-    pub event_log: String,
+    #[arg(long, env = "ORDERFLOW_EVENT_LOG", default_value = "database", value_parser = event_log)]
+    pub event_log: EventLogKind,
     /// The JetStream stream (created if missing) when `--event-log` is NATS;
     /// its subject is `orderflow.events.<stream>`.
     #[arg(
@@ -301,6 +301,34 @@ fn ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
         _ => Err(format!("{text:?} is not a ratio from 0 to 1, like 0.05")),
+    }
+}
+
+/// Where acknowledged batches are logged (`--event-log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventLogKind {
+    /// The database itself; one replica consumes it.
+    Database,
+    /// A JetStream stream at this `nats://` URL, shared by every replica.
+    Nats(String),
+}
+
+impl std::fmt::Display for EventLogKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Database => f.write_str("database"),
+            Self::Nats(url) => f.write_str(url),
+        }
+    }
+}
+
+fn event_log(text: &str) -> Result<EventLogKind, String> {
+    if text == "database" {
+        Ok(EventLogKind::Database)
+    } else if text.starts_with("nats://") {
+        Ok(EventLogKind::Nats(text.to_owned()))
+    } else {
+        Err(format!("{text:?} is neither `database` nor a nats:// URL"))
     }
 }
 

@@ -20,7 +20,7 @@ use tonic_health::server::HealthReporter;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use transform_engine::{Engine, EngineConfig, LogConfig, OverflowPolicy, PipelineSpec};
 
-use crate::config::Settings;
+use crate::config::{EventLogKind, Settings};
 use crate::connections::{self, ActivityLayer, Limits};
 use crate::nats_log::{NatsLog, NatsSettings};
 use crate::sinks::{DatabaseLog, StoreSink};
@@ -195,8 +195,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ..LogConfig::default()
     };
     let mut event_log_up: Option<Arc<NatsLog>> = None;
-    let log = if settings.event_log == "database" {
-        engine
+    let log = match &settings.event_log {
+        EventLogKind::Database => engine
             .attach_log(
                 Arc::new(DatabaseLog {
                     db: db.clone(),
@@ -205,36 +205,30 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 log_config,
             )
             .await
-            .context("cannot open the event log")?
-    } else if settings.event_log.starts_with("nats://") {
-        let nats = Arc::new(
-            NatsLog::open(
-                &NatsSettings {
-                    url: settings.event_log.clone(),
-                    stream: settings.nats_stream.clone(),
-                    max_batches: settings.nats_max_batches,
-                    duplicate_window: *settings.nats_duplicate_window,
-                    ack_wait: *settings.nats_ack_wait,
-                    output: settings.event_sink,
-                    format: settings.nats_log_format,
-                },
-                db.clone(),
-            )
-            .await
-            .with_context(|| {
-                format!("--event-log / ORDERFLOW_EVENT_LOG ({})", settings.event_log)
-            })?,
-        );
-        event_log_up = Some(Arc::clone(&nats));
-        engine
-            .attach_log(nats, log_config)
-            .await
-            .context("cannot open the JetStream event log")?
-    } else {
-        anyhow::bail!(
-            "--event-log / ORDERFLOW_EVENT_LOG: {:?} is neither `database` nor a nats:// URL",
-            settings.event_log
-        );
+            .context("cannot open the event log")?,
+        EventLogKind::Nats(url) => {
+            let nats = Arc::new(
+                NatsLog::open(
+                    &NatsSettings {
+                        url: url.clone(),
+                        stream: settings.nats_stream.clone(),
+                        max_batches: settings.nats_max_batches,
+                        duplicate_window: *settings.nats_duplicate_window,
+                        ack_wait: *settings.nats_ack_wait,
+                        output: settings.event_sink,
+                        format: settings.nats_log_format,
+                    },
+                    db.clone(),
+                )
+                .await
+                .with_context(|| format!("--event-log / ORDERFLOW_EVENT_LOG ({url})"))?,
+            );
+            event_log_up = Some(Arc::clone(&nats));
+            engine
+                .attach_log(nats, log_config)
+                .await
+                .context("cannot open the JetStream event log")?
+        }
     };
     // A unary acknowledged publish waits for room as long as the policy
     // lets a queued publish wait.
