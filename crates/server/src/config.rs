@@ -336,3 +336,19 @@ fn duration(text: &str) -> Result<Duration, String> {
     text.parse::<Duration>()
         .map_err(|e| format!("{text:?} is not a duration like 500ms or 30s: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{EventLogKind, event_log};
+
+    #[test]
+    fn the_event_log_is_known_when_the_configuration_is_read() {
+        assert_eq!(event_log("database"), Ok(EventLogKind::Database));
+        assert_eq!(
+            event_log("nats://10.0.0.1:4222"),
+            Ok(EventLogKind::Nats("nats://10.0.0.1:4222".to_owned()))
+        );
+        let refused = event_log("redis://x").unwrap_err();
+        assert!(refused.contains("\"redis://x\""), "{refused}");
+    }
+}
