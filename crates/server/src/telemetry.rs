@@ -187,7 +187,7 @@ where
 
 /// The pretty log line, ending in `rpc=<service>/<method>` when it was
 /// logged while serving an RPC that has no span (`spanless`: nothing reads
-/// spans, so requests get none; `serve::request_span`). With spans, the
+/// spans, so requests get none; `serve::spans::request_span`). With spans, the
 /// request's span names the RPC as usual.
 struct NamingRpc<F> {
     format: F,

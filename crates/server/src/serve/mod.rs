@@ -1,0 +1,132 @@
+//! Serving: start up (settings checked, listeners bound, the database
+//! connected with retries), wire the graph (cache, engine, services), start
+//! the monitor and the background jobs, serve until SIGTERM/SIGINT, then
+//! shut down in order: health NOT_SERVING, stop accepting, let in-flight
+//! RPCs finish (bounded by the grace period), drain the pipeline, return
+//! (telemetry flushes in `main`).
+//!
+//! - `startup.rs`: settings, listeners, [`connect`];
+//! - `wiring.rs`: the graph and the router;
+//! - `monitor.rs`: health names and the monitor;
+//! - `jobs.rs`: background jobs on the bookkeeping tables;
+//! - `spans.rs`: the request span and head sampling.
+
+mod jobs;
+mod monitor;
+mod spans;
+mod startup;
+mod wiring;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tonic_health::ServingStatus;
+
+pub use startup::{Open, connect, store_config};
+
+use crate::config::Settings;
+use monitor::{CACHE_COHERENCE, LIVENESS, SERVICES};
+
+/// Serves until a signal, then shuts down; see the module documentation.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let started = startup::start(&settings).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut wired = wiring::wire(&settings, &started.db, started.pipeline, health).await?;
+
+    let forgetting = tokio::spawn(jobs::forget_old_write_ids(started.db.clone()));
+    let monitor = tokio::spawn(monitor::monitor(
+        started.db.clone(),
+        Arc::clone(&wired.engine),
+        wired.orders.clone(),
+        wired.feed.as_ref().map(|(state, _)| Arc::clone(state)),
+        wired.event_log.take(),
+        wired.health.clone(),
+        *settings.health_interval,
+    ));
+
+    // Cancelled when the server stops accepting: open health watches end.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let address = started.listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = wiring::spawn_server(
+        &settings,
+        started.tls,
+        &started.db,
+        health_service,
+        wired.services,
+        stopping.clone(),
+        started.listener,
+        stopped,
+    )?;
+    let tls = match (&settings.tls_cert, &settings.tls_client_ca) {
+        (None, _) => "off",
+        (Some(_), None) => "on",
+        (Some(_), Some(_)) => "mutual",
+    };
+    tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?started.db.backend(), tls, "serving gRPC");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
+    monitor.abort();
+    forgetting.abort();
+    if let Some((_, task)) = &wired.feed {
+        task.abort();
+    }
+    for service in SERVICES.into_iter().chain([LIVENESS, CACHE_COHERENCE]) {
+        wired
+            .health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    if !settings.shutdown_delay.is_zero() {
+        tracing::info!(delay = %settings.shutdown_delay, "NOT_SERVING; still answering until the delay passes");
+        tokio::time::sleep(*settings.shutdown_delay).await;
+    }
+    stopping.cancel();
+    let _ = stop.send(());
+    let grace = *settings.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "the gRPC server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "the gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "grace period over; closing the remaining connections"
+        ),
+    }
+    let _ = monitor.await;
+    let engine =
+        Arc::into_inner(wired.engine).context("the pipeline is still shared at shutdown")?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    match tokio::time::timeout(left, engine.shutdown()).await {
+        Ok(stats) => tracing::info!(?stats, "pipeline drained"),
+        Err(_) => tracing::error!("the pipeline did not drain within the grace period"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,115 @@
+//! Start-up: what must hold before anything serves. Settings read and
+//! checked (the pipeline file, TLS files, the metrics listener, the gRPC
+//! listener), then the database connected, retrying only an unreachable
+//! one.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use storage::{Database, StorageError, StoreConfig};
+use tokio::net::TcpListener;
+use transform_engine::PipelineSpec;
+
+use crate::config::Settings;
+
+/// What start-up hands to the wiring.
+pub(super) struct Started {
+    pub(super) pipeline: PipelineSpec,
+    pub(super) tls: Option<tonic::transport::ServerTlsConfig>,
+    pub(super) listener: TcpListener,
+    pub(super) db: Database,
+}
+
+/// Reads and checks the settings, binds the listeners, connects.
+pub(super) async fn start(settings: &Settings) -> anyhow::Result<Started> {
+    let pipeline = match &settings.pipeline {
+        Some(path) => PipelineSpec::from_file(path)?,
+        None => PipelineSpec::default(),
+    };
+    // Read before anything starts: a bad file fails at once, naming it.
+    let tls = crate::tls::server(settings, *settings.handshake_timeout)?;
+    crate::telemetry::metrics(settings.metrics_listen)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let db = connect(settings, Open::CreateIfMissing).await?;
+    Ok(Started {
+        pipeline,
+        tls,
+        listener,
+        db,
+    })
+}
+
+/// The database settings these flags describe.
+pub fn store_config(settings: &Settings) -> StoreConfig {
+    let mut config =
+        StoreConfig::new(settings.database_url.clone()).with_budget(*settings.db_timeout);
+    if let Some(size) = settings.db_pool_size {
+        config.max_connections = size;
+    }
+    config
+}
+
+/// How start-up opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create a SQLite file that is not there (serving, `migrate`, import).
+    CreateIfMissing,
+    /// Read only, no migrations (`events export`): the database must
+    /// exist, and may be a read-only file or a hot standby.
+    ReadOnly,
+}
+
+/// Connects (and but for [`Open::ReadOnly`] migrates), retrying an unreachable database with backoff for
+/// up to `startup_timeout`. A configuration that can never work (see
+/// [`StorageError::Misconfigured`]) fails at once, naming the setting.
+pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database> {
+    let config = store_config(settings);
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = match open {
+            Open::CreateIfMissing => Database::connect(config.clone()).await,
+            Open::ReadOnly => Database::connect_read_only(config.clone()).await,
+        };
+        match attempt {
+            Ok(db) => return Ok(db),
+            Err(StorageError::Unavailable(reason))
+                if started.elapsed() + delay < *settings.startup_timeout =>
+            {
+                tracing::warn!(%reason, retry_in = ?delay, "database unreachable at start-up; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(StorageError::Misconfigured(reason)) => {
+                anyhow::bail!(
+                    "--database-url / DATABASE_URL ({}): {reason}",
+                    redact_password(&settings.database_url)
+                );
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "cannot open the database (gave up after {:?})",
+                        started.elapsed()
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, fit for an error message.
+fn redact_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
