@@ -19,8 +19,10 @@
 //!   the cursor passed are deleted in it too (bounded disk). A row that
 //!   cannot be decoded is read as a [`LogDamage`], and its commit moves it,
 //!   as it was, to `damaged_log_rows` with the error: the log moves on. A
-//!   commit whose range the cursor already covers stores nothing, so repeating one whose
-//!   outcome was unknown is safe.
+//!   commit whose range the cursor already covers stores nothing, so
+//!   repeating one whose outcome was unknown is safe; on PostgreSQL commits
+//!   take an advisory lock first, so a repeat never runs beside the attempt
+//!   it repeats (both would read the old cursor and store twice).
 //!
 //! Durable means committed: SQLite runs with `synchronous = FULL` (see
 //! `db.rs`), PostgreSQL with its defaults.
@@ -39,6 +41,9 @@ use crate::schema::{
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
+/// Advisory-lock key that serialises the consumer's commits on PostgreSQL
+/// ("logcmit").
+const COMMIT_LOCK: i64 = 0x006c_6f67_636d_6974;
 
 /// A batch to append (borrowed: the caller keeps its events).
 #[derive(Debug, Clone, Copy)]
@@ -401,8 +406,20 @@ impl Database {
         let event_rows = event_rows(events)?;
         let letter_rows = dead_letter_rows(letters)?;
         let consumer = consumer.to_owned();
-        self.write(move |mut conn| async move {
+        let serialise = self.backend() == crate::Backend::Postgres;
+        // To its end: the consumer repeats a commit only once it knows the
+        // last attempt is over, never beside it.
+        self.write_to_end(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
+                // Attempts of one range (another process's too) run one
+                // after the other, so a later one sees the cursor an
+                // earlier one committed (a plain read would not: PostgreSQL
+                // reads what was committed when the statement began).
+                if serialise {
+                    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({COMMIT_LOCK})"))
+                        .execute(c)
+                        .await?;
+                }
                 let cursor: Option<i64> = log_cursors::table
                     .find(&consumer)
                     .select(log_cursors::position)

@@ -35,5 +35,6 @@ test_support::backend_tests!(
     event_log_is_exactly_once_per_producer_and_per_commit,
     event_log_refuses_a_sequence_gap,
     a_damaged_log_row_is_read_as_such_and_moved_aside,
+    concurrent_repeats_of_a_log_commit_store_once,
     log_rows_from_before_the_binary_form_still_read,
 );

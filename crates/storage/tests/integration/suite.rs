@@ -796,6 +796,48 @@ pub async fn event_log_refuses_a_sequence_gap(db: &TestDb) {
     assert_eq!(stored, events, "each batch once, in sequence order");
 }
 
+/// A commit repeated while the first attempt still runs (the consumer's
+/// repeat after an unconfirmed commit) stores its outputs once: the
+/// attempts are serialised, so the later one sees the earlier one's cursor.
+/// On PostgreSQL the cursor check was a plain read, and concurrent attempts
+/// both inserted the events.
+pub async fn concurrent_repeats_of_a_log_commit_store_once(db: &TestDb) {
+    let template = Event::from_json(LEGACY.lines().next().unwrap()).unwrap();
+    let events: Vec<Event> = (0..2_000)
+        .map(|n| {
+            let mut event = template.clone();
+            event.event_id = Some(domain::EventId::parse(format!("repeat-{n}")).unwrap());
+            event
+        })
+        .collect();
+    db.append_log(&[NewLogBatch {
+        producer: None,
+        events: &events[..1],
+    }])
+    .await
+    .unwrap();
+    let through = db.read_log(0, 1).await.unwrap()[0].position;
+    let attempts: Vec<_> = (0..6)
+        .map(|_| {
+            let db = storage::Database::clone(db);
+            let events = events.clone();
+            tokio::spawn(async move { db.commit_log("c", through, &events, &[], &[]).await })
+        })
+        .collect();
+    let mut committed = 0;
+    for attempt in attempts {
+        if attempt.await.unwrap().unwrap() == LogCommit::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1, "one attempt commits, the others find it done");
+    assert_eq!(
+        db.read_events(None, 10_000).await.unwrap().len(),
+        events.len(),
+        "the outputs stored once"
+    );
+}
+
 /// A row that cannot be decoded is read as damaged (its position, its event
 /// count, the error) instead of failing the read, and the commit over it
 /// moves it, bytes and all, to `damaged_log_rows`: the log moves on.
