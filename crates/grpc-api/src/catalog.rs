@@ -22,48 +22,39 @@ impl<C: CatalogRepository> CatalogApi<C> {
 #[tonic::async_trait]
 impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
     async fn upsert_product(&self, request: Request<Product>) -> Result<Response<Product>, Status> {
-        async {
-            let product = convert::product_from_wire(request.into_inner())?;
-            let stored = self
-                .catalog
-                .upsert_product(product)
-                .await
-                .map_err(status::storage)?;
-            Ok(Response::new(convert::product_to_wire(&stored)))
-        }
-        .await
+        let product = convert::product_from_wire(request.into_inner())?;
+        let stored = self
+            .catalog
+            .upsert_product(product)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(convert::product_to_wire(&stored)))
     }
 
     async fn get_product(
         &self,
         request: Request<GetProductRequest>,
     ) -> Result<Response<Product>, Status> {
-        async {
-            let id = convert::product_id_from_wire(request.into_inner().product_id)?;
-            let product = self
-                .catalog
-                .get_product(&id)
-                .await
-                .map_err(status::storage)?;
-            Ok(Response::new(convert::product_to_wire(&product)))
-        }
-        .await
+        let id = convert::product_id_from_wire(request.into_inner().product_id)?;
+        let product = self
+            .catalog
+            .get_product(&id)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(convert::product_to_wire(&product)))
     }
 
     async fn get_primary_warehouse(
         &self,
         request: Request<GetPrimaryWarehouseRequest>,
     ) -> Result<Response<Warehouse>, Status> {
-        async {
-            let id = convert::product_id_from_wire(request.into_inner().product_id)?;
-            let product = self
-                .catalog
-                .get_product(&id)
-                .await
-                .map_err(status::storage)?;
-            let primary = product.primary_warehouse().map_err(status::domain)?;
-            Ok(Response::new(convert::warehouse_to_wire(primary)))
-        }
-        .await
+        let id = convert::product_id_from_wire(request.into_inner().product_id)?;
+        let product = self
+            .catalog
+            .get_product(&id)
+            .await
+            .map_err(status::storage)?;
+        let primary = product.primary_warehouse().map_err(status::domain)?;
+        Ok(Response::new(convert::warehouse_to_wire(primary)))
     }
 }

@@ -109,72 +109,63 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<Event>>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        async {
-            let mut stream = request.into_inner();
-            let mut counts = PublishEventsResponse::default();
-            let mut index = 0usize;
-            while let Some(message) = next_message(&mut stream, self.stream_idle)
-                .await
-                .map_err(|error| after_accepted(&error, counts.accepted))?
-            {
-                // A bad event ends the stream; what was accepted before it
-                // stays accepted, and the message says how many.
-                let event = convert::event_from_wire(message, Some(index))
-                    .map_err(|error| after_accepted(&error, counts.accepted))?;
-                match self.ingest.submit(event).await.map_err(status::ingest)? {
-                    Admission::Accepted => counts.accepted += 1,
-                    Admission::Dropped => counts.dropped += 1,
-                    Admission::DeadLettered => counts.dead_lettered += 1,
-                }
-                index += 1;
+        let mut stream = request.into_inner();
+        let mut counts = PublishEventsResponse::default();
+        let mut index = 0usize;
+        while let Some(message) = next_message(&mut stream, self.stream_idle)
+            .await
+            .map_err(|error| after_accepted(&error, counts.accepted))?
+        {
+            // A bad event ends the stream; what was accepted before it
+            // stays accepted, and the message says how many.
+            let event = convert::event_from_wire(message, Some(index))
+                .map_err(|error| after_accepted(&error, counts.accepted))?;
+            match self.ingest.submit(event).await.map_err(status::ingest)? {
+                Admission::Accepted => counts.accepted += 1,
+                Admission::Dropped => counts.dropped += 1,
+                Admission::DeadLettered => counts.dead_lettered += 1,
             }
-            Ok(Response::new(counts))
+            index += 1;
         }
-        .await
+        Ok(Response::new(counts))
     }
 
     async fn publish_event(
         &self,
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
-        async {
-            let event = convert::event_from_wire(request.into_inner(), None)?;
-            match self.ingest.submit(event).await.map_err(status::ingest)? {
-                Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
-                Admission::Dropped => Err(status::error(
-                    Reason::EventDropped,
-                    "event queue full: the event was dropped",
-                )
-                .retry_after(status::RETRY_OVERLOADED)
-                .status()),
-                Admission::DeadLettered => Err(status::error(
-                    Reason::EventDeadLettered,
-                    "event queue full: the event goes to the dead-letter store",
-                )
-                .retry_after(status::RETRY_OVERLOADED)
-                .status()),
-            }
+        let event = convert::event_from_wire(request.into_inner(), None)?;
+        match self.ingest.submit(event).await.map_err(status::ingest)? {
+            Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
+            Admission::Dropped => Err(status::error(
+                Reason::EventDropped,
+                "event queue full: the event was dropped",
+            )
+            .retry_after(status::RETRY_OVERLOADED)
+            .status()),
+            Admission::DeadLettered => Err(status::error(
+                Reason::EventDeadLettered,
+                "event queue full: the event goes to the dead-letter store",
+            )
+            .retry_after(status::RETRY_OVERLOADED)
+            .status()),
         }
-        .await
     }
 
     async fn publish_event_batch(
         &self,
         request: Request<EventBatch>,
     ) -> Result<Response<EventBatchAck>, Status> {
-        async {
-            let (log, wait) = self.log()?;
-            let message = request.into_inner();
-            let sequence = message.sequence;
-            let batch = convert::event_batch_from_wire(message)?;
-            let ack = log.submit(batch, *wait).await.map_err(status::log)?;
-            Ok(Response::new(EventBatchAck {
-                sequence,
-                accepted: ack.accepted,
-                duplicate: ack.duplicate,
-            }))
-        }
-        .await
+        let (log, wait) = self.log()?;
+        let message = request.into_inner();
+        let sequence = message.sequence;
+        let batch = convert::event_batch_from_wire(message)?;
+        let ack = log.submit(batch, *wait).await.map_err(status::log)?;
+        Ok(Response::new(EventBatchAck {
+            sequence,
+            accepted: ack.accepted,
+            duplicate: ack.duplicate,
+        }))
     }
 
     type StreamEventBatchesStream = ReceiverStream<Result<EventBatchAck, Status>>;
@@ -183,82 +174,76 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<Self::StreamEventBatchesStream>, Status> {
-        async {
-            let (log, _) = self.log()?;
-            let log = log.clone();
-            let idle = self.stream_idle;
-            let mut inbound = request.into_inner();
-            let (next, mut in_order) = mpsc::channel::<Next>(STREAM_WINDOW);
-            let (acks, outbound) = mpsc::channel(STREAM_WINDOW);
-            // Reads, validates and enqueues in order. Waiting for room in a
-            // full backlog stops the reading, so HTTP/2 flow control pushes
-            // back on the client.
-            tokio::spawn(async move {
-                loop {
-                    let step = match next_message(&mut inbound, idle).await {
-                        Ok(Some(message)) => {
-                            let sequence = message.sequence;
-                            match convert::event_batch_from_wire(message) {
-                                Ok(batch) => match log.enqueue(batch, None).await {
-                                    Ok(pending) => Next::Ack(sequence, pending),
-                                    Err(error) => Next::Fail(status::log(error)),
-                                },
-                                Err(invalid) => Next::Fail(invalid),
-                            }
+        let (log, _) = self.log()?;
+        let log = log.clone();
+        let idle = self.stream_idle;
+        let mut inbound = request.into_inner();
+        let (next, mut in_order) = mpsc::channel::<Next>(STREAM_WINDOW);
+        let (acks, outbound) = mpsc::channel(STREAM_WINDOW);
+        // Reads, validates and enqueues in order. Waiting for room in a
+        // full backlog stops the reading, so HTTP/2 flow control pushes
+        // back on the client.
+        tokio::spawn(async move {
+            loop {
+                let step = match next_message(&mut inbound, idle).await {
+                    Ok(Some(message)) => {
+                        let sequence = message.sequence;
+                        match convert::event_batch_from_wire(message) {
+                            Ok(batch) => match log.enqueue(batch, None).await {
+                                Ok(pending) => Next::Ack(sequence, pending),
+                                Err(error) => Next::Fail(status::log(error)),
+                            },
+                            Err(invalid) => Next::Fail(invalid),
                         }
-                        Ok(None) => break,
-                        Err(error) => Next::Fail(error),
-                    };
-                    let last = matches!(step, Next::Fail(_));
-                    if next.send(step).await.is_err() || last {
-                        break;
                     }
+                    Ok(None) => break,
+                    Err(error) => Next::Fail(error),
+                };
+                let last = matches!(step, Next::Fail(_));
+                if next.send(step).await.is_err() || last {
+                    break;
                 }
-            });
-            // Answers in the order sent, each once durable.
-            tokio::spawn(async move {
-                while let Some(step) = in_order.recv().await {
-                    let answer = match step {
-                        Next::Ack(sequence, pending) => pending
-                            .durable()
-                            .await
-                            .map(|ack| EventBatchAck {
-                                sequence,
-                                accepted: ack.accepted,
-                                duplicate: ack.duplicate,
-                            })
-                            .map_err(status::log),
-                        Next::Fail(status) => Err(status),
-                    };
-                    let last = answer.is_err();
-                    if acks.send(answer).await.is_err() || last {
-                        break;
-                    }
+            }
+        });
+        // Answers in the order sent, each once durable.
+        tokio::spawn(async move {
+            while let Some(step) = in_order.recv().await {
+                let answer = match step {
+                    Next::Ack(sequence, pending) => pending
+                        .durable()
+                        .await
+                        .map(|ack| EventBatchAck {
+                            sequence,
+                            accepted: ack.accepted,
+                            duplicate: ack.duplicate,
+                        })
+                        .map_err(status::log),
+                    Next::Fail(status) => Err(status),
+                };
+                let last = answer.is_err();
+                if acks.send(answer).await.is_err() || last {
+                    break;
                 }
-            });
-            Ok(Response::new(ReceiverStream::new(outbound)))
-        }
-        .await
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(outbound)))
     }
 
     async fn get_pipeline_stats(
         &self,
         _request: Request<()>,
     ) -> Result<Response<PipelineStats>, Status> {
-        async {
-            let s = self.ingest.stats();
-            Ok(Response::new(PipelineStats {
-                received: s.received,
-                processed: s.processed,
-                filtered: s.filtered,
-                deduplicated: s.deduplicated,
-                dropped: s.dropped,
-                dead_lettered: s.dead_lettered,
-                queue_depth: s.queue_depth,
-                queue_capacity: s.queue_capacity,
-                log_backlog: self.log.as_ref().map_or(0, |(log, _)| log.backlog()),
-            }))
-        }
-        .await
+        let s = self.ingest.stats();
+        Ok(Response::new(PipelineStats {
+            received: s.received,
+            processed: s.processed,
+            filtered: s.filtered,
+            deduplicated: s.deduplicated,
+            dropped: s.dropped,
+            dead_lettered: s.dead_lettered,
+            queue_depth: s.queue_depth,
+            queue_capacity: s.queue_capacity,
+            log_backlog: self.log.as_ref().map_or(0, |(log, _)| log.backlog()),
+        }))
     }
 }

@@ -29,72 +29,59 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
-        async {
-            let new = convert::new_order_from_wire(request.into_inner())?;
-            let created = self
-                .orders
-                .create_order(new)
-                .await
-                .map_err(status::storage)?;
-            Ok(Response::new(EncodedOrder::new(&created.order)))
-        }
-        .await
+        let new = convert::new_order_from_wire(request.into_inner())?;
+        let created = self
+            .orders
+            .create_order(new)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(EncodedOrder::new(&created.order)))
     }
 
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
-        async {
-            fail::fail_point!("grpc-get-order");
-            let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
-            let order = self.orders.find_order(id).await.map_err(status::storage)?;
-            // A cached order keeps its encoding (`EncodedOrder`).
-            Ok(Response::new(order.form::<EncodedOrder>()))
-        }
-        .await
+        fail::fail_point!("grpc-get-order");
+        let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
+        let order = self.orders.find_order(id).await.map_err(status::storage)?;
+        // A cached order keeps its encoding (`EncodedOrder`).
+        Ok(Response::new(order.form::<EncodedOrder>()))
     }
 
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        async {
-            let request = request.into_inner();
-            let user = convert::user_id_from_wire(request.user_id)?;
-            let after =
-                convert::page_token_from_wire(&request.page_token, &user, request.page_size)?;
-            let page = self
-                .orders
-                .list_orders(&user, request.page_size, after)
-                .await
-                .map_err(status::storage)?;
-            Ok(Response::new(ListOrdersResponse {
-                orders: page.orders.iter().map(convert::order_to_wire).collect(),
-                next_page_token: page
-                    .next
-                    .map(|id| convert::page_token_to_wire(id, &user, request.page_size))
-                    .unwrap_or_default(),
-            }))
-        }
-        .await
+        let request = request.into_inner();
+        let user = convert::user_id_from_wire(request.user_id)?;
+        let after = convert::page_token_from_wire(&request.page_token, &user, request.page_size)?;
+        let page = self
+            .orders
+            .list_orders(&user, request.page_size, after)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(ListOrdersResponse {
+            orders: page.orders.iter().map(convert::order_to_wire).collect(),
+            next_page_token: page
+                .next
+                .map(|id| convert::page_token_to_wire(id, &user, request.page_size))
+                .unwrap_or_default(),
+        }))
     }
 
     async fn update_order_status(
         &self,
         request: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
-        async {
-            let request = request.into_inner();
-            let id = convert::order_id_from_wire(&request.order_id)?;
-            let next = convert::order_status_from_wire(request.status)?;
-            let order = self
-                .orders
-                .update_status(id, next, request.expected_version)
-                .await
-                .map_err(status::storage)?;
-            Ok(Response::new(EncodedOrder::new(&order)))
-        }
-        .await
+        let request = request.into_inner();
+        let id = convert::order_id_from_wire(&request.order_id)?;
+        let next = convert::order_status_from_wire(request.status)?;
+        let order = self
+            .orders
+            .update_status(id, next, request.expected_version)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(EncodedOrder::new(&order)))
     }
 }
