@@ -382,6 +382,13 @@ impl EventLog for NatsLog {
                 }
                 continue;
             }
+            if self.pending().contains_key(&sequence) {
+                // Redelivered while this replica still holds it (its ack
+                // wait ran out mid-commit): the held one is acknowledged
+                // after its commit; processing this one too would store
+                // its outputs twice.
+                continue;
+            }
             let producer = producer_of(&message);
             if let Some((id, number)) = &producer {
                 // A copy published again after the duplicate window: its
