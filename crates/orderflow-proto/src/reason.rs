@@ -107,11 +107,11 @@ reasons! {
     /// accepts; no `RetryInfo`.
     MetadataTooLarge = "METADATA_TOO_LARGE" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
-    /// the event was dropped (overflow policy `drop_newest`).
+    /// the event was dropped (overflow policy `drop-newest`).
     EventDropped = "EVENT_DROPPED" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the event queue was full and
     /// the event went to the dead-letter store (overflow policy
-    /// `dead_letter`).
+    /// `dead-letter`).
     EventDeadLettered = "EVENT_DEAD_LETTERED" => ResourceExhausted,
     /// RESOURCE_EXHAUSTED, with `RetryInfo`: the acknowledged-ingest backlog
     /// stayed full for the whole wait; retry the batch with the same

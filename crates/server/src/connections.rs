@@ -3,7 +3,7 @@
 //! if it has had no RPC in progress for the idle timeout.
 //!
 //! tonic bounds streams per connection and pings peers (HTTP/2 keepalive,
-//! set in `serve.rs`), but it accepts connections without limit and keeps
+//! set in `serve/wiring.rs`), but it accepts connections without limit and keeps
 //! a silent or idle one for ever: thousands of them exhaust file
 //! descriptors. The count lives in a semaphore permit each [`Connection`]
 //! holds; activity is counted by [`ActivityLayer`], which finds the
