@@ -213,6 +213,39 @@ pub fn event_from_wire(event: wire::Event, index: Option<usize>) -> Parsed<Event
     Ok(out)
 }
 
+/// A stored event for the wire (SubscribeEvents): every field as stored.
+/// A leap second's nanoseconds (1,000,000,000 and up in the stored form)
+/// become the last nanosecond of the second, all `Timestamp` can say.
+pub fn event_to_wire(event: &Event) -> proto::Event {
+    proto::Event {
+        event_id: event
+            .event_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
+        user_id: event.user_id.as_str().to_owned(),
+        action: event.action.as_str().to_owned(),
+        occurred_at: event.occurred_at.as_ref().map(|at| {
+            let (seconds, nanos, _) = at.to_parts();
+            prost_types::Timestamp {
+                seconds,
+                nanos: i32::try_from(nanos.min(999_999_999)).unwrap_or(0),
+            }
+        }),
+        amount_cents: event.amount_cents.map(Cents::get),
+        attributes: event
+            .attributes
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    }
+}
+
+/// When an event was stored, for the wire.
+pub fn stored_at_to_wire(at: DateTime<Utc>) -> prost_types::Timestamp {
+    wire_time(at)
+}
+
 /// Longest `producer_id`, in characters.
 const MAX_PRODUCER_ID: usize = 128;
 

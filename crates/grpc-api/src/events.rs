@@ -1,6 +1,7 @@
 //! `orderflow.v1.EventService`: events into the transform engine, queued
 //! (PublishEvent, PublishEvents) or acknowledged once durable in the event
-//! log (PublishEventBatch, StreamEventBatches).
+//! log (PublishEventBatch, StreamEventBatches), and the stored events out
+//! again (SubscribeEvents, in `crate::subscribe`).
 
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use transform_engine::{Admission, Ingest, LogIngest, Pending};
 
 use crate::convert;
 use crate::proto::event_service_server::EventService;
-use crate::proto::{EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse};
+use crate::proto::{
+    EventBatchAck, PipelineStats, PublishEventResponse, PublishEventsResponse,
+    SubscribeEventsRequest,
+};
 use crate::status::{self, Reason};
 use crate::wire::{Event, EventBatch};
 
@@ -19,11 +23,12 @@ use crate::wire::{Event, EventBatch};
 /// the stream reads ahead this far while earlier batches are appended.
 const STREAM_WINDOW: usize = 32;
 
-/// The event service in front of an engine's ingest.
+/// The event service in front of an engine's ingest and the event store.
 pub struct EventApi {
     ingest: Ingest,
     log: Option<(LogIngest, Option<Duration>)>,
     stream_idle: Duration,
+    store: storage::Database,
 }
 
 impl EventApi {
@@ -31,13 +36,15 @@ impl EventApi {
     /// default, before the server ends it.
     pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// Serves `ingest`; the acknowledged RPCs answer UNIMPLEMENTED until a
-    /// log is attached with [`Self::with_log`].
-    pub fn new(ingest: Ingest) -> Self {
+    /// Serves `ingest`, and subscriptions to the events `store` holds; the
+    /// acknowledged RPCs answer UNIMPLEMENTED until a log is attached with
+    /// [`Self::with_log`].
+    pub fn new(ingest: Ingest, store: storage::Database) -> Self {
         Self {
             ingest,
             log: None,
             stream_idle: Self::DEFAULT_STREAM_IDLE_TIMEOUT,
+            store,
         }
     }
 
@@ -227,6 +234,16 @@ impl EventService for EventApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(outbound)))
+    }
+
+    type SubscribeEventsStream = crate::subscribe::Pages;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<SubscribeEventsRequest>,
+    ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
+        let pages = crate::subscribe::subscribe(self.store.clone(), request.into_inner()).await?;
+        Ok(Response::new(pages))
     }
 
     async fn get_pipeline_stats(

@@ -28,6 +28,7 @@ mod orders;
 pub mod rpcs;
 mod stack;
 pub mod status;
+mod subscribe;
 pub mod wire;
 
 pub use catalog::CatalogApi;

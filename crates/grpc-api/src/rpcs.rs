@@ -1,7 +1,8 @@
 //! The one table of the RPCs served: each method's path, whether it
-//! streams, whether it changes state. Every layer reads it (metrics labels,
-//! auth, load-shedding budgets); a test checks it against the proto's
-//! descriptors, so a method added to the proto without a row fails.
+//! streams, whether it needs the token, whether it ever ends by itself.
+//! Every layer reads it (metrics labels, auth, load-shedding budgets, the
+//! end of endless streams at shutdown); a test checks it against the
+//! proto's descriptors, so a method added to the proto without a row fails.
 
 /// One RPC served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,42 +16,53 @@ pub struct Rpc {
     /// Whether its request or response is a stream: it may stay open for
     /// minutes, so it draws from the streams' budget (`LoadShedLayer`).
     pub streaming: bool,
-    /// Whether it changes state: with a token configured it needs
-    /// `authorization: Bearer <token>` (`AuthLayer`).
-    pub mutating: bool,
+    /// Whether, with a token configured, it needs `authorization: Bearer
+    /// <token>` (`AuthLayer`): every RPC that changes state, and
+    /// SubscribeEvents, whose answers carry user ids.
+    pub guarded: bool,
+    /// A server stream that never ends by itself (a health Watch, a
+    /// subscription): ended with UNAVAILABLE at shutdown
+    /// (`EndWatchesLayer`), or it would hold the graceful shutdown for its
+    /// whole grace period.
+    pub endless: bool,
 }
 
 macro_rules! rpc {
-    ($service:literal, $method:literal, streaming: $streaming:literal, mutating: $mutating:literal) => {
+    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal) => {
+        rpc!($service, $method, streaming: $streaming, guarded: $guarded, endless: false)
+    };
+    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal, endless: $endless:literal) => {
         Rpc {
             service: $service,
             method: $method,
             path: concat!("/", $service, "/", $method),
             streaming: $streaming,
-            mutating: $mutating,
+            guarded: $guarded,
+            endless: $endless,
         }
     };
 }
 
 /// Every method served.
-pub const RPCS: [Rpc; 17] = [
-    rpc!("orderflow.v1.OrderService", "CreateOrder", streaming: false, mutating: true),
-    rpc!("orderflow.v1.OrderService", "GetOrder", streaming: false, mutating: false),
-    rpc!("orderflow.v1.OrderService", "ListOrders", streaming: false, mutating: false),
-    rpc!("orderflow.v1.OrderService", "UpdateOrderStatus", streaming: false, mutating: true),
-    rpc!("orderflow.v1.CatalogService", "UpsertProduct", streaming: false, mutating: true),
-    rpc!("orderflow.v1.CatalogService", "GetProduct", streaming: false, mutating: false),
-    rpc!("orderflow.v1.CatalogService", "GetPrimaryWarehouse", streaming: false, mutating: false),
-    rpc!("orderflow.v1.EventService", "PublishEvents", streaming: true, mutating: true),
-    rpc!("orderflow.v1.EventService", "PublishEvent", streaming: false, mutating: true),
-    rpc!("orderflow.v1.EventService", "GetPipelineStats", streaming: false, mutating: false),
-    rpc!("orderflow.v1.EventService", "PublishEventBatch", streaming: false, mutating: true),
-    rpc!("orderflow.v1.EventService", "StreamEventBatches", streaming: true, mutating: true),
-    rpc!("grpc.health.v1.Health", "Check", streaming: false, mutating: false),
-    rpc!("grpc.health.v1.Health", "Watch", streaming: true, mutating: false),
-    rpc!("grpc.health.v1.Health", "List", streaming: false, mutating: false),
-    rpc!("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", streaming: true, mutating: false),
-    rpc!("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", streaming: true, mutating: false),
+pub const RPCS: [Rpc; 18] = [
+    rpc!("orderflow.v1.OrderService", "CreateOrder", streaming: false, guarded: true),
+    rpc!("orderflow.v1.OrderService", "GetOrder", streaming: false, guarded: false),
+    rpc!("orderflow.v1.OrderService", "ListOrders", streaming: false, guarded: false),
+    rpc!("orderflow.v1.OrderService", "UpdateOrderStatus", streaming: false, guarded: true),
+    rpc!("orderflow.v1.CatalogService", "UpsertProduct", streaming: false, guarded: true),
+    rpc!("orderflow.v1.CatalogService", "GetProduct", streaming: false, guarded: false),
+    rpc!("orderflow.v1.CatalogService", "GetPrimaryWarehouse", streaming: false, guarded: false),
+    rpc!("orderflow.v1.EventService", "PublishEvents", streaming: true, guarded: true),
+    rpc!("orderflow.v1.EventService", "PublishEvent", streaming: false, guarded: true),
+    rpc!("orderflow.v1.EventService", "GetPipelineStats", streaming: false, guarded: false),
+    rpc!("orderflow.v1.EventService", "PublishEventBatch", streaming: false, guarded: true),
+    rpc!("orderflow.v1.EventService", "StreamEventBatches", streaming: true, guarded: true),
+    rpc!("orderflow.v1.EventService", "SubscribeEvents", streaming: true, guarded: true, endless: true),
+    rpc!("grpc.health.v1.Health", "Check", streaming: false, guarded: false),
+    rpc!("grpc.health.v1.Health", "Watch", streaming: true, guarded: false, endless: true),
+    rpc!("grpc.health.v1.Health", "List", streaming: false, guarded: false),
+    rpc!("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false),
+    rpc!("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false),
 ];
 
 /// The index in [`RPCS`] of the RPC at `path`.

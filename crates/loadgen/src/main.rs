@@ -8,6 +8,7 @@
 mod batches;
 mod coherence;
 mod jetstream;
+mod subscribe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +46,11 @@ enum Workload {
     /// `--read-targets` replica returns the new version (`--requests`
     /// writes; default 1,000).
     Coherence,
+    /// SubscribeEvents: `--concurrency` subscribers, each following the
+    /// stored events from `--after` (resuming by itself) for `--duration`,
+    /// or until `--requests` events each; reports events/s delivered and
+    /// each event's lag from `stored_at` to arrival.
+    Subscribe,
     /// No orderflow at all: JetStream itself, publishing `--batch`-event
     /// messages (the event log's encoding and `Nats-Msg-Id`s) with
     /// `--window` acks in flight, while a pull consumer acknowledges them:
@@ -96,6 +102,7 @@ impl Call {
             Workload::Mix
             | Workload::StreamBatches
             | Workload::Coherence
+            | Workload::Subscribe
             | Workload::JetstreamBaseline => None,
         }
     }
@@ -190,6 +197,16 @@ struct Args {
     /// trailers' URL/orderflow.v1.OrderService/GetOrder`.
     #[arg(long)]
     write_bodies: Option<std::path::PathBuf>,
+    /// subscribe: the position each subscriber starts after (0: the
+    /// oldest event kept).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// subscribe: events per page asked for (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    max_page: u32,
+    /// subscribe: only these actions (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    actions: Vec<String>,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -261,6 +278,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.workload == Workload::Coherence {
         return run_coherence(&args, &channels).await;
+    }
+    if args.workload == Workload::Subscribe {
+        return run_subscribers(&args, &channels).await;
     }
     let mix = Arc::new(match args.workload {
         Workload::Mix => parse_mix(&args.mix)?,
@@ -385,6 +405,62 @@ fn client_for(args: &Args, target: &str) -> anyhow::Result<orderflow_proto::Clie
 }
 
 /// The coherence workload (see `coherence.rs`).
+/// `--workload subscribe`: `--concurrency` subscribers over the channels.
+async fn run_subscribers(args: &Args, channels: &[Client]) -> anyhow::Result<()> {
+    let config = subscribe::Config {
+        after: args.after,
+        max_page: args.max_page,
+        actions: args.actions.clone(),
+        events_each: args.requests,
+    };
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut subscribers = Vec::new();
+    for n in 0..args.concurrency.max(1) {
+        let client = channels
+            .get(n % channels.len().max(1))
+            .context("no channel")?
+            .clone();
+        subscribers.push(tokio::spawn(subscribe::follow(
+            client,
+            config.clone(),
+            deadline,
+        )));
+    }
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    let (mut events, mut last) = (0u64, 0u64);
+    for subscriber in subscribers {
+        let followed = subscriber.await.context("a subscriber panicked")??;
+        events += followed.events;
+        last = last.max(followed.last_position);
+        lag.add(&followed.lag).context("merging histograms")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "workload": "Subscribe",
+        "subscribers": args.concurrency.max(1),
+        "seconds": seconds,
+        "events": events,
+        "events_per_second": events as f64 / seconds,
+        "last_position": last,
+        "lag_p50_us": lag.value_at_quantile(0.50),
+        "lag_p99_us": lag.value_at_quantile(0.99),
+        "lag_max_us": lag.max(),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "Subscribe: {events} events to {} subscribers in {seconds:.1}s = {:.0} events/s; lag from stored_at p50 {} us, p99 {} us",
+            args.concurrency.max(1),
+            events as f64 / seconds,
+            lag.value_at_quantile(0.50),
+            lag.value_at_quantile(0.99),
+        );
+    }
+    Ok(())
+}
+
 async fn run_coherence(args: &Args, writers: &[Client]) -> anyhow::Result<()> {
     let writer = writers.first().context("no connection")?;
     let mut readers = Vec::with_capacity(args.read_targets.len());

@@ -8,6 +8,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::follow::Follow;
 use crate::proto::catalog_service_client::CatalogServiceClient;
 use crate::proto::event_service_client::EventServiceClient;
 use crate::proto::order_service_client::OrderServiceClient;
@@ -112,6 +113,13 @@ impl Client {
     #[must_use]
     pub fn events(&self) -> EventClient {
         EventServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The stored events after position `after` (0: from the oldest kept),
+    /// then live, resuming by itself after a broken stream: see [`Follow`].
+    #[must_use]
+    pub fn follow(&self, after: u64) -> Follow {
+        Follow::new(self.events(), after)
     }
 
     /// The underlying channel, for other services on the same server (health,

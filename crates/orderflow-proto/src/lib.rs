@@ -38,11 +38,13 @@ pub mod proto {
 }
 
 mod client;
+mod follow;
 mod reason;
 
 pub use client::{
     Authenticated, CatalogClient, Client, ClientBuilder, ClientError, EventClient, OrderClient,
 };
-pub use reason::{DOMAIN, Reason, details, expected_sequence, reason};
+pub use follow::Follow;
+pub use reason::{DOMAIN, Reason, details, expected_sequence, oldest_position, reason};
 /// The standard error details, to read what [`details`] returns.
 pub use tonic_types;

@@ -124,6 +124,10 @@ reasons! {
     /// producer's last durable one + 1; nothing was stored. Metadata
     /// `expected_sequence`: resend from that sequence, in order.
     SequenceGap = "SEQUENCE_GAP" => FailedPrecondition,
+    /// FAILED_PRECONDITION: a subscription's `after_position` is older than
+    /// retention keeps. Metadata `oldest_position`: subscribe again after
+    /// `oldest_position - 1` (everything still stored), or accept the loss.
+    PositionExpired = "POSITION_EXPIRED" => FailedPrecondition,
     /// UNIMPLEMENTED: this server runs without acknowledged ingest.
     AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED" => Unimplemented,
     /// UNAUTHENTICATED: the `authorization: Bearer <token>` metadata is
@@ -162,12 +166,29 @@ pub fn reason(status: &Status) -> Option<Reason> {
 /// resends its batches from that sequence, in order.
 #[must_use]
 pub fn expected_sequence(status: &Status) -> Option<u64> {
+    metadata_of(status, Reason::SequenceGap, "expected_sequence")?
+        .parse()
+        .ok()
+}
+
+/// The oldest position still stored, when `status` is a `POSITION_EXPIRED`
+/// refusal of a subscription: events up to `oldest_position - 1` were
+/// removed by retention.
+#[must_use]
+pub fn oldest_position(status: &Status) -> Option<u64> {
+    metadata_of(status, Reason::PositionExpired, "oldest_position")?
+        .parse()
+        .ok()
+}
+
+/// `key` of `status`'s `ErrorInfo` metadata, if its reason is `reason`.
+fn metadata_of(status: &Status, reason: Reason, key: &str) -> Option<String> {
     let details = status.get_error_details();
-    let info = details.error_info()?;
-    if info.domain != DOMAIN || info.reason != Reason::SequenceGap.as_str() {
+    let mut info = details.error_info()?.clone();
+    if info.domain != DOMAIN || info.reason != reason.as_str() {
         return None;
     }
-    info.metadata.get("expected_sequence")?.parse().ok()
+    info.metadata.remove(key)
 }
 
 /// All the standard details in `status` (`ErrorInfo`, `BadRequest`,
@@ -216,6 +237,19 @@ mod tests {
             expected_sequence(&Status::failed_precondition("no details")),
             None
         );
+    }
+
+    #[test]
+    fn an_expired_position_says_what_is_still_stored() {
+        let mut expired = ErrorDetails::new();
+        expired.set_error_info(
+            "POSITION_EXPIRED",
+            DOMAIN,
+            std::collections::HashMap::from([("oldest_position".into(), "7".into())]),
+        );
+        let status = Status::with_error_details(tonic::Code::FailedPrecondition, "gone", expired);
+        assert_eq!(oldest_position(&status), Some(7));
+        assert_eq!(expected_sequence(&status), None);
     }
 
     #[test]

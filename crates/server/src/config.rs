@@ -71,6 +71,21 @@ pub enum EventsCommand {
     /// Write every stored event to standard output as canonical JSON lines,
     /// in the order stored.
     Export,
+    /// Print the stored events after a position as JSON lines, then follow
+    /// new ones as they are stored (as `tail -f` does), from the server at
+    /// `--server`; resumes by itself if the server restarts.
+    Follow {
+        /// Start after this position (0: the oldest event kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only events with this action (repeat for several).
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// The server to follow (default: this configuration's `--listen`,
+        /// on loopback). Sends `--auth-token` when one is set.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 /// Log output format.
@@ -106,7 +121,8 @@ pub struct Settings {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
-    /// Bearer token required on mutating RPCs; unset disables auth.
+    /// Bearer token required on mutating RPCs and SubscribeEvents; unset
+    /// disables auth.
     #[arg(long, env = "ORDERFLOW_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// OTLP trace endpoint (`http://host:4317`, or `https://` for TLS
@@ -182,6 +198,11 @@ pub struct Settings {
     /// every replica reads it). Each replica reads both.
     #[arg(long, env = "ORDERFLOW_NATS_LOG_FORMAT", value_enum, default_value_t = NatsFormat::default())]
     pub nats_log_format: NatsFormat,
+    /// How long stored events are kept: a duration (`7d`, `12h`), or `off`
+    /// to keep every event. Older ones are removed in the background, in
+    /// bounded steps, oldest position first.
+    #[arg(long, env = "ORDERFLOW_EVENT_RETENTION", default_value = "7d", value_parser = retention)]
+    pub event_retention: Retention,
     /// Orders kept in the cache.
     #[arg(long, env = "ORDERFLOW_CACHE_CAPACITY", default_value_t = CacheConfig::DEFAULT_CAPACITY)]
     pub cache_capacity: usize,
@@ -332,6 +353,30 @@ fn event_log(text: &str) -> Result<EventLogKind, String> {
     }
 }
 
+/// How long stored events are kept (`ORDERFLOW_EVENT_RETENTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Every event is kept.
+    Off,
+    /// Events stored longer ago than this are removed.
+    Keep(std::time::Duration),
+}
+
+fn retention(text: &str) -> Result<Retention, String> {
+    if text == "off" {
+        return Ok(Retention::Off);
+    }
+    let keep = text
+        .parse::<Duration>()
+        .map_err(|e| format!("{text:?} is neither `off` nor a duration like 7d or 12h: {e}"))?;
+    if keep.is_zero() {
+        return Err(format!(
+            "{text:?} would remove every event as it is stored; use `off` to keep them all"
+        ));
+    }
+    Ok(Retention::Keep(*keep))
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     text.parse::<Duration>()
         .map_err(|e| format!("{text:?} is not a duration like 500ms or 30s: {e}"))
@@ -339,7 +384,20 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{EventLogKind, event_log};
+    use super::{EventLogKind, Retention, event_log, retention};
+
+    #[test]
+    fn retention_is_a_duration_or_off() {
+        assert_eq!(retention("off"), Ok(Retention::Off));
+        assert_eq!(
+            retention("7d"),
+            Ok(Retention::Keep(std::time::Duration::from_secs(7 * 86_400)))
+        );
+        let zero = retention("0s").unwrap_err();
+        assert!(zero.contains("`off`"), "{zero}");
+        let bad = retention("forever").unwrap_err();
+        assert!(bad.contains("\"forever\""), "{bad}");
+    }
 
     #[test]
     fn the_event_log_is_known_when_the_configuration_is_read() {

@@ -1,6 +1,7 @@
-//! `orderflow events import|export`: operators backfill and audit the event
-//! store. Import stores lines exactly as given (validated, no transforms) in
-//! one transaction; export writes the stored text back untouched.
+//! `orderflow events import|export|follow`: operators backfill and audit the
+//! event store. Import stores lines exactly as given (validated, no
+//! transforms) in one transaction; export writes the stored text back
+//! untouched; follow prints what a running server stores, as it stores it.
 
 use std::io::Write as _;
 
@@ -75,4 +76,77 @@ pub async fn export(db: &Database) -> anyhow::Result<usize> {
         written += page.len();
     }
     Ok(written)
+}
+
+/// Prints the events stored after `after` on the server at `endpoint`, then
+/// each new one as it is stored, one JSON line each:
+/// `{"position":N,"stored_at":"…","event":{…}}`, the event in its canonical
+/// stored form. Runs until interrupted; a restart of the server is
+/// followed through (`orderflow_proto::Follow`).
+pub async fn follow(
+    endpoint: &str,
+    token: Option<&str>,
+    after: u64,
+    actions: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut client = orderflow_proto::Client::builder(endpoint);
+    if let Some(token) = token {
+        client = client.bearer_token(token);
+    }
+    let client = client
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let mut follow = client.follow(after).actions(actions);
+    loop {
+        let page = follow.next_page().await.map_err(|status| {
+            anyhow::anyhow!(
+                "the subscription failed after position {}: {}",
+                follow.position(),
+                status.message()
+            )
+        })?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for stored in page.events {
+            let event = match stored.event {
+                Some(wire) => event_from_wire(wire)
+                    .and_then(|event| Ok(event.to_json()?))
+                    .with_context(|| format!("position {}", stored.position))?,
+                None => "null".to_owned(),
+            };
+            let stored_at = stored
+                .stored_at
+                .and_then(|at| {
+                    chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)
+                })
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            // The event as stored, key order and all (a JSON value would
+            // sort its keys).
+            writeln!(
+                out,
+                "{{\"position\":{},\"stored_at\":{},\"event\":{event}}}",
+                stored.position,
+                serde_json::to_string(&stored_at)?,
+            )?;
+        }
+        out.flush()?;
+    }
+}
+
+/// A wire event as a domain event (every field was valid when stored).
+fn event_from_wire(wire: orderflow_proto::proto::Event) -> anyhow::Result<Event> {
+    let mut event = Event::new(
+        domain::UserId::parse(wire.user_id)?,
+        domain::Action::parse(&wire.action)?,
+    );
+    if !wire.event_id.is_empty() {
+        event.event_id = Some(domain::EventId::parse(wire.event_id)?);
+    }
+    event.occurred_at = wire
+        .occurred_at
+        .and_then(|at| chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?))
+        .map(domain::Timestamp::from_datetime);
+    event.amount_cents = wire.amount_cents.map(domain::Cents::new);
+    event.attributes = domain::Attributes::from_client("attributes", wire.attributes)?;
+    Ok(event)
 }

@@ -79,6 +79,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let identity = cert.as_deref().zip(key.as_deref());
             server::probe::check(&cli.settings, &service, ca.as_deref(), identity, *timeout).await
         }
+        Some(Command::Events(EventsCommand::Follow {
+            after,
+            actions,
+            server,
+        })) => {
+            let server = server.unwrap_or_else(|| {
+                format!("http://{}", server::probe::loopback(cli.settings.listen))
+            });
+            events_cli::follow(&server, cli.settings.auth_token.as_deref(), after, actions).await
+        }
         Some(Command::Events(EventsCommand::Export)) => {
             let db = serve::connect(&cli.settings, Open::ReadOnly).await?;
             let count = events_cli::export(&db).await?;

@@ -77,7 +77,7 @@ fn read(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// `0.0.0.0:p` / `[::]:p` (listening everywhere) as the loopback address.
-fn loopback(listen: SocketAddr) -> SocketAddr {
+pub fn loopback(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         ip if !ip.is_unspecified() => ip,
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),

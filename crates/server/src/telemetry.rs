@@ -413,6 +413,16 @@ pub const METRICS: &[Metric] = &[
         "event log records that could not be decoded, kept aside (damaged_log_rows) so the log moves on",
     ),
     metric(
+        "orderflow_events_expired_total",
+        Kind::Counter,
+        "stored events removed by retention (ORDERFLOW_EVENT_RETENTION)",
+    ),
+    metric(
+        "orderflow_subscription_unreadable_events_total",
+        Kind::Counter,
+        "stored events a subscription skipped because they no longer parse",
+    ),
+    metric(
         "orderflow_serving",
         Kind::Gauge,
         "1 while health reports SERVING, else 0",

@@ -254,10 +254,10 @@ fn lock(slot: &std::sync::Mutex<Option<SharedPg>>) -> std::sync::MutexGuard<'_, 
 /// A handle to the database: cheap to clone, shared by every repository.
 #[derive(Clone)]
 pub struct Database {
-    inner: std::sync::Arc<Inner>,
+    pub(crate) inner: std::sync::Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pools: Pools,
     /// PostgreSQL's shared readers (see [`Database::reader`]).
     readers: Readers,
@@ -267,6 +267,8 @@ struct Inner {
     config: StoreConfig,
     /// The pool's latest failure to connect (see [`Database::acquire`]).
     connect_errors: tokio::sync::watch::Sender<Option<StorageError>>,
+    /// Ticks when events are stored (`crate::feed`).
+    pub(crate) stored: crate::feed::StoredSignal,
 }
 
 /// Hands the pool's connection failures to waiting callers. bb8 opens
@@ -388,6 +390,7 @@ impl Database {
                 readers,
                 config,
                 connect_errors: errors,
+                stored: crate::feed::StoredSignal::default(),
             }),
         }
     }

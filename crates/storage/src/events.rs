@@ -158,7 +158,6 @@ impl diesel::serialize::ToSql<diesel::sql_types::Timestamp, diesel::pg::Pg> for 
     }
 }
 
-insert_rows!(NewEventRow => events::table);
 insert_rows!(NewDeadLetterRow => dead_letters::table);
 
 pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
@@ -206,7 +205,11 @@ impl EventStore for Database {
         batch: &[Event],
     ) -> Result<Written, StorageError> {
         let rows = event_rows(batch)?;
-        self.insert_all(write, "events", rows).await
+        let written = self.insert_all(write, "events", rows).await?;
+        if written == Written::Stored {
+            self.stored_signal().tick();
+        }
+        Ok(written)
     }
 
     async fn read_events(

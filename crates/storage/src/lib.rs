@@ -16,6 +16,7 @@ mod db;
 mod error;
 mod events;
 mod failpoint;
+mod feed;
 mod listen;
 mod log;
 pub mod migrate;
@@ -29,6 +30,7 @@ pub use config::{Backend, StoreConfig};
 pub use db::{Database, ORDER_CHANGES_CHANNEL, Written};
 pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
+pub use feed::{EVENTS_STORED_CHANNEL, Expired, StoredSignal};
 pub use listen::{ListenerState, listen_for_order_changes};
 pub use log::{
     DamagedLogRow, LogAppend, LogCommit, LogDamage, LogEntry, NewLogBatch, ProducerRecord,

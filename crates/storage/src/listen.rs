@@ -1,5 +1,5 @@
 //! The change feed: other replicas' order writes, applied to this replica's
-//! cache.
+//! cache, and their stored events, waking this replica's subscribers.
 //!
 //! Every committed order update announces itself with `NOTIFY` on
 //! [`ORDER_CHANGES_CHANNEL`] inside its transaction (`db::Announce`), so the
@@ -29,6 +29,7 @@ use tokio_postgres::AsyncMessage;
 use crate::cache::{CachedOrders, OrderCache};
 use crate::connect::Postgres;
 use crate::db::ORDER_CHANGES_CHANNEL;
+use crate::feed::{EVENTS_STORED_CHANNEL, StoredSignal};
 use crate::{OrderRepository, StorageError, StoreConfig};
 
 /// How often the listening connection proves it is alive.
@@ -62,10 +63,15 @@ impl ListenerState {
 /// PostgreSQL database `config` names, for as long as the returned future
 /// runs (spawn it; abort it at shutdown). From the call on, the cache is
 /// trusted only under the feed's lease (see the module documentation).
+///
+/// The same connection listens on [`EVENTS_STORED_CHANNEL`] and ticks
+/// `stored` for each commit (any replica's) that stored events, and once
+/// each time it (re)subscribes, for what it may have missed meanwhile.
 pub async fn listen_for_order_changes<R>(
     config: StoreConfig,
     orders: CachedOrders<R>,
     state: Arc<ListenerState>,
+    stored: StoredSignal,
 ) where
     R: OrderRepository + Send + Sync + 'static,
 {
@@ -76,7 +82,7 @@ pub async fn listen_for_order_changes<R>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let ended = session(&postgres, cache, &state).await;
+        let ended = session(&postgres, cache, &state, &stored).await;
         state.set(false);
         cache.distrust();
         match ended {
@@ -101,6 +107,7 @@ async fn session(
     postgres: &Postgres,
     cache: &OrderCache,
     state: &ListenerState,
+    stored: &StoredSignal,
 ) -> Result<(), StorageError> {
     let (client, mut connection) = tokio::time::timeout(LEASE * 5, postgres.connect_raw())
         .await
@@ -129,7 +136,9 @@ async fn session(
     let sent = Instant::now();
     tokio::time::timeout(
         LEASE,
-        client.batch_execute(&format!("LISTEN {ORDER_CHANGES_CHANNEL}")),
+        client.batch_execute(&format!(
+            "LISTEN {ORDER_CHANGES_CHANNEL}; LISTEN {EVENTS_STORED_CHANNEL}"
+        )),
     )
     .await
     .map_err(|_| StorageError::Unavailable("LISTEN not answered in time".to_owned()))?
@@ -139,13 +148,14 @@ async fn session(
     cache.flush();
     cache.trust_for(LEASE.saturating_sub(sent.elapsed()));
     state.set(true);
+    stored.tick();
     tracing::info!("order change feed up");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             notification = notifications.recv() => match notification {
-                Some(notification) => apply(cache, notification.payload()),
+                Some(notification) => apply(cache, stored, &notification),
                 None => return Err(StorageError::Unavailable("connection closed".to_owned())),
             },
             _ = heartbeat.tick() => {
@@ -155,7 +165,7 @@ async fn session(
                         // Everything committed before `sent` is in the
                         // channel now: apply it, then extend the lease.
                         while let Ok(notification) = notifications.try_recv() {
-                            apply(cache, notification.payload());
+                            apply(cache, stored, &notification);
                         }
                         cache.trust_for(LEASE.saturating_sub(sent.elapsed()));
                     }
@@ -167,8 +177,14 @@ async fn session(
     }
 }
 
-/// Applies one `"<order id> <version>"` payload.
-fn apply(cache: &OrderCache, payload: &str) {
+/// Applies one notification: events stored, or an order's
+/// `"<order id> <version>"`.
+fn apply(cache: &OrderCache, stored: &StoredSignal, notification: &tokio_postgres::Notification) {
+    if notification.channel() == EVENTS_STORED_CHANNEL {
+        stored.tick();
+        return;
+    }
+    let payload = notification.payload();
     let parsed = payload
         .split_once(' ')
         .and_then(|(id, version)| Some((OrderId::parse(id).ok()?, version.parse::<u64>().ok()?)));

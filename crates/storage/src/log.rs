@@ -407,75 +407,81 @@ impl Database {
         let letter_rows = dead_letter_rows(letters)?;
         let consumer = consumer.to_owned();
         let serialise = self.backend() == crate::Backend::Postgres;
+        let stores_events = !event_rows.is_empty();
         // To its end: the consumer repeats a commit only once it knows the
         // last attempt is over, never beside it.
-        self.write_to_end(move |mut conn| async move {
-            write_transaction!(&mut conn, |c| {
-                // Attempts of one range (another process's too) run one
-                // after the other, so a later one sees the cursor an
-                // earlier one committed (a plain read would not: PostgreSQL
-                // reads what was committed when the statement began).
-                if serialise {
-                    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({COMMIT_LOCK})"))
-                        .execute(c)
-                        .await?;
-                }
-                let cursor: Option<i64> = log_cursors::table
-                    .find(&consumer)
-                    .select(log_cursors::position)
-                    .first(c)
-                    .await
-                    .optional()?;
-                if cursor.is_some_and(|cursor| cursor >= through) {
-                    return Ok(LogCommit::AlreadyCommitted);
-                }
-                for chunk in chunked(event_rows) {
-                    c.insert_rows(chunk).await?;
-                }
-                for chunk in chunked(letter_rows) {
-                    c.insert_rows(chunk).await?;
-                }
-                for (position, error) in &damaged {
-                    let row: Option<DamagedRow> = event_log::table
-                        .find(position)
-                        .select(DamagedRow::as_select())
+        let committed = self
+            .write_to_end(move |mut conn| async move {
+                write_transaction!(&mut conn, |c| {
+                    // Attempts of one range (another process's too) run one
+                    // after the other, so a later one sees the cursor an
+                    // earlier one committed (a plain read would not: PostgreSQL
+                    // reads what was committed when the statement began).
+                    if serialise {
+                        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({COMMIT_LOCK})"))
+                            .execute(c)
+                            .await?;
+                    }
+                    let cursor: Option<i64> = log_cursors::table
+                        .find(&consumer)
+                        .select(log_cursors::position)
                         .first(c)
                         .await
                         .optional()?;
-                    let Some(row) = row else { continue };
-                    diesel::insert_into(damaged_log_rows::table)
+                    if cursor.is_some_and(|cursor| cursor >= through) {
+                        return Ok(LogCommit::AlreadyCommitted);
+                    }
+                    for chunk in chunked(event_rows) {
+                        c.insert_rows(chunk).await?;
+                    }
+                    for chunk in chunked(letter_rows) {
+                        c.insert_rows(chunk).await?;
+                    }
+                    for (position, error) in &damaged {
+                        let row: Option<DamagedRow> = event_log::table
+                            .find(position)
+                            .select(DamagedRow::as_select())
+                            .first(c)
+                            .await
+                            .optional()?;
+                        let Some(row) = row else { continue };
+                        diesel::insert_into(damaged_log_rows::table)
+                            .values((
+                                damaged_log_rows::position.eq(row.position),
+                                damaged_log_rows::producer_id.eq(row.producer_id),
+                                damaged_log_rows::sequence.eq(row.sequence),
+                                damaged_log_rows::event_count.eq(row.event_count),
+                                damaged_log_rows::body.eq(row.body),
+                                damaged_log_rows::data.eq(row.data),
+                                damaged_log_rows::error.eq(error),
+                                damaged_log_rows::moved_at.eq(now),
+                            ))
+                            .execute(c)
+                            .await?;
+                    }
+                    diesel::insert_into(log_cursors::table)
                         .values((
-                            damaged_log_rows::position.eq(row.position),
-                            damaged_log_rows::producer_id.eq(row.producer_id),
-                            damaged_log_rows::sequence.eq(row.sequence),
-                            damaged_log_rows::event_count.eq(row.event_count),
-                            damaged_log_rows::body.eq(row.body),
-                            damaged_log_rows::data.eq(row.data),
-                            damaged_log_rows::error.eq(error),
-                            damaged_log_rows::moved_at.eq(now),
+                            log_cursors::consumer.eq(&consumer),
+                            log_cursors::position.eq(through),
                         ))
+                        .on_conflict(log_cursors::consumer)
+                        .do_update()
+                        .set(log_cursors::position.eq(through))
                         .execute(c)
                         .await?;
-                }
-                diesel::insert_into(log_cursors::table)
-                    .values((
-                        log_cursors::consumer.eq(&consumer),
-                        log_cursors::position.eq(through),
-                    ))
-                    .on_conflict(log_cursors::consumer)
-                    .do_update()
-                    .set(log_cursors::position.eq(through))
-                    .execute(c)
-                    .await?;
-                diesel::delete(event_log::table.filter(event_log::position.le(through)))
-                    .execute(c)
-                    .await?;
-                // Tests kill the process here: outputs written, not committed.
-                fail::fail_point!("storage-log-commit");
-                Ok::<_, StorageError>(LogCommit::Committed)
+                    diesel::delete(event_log::table.filter(event_log::position.le(through)))
+                        .execute(c)
+                        .await?;
+                    // Tests kill the process here: outputs written, not committed.
+                    fail::fail_point!("storage-log-commit");
+                    Ok::<_, StorageError>(LogCommit::Committed)
+                })
             })
-        })
-        .await
+            .await;
+        if stores_events && matches!(committed, Ok(LogCommit::Committed)) {
+            self.stored_signal().tick();
+        }
+        committed
     }
 }
 
@@ -682,6 +688,7 @@ impl Database {
         let stream = stream.to_owned();
         let sequences = sequences.to_vec();
         let now = chrono::Utc::now().timestamp_millis();
+        let stores_events = !event_rows.is_empty();
         let result = self
             .write(move |mut conn| async move {
                 write_transaction!(&mut conn, |c| {
@@ -748,6 +755,9 @@ impl Database {
                 })
             })
             .await;
+        if stores_events && matches!(result, Ok(LogCommit::Committed)) {
+            self.stored_signal().tick();
+        }
         match result {
             Err(StorageError::Conflict(crate::Conflict::Duplicate(what)))
                 if what == "log_applied" =>

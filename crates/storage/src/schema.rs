@@ -64,6 +64,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    events_expired (id) {
+        id -> SmallInt,
+        through -> BigInt,
+    }
+}
+
+diesel::table! {
     dead_letters (id) {
         id -> BigInt,
         body -> Text,

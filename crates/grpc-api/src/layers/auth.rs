@@ -1,4 +1,4 @@
-//! `AuthLayer`: the bearer token on mutating RPCs (the RPC table says
+//! `AuthLayer`: the bearer token on guarded RPCs (the RPC table says
 //! which), compared in constant time.
 
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use http::{Request, Response};
 use super::{BoxFuture, short_circuit};
 use crate::status::{self, Reason};
 
-/// Requires the bearer token on mutating RPCs when one is configured.
+/// Requires the bearer token on guarded RPCs (mutations, SubscribeEvents)
+/// when one is configured.
 #[derive(Debug, Clone, Default)]
 pub struct AuthLayer {
     /// `Bearer <token>`, precomputed; `None` disables auth.
@@ -65,7 +66,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(expected) = &self.expected
-            && crate::rpcs::find(request.uri().path()).is_some_and(|rpc| rpc.mutating)
+            && crate::rpcs::find(request.uri().path()).is_some_and(|rpc| rpc.guarded)
         {
             let presented = request
                 .headers()

@@ -1,4 +1,5 @@
-//! `EndWatchesLayer`: open health watches ended at shutdown.
+//! `EndWatchesLayer`: open endless streams (health watches, subscriptions)
+//! ended at shutdown.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,11 +8,11 @@ use http::{Request, Response};
 
 use super::BoxFuture;
 
-/// Ends every open `grpc.health.v1.Health/Watch` stream once `stopping` is
-/// cancelled, with UNAVAILABLE ("shutting down") after whatever the stream
-/// already sent (by then NOT_SERVING). A Watch never ends by itself, so
-/// without this one watching client holds a graceful shutdown for its whole
-/// grace period.
+/// Ends every open stream the RPC table calls endless (a health `Watch`,
+/// `SubscribeEvents`) once `stopping` is cancelled, with UNAVAILABLE
+/// ("shutting down") after whatever the stream already sent (a Watch's
+/// NOT_SERVING). Such a stream never ends by itself, so without this one
+/// client holds a graceful shutdown for its whole grace period.
 #[derive(Debug, Clone)]
 pub struct EndWatchesLayer {
     stopping: tokio_util::sync::CancellationToken,
@@ -56,7 +57,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let watch = request.uri().path() == "/grpc.health.v1.Health/Watch";
+        let watch = crate::rpcs::find(request.uri().path()).is_some_and(|rpc| rpc.endless);
         let stopping = self.stopping.clone();
         let work = self.inner.call(request);
         Box::pin(async move {

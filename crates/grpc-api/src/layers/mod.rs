@@ -1,6 +1,6 @@
 //! Layers every request passes, one file each: load shedding (separate
 //! budgets for unary calls and streams), a metadata size limit, bearer-token
-//! auth for mutating RPCs, deadlines answered as DEADLINE_EXCEEDED, codes for
+//! auth for guarded RPCs, deadlines answered as DEADLINE_EXCEEDED, codes for
 //! requests tonic could not decode, the end of health watches at shutdown,
 //! and the panic response. (Metrics are recorded by `crate::observe`,
 //! outside them all; the order is `crate::stack`'s.)

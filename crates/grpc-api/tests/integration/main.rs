@@ -16,6 +16,7 @@ mod details;
 mod hostile;
 mod layers;
 mod status;
+mod subscribe;
 mod suite;
 mod support;
 
@@ -40,4 +41,10 @@ test_support::backend_tests!(
     an_idempotency_key_reused_for_another_order_is_refused,
     clients_read_reasons_fields_and_metadata,
     layer_errors_carry_reasons_and_retry_delays,
+    subscriptions_read_the_store_then_follow_it_live,
+    subscriptions_filter_by_action,
+    bad_subscriptions_are_invalid_argument_naming_the_field,
+    an_expired_position_is_refused_with_the_oldest_kept,
+    a_subscriber_behind_retention_is_told_never_skipped,
+    subscriptions_need_the_token,
 );

@@ -25,6 +25,12 @@ pub use crate::layers::{
     a_panicking_handler_answers_internal_and_the_connection_keeps_serving, idle_streams_are_ended,
     layer_errors_carry_reasons_and_retry_delays, requests_past_the_concurrency_limit_are_shed,
 };
+pub use crate::subscribe::{
+    a_subscriber_behind_retention_is_told_never_skipped,
+    an_expired_position_is_refused_with_the_oldest_kept,
+    bad_subscriptions_are_invalid_argument_naming_the_field, subscriptions_filter_by_action,
+    subscriptions_need_the_token, subscriptions_read_the_store_then_follow_it_live,
+};
 use crate::support::InProcess;
 
 pub fn create(user: &str, key: &str) -> CreateOrderRequest {

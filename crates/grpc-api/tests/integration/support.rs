@@ -100,12 +100,12 @@ impl InProcess {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                CatalogServiceServer::new(CatalogApi::new(database))
+                CatalogServiceServer::new(CatalogApi::new(database.clone()))
                     .max_decoding_message_size(max_message),
             )
             .add_service(
                 EventServiceServer::new(
-                    EventApi::new(engine.ingest())
+                    EventApi::new(engine.ingest(), database)
                         .with_log(log, Some(Duration::ZERO))
                         .with_stream_idle_timeout(stream_idle),
                 )

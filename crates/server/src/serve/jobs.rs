@@ -1,8 +1,49 @@
-//! Background jobs: the bookkeeping tables kept small.
+//! Background jobs: stored events past retention removed, and the
+//! bookkeeping tables kept small.
 
 use std::time::Duration;
 
 use storage::Database;
+
+/// Events one retention step removes, in one short transaction.
+const RETENTION_STEP: u32 = 5_000;
+/// The pause between two full retention steps, so a large backlog of
+/// expired events is removed without holding the writers' turn for long.
+const RETENTION_PAUSE: Duration = Duration::from_millis(20);
+
+/// Removes the events stored more than `keep` ago, oldest position first,
+/// in steps of [`RETENTION_STEP`], every tenth of `keep` (between a second
+/// and a minute).
+pub(super) async fn expire_events(db: Database, keep: Duration) {
+    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        loop {
+            match db.expire_events(keep, RETENTION_STEP).await {
+                Ok(step) => {
+                    metrics::counter!("orderflow_events_expired_total").increment(step.events);
+                    if step.events > 0 {
+                        tracing::debug!(
+                            removed = step.events,
+                            through = step.through,
+                            "expired stored events"
+                        );
+                    }
+                    if step.events < u64::from(RETENTION_STEP) {
+                        break;
+                    }
+                    tokio::time::sleep(RETENTION_PAUSE).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not remove expired events; retrying at the next round");
+                    break;
+                }
+            }
+        }
+    }
+}
 
 /// How long batch write ids are remembered. The engine repeats a write
 /// within half a minute (see the engine's retry budget), so an

@@ -25,7 +25,7 @@ use tonic_health::ServingStatus;
 
 pub use startup::{Open, connect, store_config};
 
-use crate::config::Settings;
+use crate::config::{Retention, Settings};
 use monitor::{CACHE_COHERENCE, LIVENESS, SERVICES};
 
 /// Serves until a signal, then shuts down; see the module documentation.
@@ -35,6 +35,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut wired = wiring::wire(&settings, &started.db, started.pipeline, health).await?;
 
     let forgetting = tokio::spawn(jobs::forget_old_write_ids(started.db.clone()));
+    let expiring = match settings.event_retention {
+        Retention::Keep(keep) => Some(tokio::spawn(jobs::expire_events(started.db.clone(), keep))),
+        Retention::Off => None,
+    };
     let monitor = tokio::spawn(monitor::monitor(
         started.db.clone(),
         Arc::clone(&wired.engine),
@@ -70,6 +74,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     monitor.abort();
     forgetting.abort();
+    if let Some(expiring) = &expiring {
+        expiring.abort();
+    }
     if let Some((_, task)) = &wired.feed {
         task.abort();
     }

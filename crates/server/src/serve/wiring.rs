@@ -77,6 +77,7 @@ pub(super) async fn wire(
             config,
             orders.clone(),
             Arc::clone(&state),
+            db.stored_signal().clone(),
         ));
         (state, task)
     });
@@ -152,7 +153,7 @@ pub(super) async fn wire(
         OverflowPolicy::BlockTimeout(wait) => Some(wait),
         OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => Some(Duration::ZERO),
     };
-    let events = EventApi::new(engine.ingest())
+    let events = EventApi::new(engine.ingest(), db.clone())
         .with_log(log, log_wait)
         .with_stream_idle_timeout(*settings.stream_idle_timeout);
     Ok(Wired {

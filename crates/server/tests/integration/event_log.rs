@@ -96,7 +96,7 @@ async fn produce(server_address: String, producer: usize, until: Instant) -> Vec
     acked
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

@@ -21,6 +21,10 @@ pub use crate::kill::{
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
 };
 pub use crate::pipeline::engine_writes_through_the_real_stores;
+pub use crate::subscribe::{
+    retention_ages_events_out_while_ingest_goes_on, subscribers_on_two_replicas_see_one_sequence,
+    subscribers_resume_across_a_kill_and_match_the_export,
+};
 
 pub fn create(user: &str, key: &str) -> CreateOrderRequest {
     CreateOrderRequest {

@@ -11,6 +11,7 @@
 )]
 
 mod cache;
+mod feed;
 mod postgres_only;
 mod suite;
 
@@ -37,4 +38,6 @@ test_support::backend_tests!(
     a_damaged_log_row_is_read_as_such_and_moved_aside,
     concurrent_repeats_of_a_log_commit_store_once,
     log_rows_from_before_the_binary_form_still_read,
+    storing_events_wakes_subscribers,
+    retention_removes_a_prefix_in_bounded_steps,
 );

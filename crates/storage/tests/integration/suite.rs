@@ -15,6 +15,10 @@ use storage::{
 };
 use test_support::{LEGACY_EVENTS as LEGACY, TestDb};
 
+pub use super::feed::{
+    retention_removes_a_prefix_in_bounded_steps, storing_events_wakes_subscribers,
+};
+
 pub fn new_order(user: &str, key: Option<&str>, prices: &[i64]) -> NewOrder {
     let lines = prices
         .iter()

@@ -1,0 +1,198 @@
+//! The stored events as a feed a subscriber can follow: positions in commit
+//! order, a wake-up when events are stored, and retention.
+//!
+//! **Positions follow commit order.** An event's position is its `events.id`.
+//! A subscriber reads `id > last` and moves `last` up; that is only complete
+//! if no event ever becomes visible with an id below one already read.
+//! - SQLite has one writer: ids (`AUTOINCREMENT`, never reused) are taken
+//!   inside the write transaction, so they commit in order.
+//! - PostgreSQL hands out identity values at insert time, and concurrent
+//!   transactions commit in any order: the classic outbox gap. So every
+//!   insert into `events` first takes one transaction-scoped advisory lock
+//!   ([`EVENTS_LOCK`], in this module's `InsertRows` impl, the only way rows
+//!   reach the table). The lock is released only after the commit is
+//!   visible, so the next writer takes its ids after every earlier id is
+//!   committed or rolled back (the identity's sequence caches one value, so
+//!   ids follow the order they are taken). Writers of events serialise for
+//!   the rest of their transaction; each takes the lock as late as it can.
+//!
+//! **Wake-ups.** Each replica's [`StoredSignal`] ticks after a commit that
+//! stored events. On PostgreSQL the same insert also `NOTIFY`s
+//! [`EVENTS_STORED_CHANNEL`], delivered only if it commits; each replica's
+//! change feed (`crate::listen`) ticks its signal on it, so a subscriber on
+//! one replica wakes for events another stored.
+//!
+//! **Retention** removes a prefix of positions: everything at or below
+//! `events_expired.through`. A subscription from below it is told so
+//! instead of silently skipping what it missed.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::StorageError;
+use crate::db::{Database, InsertRows, SqliteConn, with_conn, write_transaction};
+use crate::events::NewEventRow;
+use crate::schema::{events, events_expired};
+
+/// The channel every commit that stored events is announced on (PostgreSQL
+/// `NOTIFY`), for the other replicas' subscribers.
+pub const EVENTS_STORED_CHANNEL: &str = "orderflow_events";
+
+/// Advisory-lock key that orders inserts into `events` on PostgreSQL
+/// ("evtpos").
+pub(crate) const EVENTS_LOCK: i64 = 0x0000_6576_7470_6f73;
+
+/// Ticks when events were stored: by this process (after its commit) or, on
+/// PostgreSQL, by any replica (through the change feed). Subscribers wait
+/// on [`StoredSignal::subscribe`]'s receiver, then read the store.
+#[derive(Debug, Clone)]
+pub struct StoredSignal(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for StoredSignal {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl StoredSignal {
+    /// Events were stored: wakes every waiting subscriber.
+    pub fn tick(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every tick from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+impl InsertRows<NewEventRow> for AsyncPgConnection {
+    async fn insert_rows(&mut self, rows: Vec<NewEventRow>) -> QueryResult<usize> {
+        // Ordered after every earlier writer's commit (module docs), and
+        // announced if this transaction commits.
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
+            .bind::<BigInt, _>(EVENTS_LOCK)
+            .bind::<Text, _>(EVENTS_STORED_CHANNEL)
+            .execute(self)
+            .await?;
+        diesel::insert_into(events::table)
+            .values(rows)
+            .execute(self)
+            .await
+    }
+}
+
+impl InsertRows<NewEventRow> for SqliteConn {
+    async fn insert_rows(&mut self, rows: Vec<NewEventRow>) -> QueryResult<usize> {
+        // One writer: ids are taken in commit order already.
+        self.spawn_blocking(move |c| {
+            diesel::RunQueryDsl::execute(diesel::insert_into(events::table).values(rows), c)
+        })
+        .await
+    }
+}
+
+/// What one retention step removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Events removed by this step.
+    pub events: u64,
+    /// Every position at or below this one is gone now.
+    pub through: i64,
+}
+
+/// Advisory-lock key that keeps replicas' retention steps apart on
+/// PostgreSQL ("evtexp").
+const RETENTION_LOCK: i64 = 0x0000_6576_7465_7870;
+
+impl Database {
+    /// The signal that ticks when events are stored.
+    pub fn stored_signal(&self) -> &StoredSignal {
+        &self.inner.stored
+    }
+
+    /// Every position at or below this one was removed by retention (0:
+    /// none was).
+    pub async fn expired_through(&self) -> Result<i64, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let through: Option<i64> = with_conn!(&mut conn, |c| {
+                events_expired::table
+                    .select(events_expired::through)
+                    .first(c)
+                    .await
+                    .optional()
+            })?;
+            Ok(through.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// One bounded retention step: removes the oldest events, at most
+    /// `step` of them, as long as each was stored more than `age` ago. Only a
+    /// prefix of positions goes, so "everything at or below `through` is
+    /// gone" stays exact even where `received_at` is not in position order
+    /// (replicas' clocks). Call it again while it removes a full step.
+    pub async fn expire_events(
+        &self,
+        age: std::time::Duration,
+        step: u32,
+    ) -> Result<Expired, StorageError> {
+        let age = chrono::Duration::from_std(age)
+            .map_err(|e| StorageError::Internal(format!("retention out of range: {e}")))?;
+        let cutoff = (Utc::now() - age).naive_utc();
+        let serialise = self.backend() == crate::Backend::Postgres;
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                if serialise {
+                    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                        .bind::<BigInt, _>(RETENTION_LOCK)
+                        .execute(c)
+                        .await?;
+                }
+                let through: i64 = events_expired::table
+                    .select(events_expired::through)
+                    .first(c)
+                    .await
+                    .optional()?
+                    .unwrap_or(0);
+                let oldest: Vec<(i64, chrono::NaiveDateTime)> = events::table
+                    .filter(events::id.gt(through))
+                    .order(events::id)
+                    .limit(i64::from(step))
+                    .select((events::id, events::received_at))
+                    .load(c)
+                    .await?;
+                let last = oldest
+                    .iter()
+                    .take_while(|(_, at)| *at < cutoff)
+                    .last()
+                    .map(|(id, _)| *id);
+                let Some(last) = last else {
+                    return Ok::<_, StorageError>(Expired { events: 0, through });
+                };
+                let removed = diesel::delete(
+                    events::table
+                        .filter(events::id.gt(through))
+                        .filter(events::id.le(last)),
+                )
+                .execute(c)
+                .await?;
+                diesel::insert_into(events_expired::table)
+                    .values((events_expired::id.eq(1), events_expired::through.eq(last)))
+                    .on_conflict(events_expired::id)
+                    .do_update()
+                    .set(events_expired::through.eq(last))
+                    .execute(c)
+                    .await?;
+                Ok(Expired {
+                    events: u64::try_from(removed).unwrap_or(u64::MAX),
+                    through: last,
+                })
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Following the stored events (SubscribeEvents), each figure a ratio to a
+# baseline measured in the same run. Server on CPU 0, load on CPU 1.
+#   1. Catch-up: one subscriber reads N stored events from position 0,
+#      against the database's own shell reading the same rows (`sqlite3`;
+#      `psql \copy (SELECT ...) TO '/dev/null'`). Target >= 0.5.
+#   2. Live tail: ingest (PublishEvents) at half its measured capacity while
+#      one subscriber follows; lag from `stored_at` to arrival, p50 / p99.
+#      Target p99 <= 50 ms.
+#   3. Ingest (acknowledged StreamEventBatches) with 4 live subscribers,
+#      against ingest with none. Target >= 0.8.
+#   4. Ingest while retention removes events, against retention off.
+#      Target >= 0.9.
+# Prints a Markdown table for docs/benchmarks.md.
+#
+# Usage: scripts/bench-subscribe.sh [SECONDS_PER_RUN] [CATCH_UP_EVENTS]
+#        (defaults 10 and 200000; needs a local PostgreSQL for its rows)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+n=${2:-200000}
+root=$PWD
+scratch=$(mktemp -d)
+pg=postgres://postgres@127.0.0.1:5432/test
+schema=bench_subscribe_$$
+trap 'kill "${PID:-}" 2>/dev/null || true; psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+
+cargo build --quiet --release -p server -p loadgen
+bin=$root/target/release/orderflow
+lg=$root/target/release/loadgen
+steps=$root/crates/test-support/data/twelve-steps.toml
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+now() { date +%s.%N; }
+per_second() { awk -v r="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.0f", r / (b - a) }'; }
+
+start_server() { # DATABASE_URL [ENV=VALUE...]
+    local url=$1
+    shift
+    local port
+    port=$(free_port)
+    env DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$(free_port)" \
+        RUST_LOG=warn "$@" taskset -c 0 "$bin" >"$scratch/server.log" 2>&1 &
+    PID=$!
+    ADDR=http://127.0.0.1:$port
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start:" >&2
+    cat "$scratch/server.log" >&2
+    exit 1
+}
+stop_server() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
+load() { taskset -c 1 "$lg" --target "$ADDR" --json "$@"; }
+
+# N events as JSON lines, for `orderflow events import`.
+python3 - "$n" >"$scratch/events.jsonl" <<'PY'
+import json, sys
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"event_id": f"e-{i}", "user_id": f"u-{i % 1000}", "action": "purchase",
+                      "amount_cents": i % 5000, "attributes": {"k": "v"}}, separators=(",", ":")))
+PY
+
+catch_up() { # DATABASE_URL -> events/s of one subscriber reading all N
+    local url=$1
+    DATABASE_URL="$url" "$bin" events import "$scratch/events.jsonl" >/dev/null 2>&1
+    start_server "$url"
+    local run
+    run=$(load --workload subscribe --concurrency 1 --max-page 10000 --requests "$n" --duration 300s)
+    stop_server
+    [ "$(json "$run" events)" -ge "$n" ] || { echo "caught up on $(json "$run" events) of $n" >&2; exit 1; }
+    json "$run" events_per_second
+}
+
+echo "catch-up, SQLite..." >&2
+sqlite_url=$scratch/catchup.db
+sqlite_follow=$(catch_up "$sqlite_url")
+start=$(now)
+sqlite3 "$sqlite_url" "SELECT id, body, received_at FROM events" >/dev/null
+sqlite_shell=$(per_second "$n" "$start" "$(now)")
+
+pg_row=""
+if pg_isready -q -h 127.0.0.1 -p 5432; then
+    echo "catch-up, PostgreSQL..." >&2
+    psql -q "$pg" -c "CREATE SCHEMA $schema" >/dev/null
+    pg_url="$pg?options=-c%20search_path%3D$schema"
+    pg_follow=$(catch_up "$pg_url")
+    start=$(now)
+    PGOPTIONS="-c search_path=$schema" psql -q "$pg" -c "\\copy (SELECT id, body, received_at FROM events ORDER BY id) TO '/dev/null'"
+    pg_shell=$(per_second "$n" "$start" "$(now)")
+    pg_row="| catch-up from position 0, PostgreSQL, $n events | ${pg_follow%.*} events/s | \`psql \\copy (SELECT ...) TO '/dev/null'\`: $pg_shell rows/s | $(ratio "$pg_follow" "$pg_shell") |"
+fi
+
+echo "live tail at half the ingest capacity (SQLite)..." >&2
+start_server "$scratch/live.db"
+capacity=$(json "$(load --workload publish --concurrency 8 --batch 100 --duration "${secs}s")" rps)
+half=$(awk -v c="$capacity" 'BEGIN { printf "%.0f", c / 2 }')
+load --workload subscribe --concurrency 1 --duration "$((secs + 2))s" >"$scratch/tail.json" &
+tail_pid=$!
+sleep 1
+load --workload publish --concurrency 8 --batch 100 --rate "$half" --duration "${secs}s" >/dev/null
+wait "$tail_pid"
+stop_server
+tail_run=$(cat "$scratch/tail.json")
+
+ingest() { # DB ENV... -> acknowledged events/s, with SUBSCRIBERS subscribers following
+    local db=$1
+    shift
+    rm -f "$db"*
+    start_server "$db" ORDERFLOW_PIPELINE="$steps" "$@"
+    local subscribers=()
+    for _ in $(seq 1 "${SUBSCRIBERS:-0}"); do
+        load --workload subscribe --concurrency 1 --duration "$((secs + 2))s" >/dev/null &
+        subscribers+=($!)
+    done
+    local run
+    run=$(load --workload stream-batches --concurrency 4 --batch 1000 --window 8 --duration "${secs}s")
+    for pid in "${subscribers[@]}"; do wait "$pid"; done
+    stop_server
+    json "$run" events_per_second
+}
+
+echo "ingest with and without 4 subscribers (SQLite)..." >&2
+alone=$(ingest "$scratch/ingest.db")
+followed=$(SUBSCRIBERS=4 ingest "$scratch/ingest.db")
+alone_again=$(ingest "$scratch/ingest.db")
+echo "ingest with and without retention removing (SQLite)..." >&2
+retained=$(ingest "$scratch/ingest.db" ORDERFLOW_EVENT_RETENTION=2s)
+baseline=$(awk -v a="$alone" -v b="$alone_again" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+
+cat <<TABLE
+Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1), ${secs} s per run.
+
+| figure | value | baseline | ratio |
+|---|---|---|---|
+| catch-up from position 0, SQLite, $n events | ${sqlite_follow%.*} events/s | \`sqlite3\` reading the same rows: $sqlite_shell rows/s | $(ratio "$sqlite_follow" "$sqlite_shell") |
+$pg_row
+| live tail at half the ingest capacity ($half PublishEvents/s of 100), lag from stored_at to arrival | p50 $(json "$tail_run" lag_p50_us) us, p99 $(json "$tail_run" lag_p99_us) us | target p99 50,000 us | |
+| acknowledged ingest with 4 live subscribers (twelve steps, SQLite) | ${followed%.*} events/s | none: $alone, then $alone_again events/s | $(ratio "$followed" "$baseline") |
+| acknowledged ingest while retention (2 s) removes | ${retained%.*} events/s | retention off (as above) | $(ratio "$retained" "$baseline") |
+TABLE
