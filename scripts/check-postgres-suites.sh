@@ -14,7 +14,7 @@ binaries=$(cargo test --workspace --test integration --no-run --message-format=j
 import json, sys
 for line in sys.stdin:
     message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message.get("executable"):
+    if message.get("reason") == "compiler-artifact" and message["target"]["kind"] == ["test"]:
         print(message["target"]["src_path"].split("/crates/")[1].split("/")[0], message["executable"])
 ')
 
