@@ -147,10 +147,13 @@ pub async fn cancelling_clients_never_loosen_the_backlog_bound(db: &TestDb) {
     for (producer, handle) in producers.into_iter().enumerate() {
         acked.insert(producer, handle.await.unwrap());
     }
-    // Memory once the overload is established (after the first third).
+    // Memory once the overload is established: the second half (under a
+    // loaded machine, as in CI running every suite at once, warming up
+    // took past the first third; the leak this guards against grew 350 MB
+    // in 40 s, steadily).
     let settled: Vec<f64> = memory
         .iter()
-        .filter(|(at, _)| at.as_secs_f64() > seconds as f64 / 3.0)
+        .filter(|(at, _)| at.as_secs_f64() > seconds as f64 / 2.0)
         .map(|(_, mb)| *mb)
         .collect();
     let low = settled.iter().copied().fold(f64::MAX, f64::min);
