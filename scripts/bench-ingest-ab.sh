@@ -6,7 +6,7 @@
 # 127.0.0.1:5432; skipped if none answers), and into the blackhole sink;
 # server on CPU 0, load on CPU 1.
 #
-# Usage: scripts/bench-ingest-ab.sh BEFORE_DIR AFTER_DIR [ROUNDS] [SECONDS]
+# Usage: [SINKS="database postgres blackhole"] scripts/bench-ingest-ab.sh BEFORE_DIR AFTER_DIR [ROUNDS] [SECONDS]
 #   Each directory holds an `orderflow` and a `loadgen` binary, e.g.:
 #     git worktree add /tmp/before <commit>
 #     (cd /tmp/before && cargo build --release -p server -p loadgen)
@@ -28,6 +28,8 @@ sinks="database blackhole"
 if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     sinks="database postgres blackhole"
 fi
+# SINKS="blackhole" (say) runs only those.
+sinks=${SINKS:-$sinks}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -35,7 +37,7 @@ run() { # DIR SINK -> events/s
     local dir=$1 sink=$2 port url=$scratch/db
     rm -f "$scratch"/db*
     if [ "$sink" = postgres ]; then
-        psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema" >/dev/null
+        PGOPTIONS="-c client_min_messages=warning" psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema" >/dev/null
         url="$pg?options=-c%20search_path%3D$schema"
         sink=database
     fi

@@ -20,9 +20,11 @@
 //!   cannot be decoded is read as a [`LogDamage`], and its commit moves it,
 //!   as it was, to `damaged_log_rows` with the error: the log moves on. A
 //!   commit whose range the cursor already covers stores nothing, so
-//!   repeating one whose outcome was unknown is safe; on PostgreSQL commits
-//!   take an advisory lock first, so a repeat never runs beside the attempt
-//!   it repeats (both would read the old cursor and store twice).
+//!   repeating one whose outcome was unknown is safe; on PostgreSQL a commit
+//!   first locks its consumer's cursor row (an advisory lock before the
+//!   first commit, when there is no row yet), so a repeat never runs beside
+//!   the attempt it repeats (both would read the old cursor and store
+//!   twice).
 //!
 //! Durable means committed: SQLite runs with `synchronous = FULL` (see
 //! `db.rs`), PostgreSQL with its defaults.
@@ -41,8 +43,8 @@ use crate::schema::{
 
 /// Advisory-lock key that serialises log appends on PostgreSQL ("evntlog").
 const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
-/// Advisory-lock key that serialises the consumer's commits on PostgreSQL
-/// ("logcmit").
+/// Advisory-lock key that serialises a consumer's first commits on
+/// PostgreSQL, before its cursor row exists ("logcmit").
 const COMMIT_LOCK: i64 = 0x006c_6f67_636d_6974;
 
 /// A batch to append (borrowed: the caller keeps its events).
@@ -137,6 +139,13 @@ struct LogRow {
     /// JSON lines, in rows appended before the binary form (else empty).
     body: String,
     data: Option<Vec<u8>>,
+}
+
+/// A consumer's cursor, read with `FOR UPDATE` (PostgreSQL).
+#[derive(Debug, QueryableByName)]
+struct CursorRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    position: i64,
 }
 
 /// A whole log row, as it is moved to `damaged_log_rows`.
@@ -415,19 +424,39 @@ impl Database {
                 write_transaction!(&mut conn, |c| {
                     // Attempts of one range (another process's too) run one
                     // after the other, so a later one sees the cursor an
-                    // earlier one committed (a plain read would not: PostgreSQL
-                    // reads what was committed when the statement began).
-                    if serialise {
-                        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({COMMIT_LOCK})"))
+                    // earlier one committed. On PostgreSQL a plain read would
+                    // not (it sees what was committed when the statement
+                    // began); `FOR UPDATE` waits for the cursor row and then
+                    // reads its newest version, in one round trip. Before a
+                    // consumer's first commit there is no row to wait for:
+                    // then first commits take an advisory lock and read again.
+                    let mut cursor: Option<i64> = if serialise {
+                        diesel::sql_query(
+                            "SELECT position FROM log_cursors WHERE consumer = $1 FOR UPDATE",
+                        )
+                        .bind::<diesel::sql_types::Text, _>(&consumer)
+                        .get_result::<CursorRow>(c)
+                        .await
+                        .optional()?
+                        .map(|row| row.position)
+                    } else {
+                        None
+                    };
+                    if cursor.is_none() {
+                        if serialise {
+                            diesel::sql_query(format!(
+                                "SELECT pg_advisory_xact_lock({COMMIT_LOCK})"
+                            ))
                             .execute(c)
                             .await?;
+                        }
+                        cursor = log_cursors::table
+                            .find(&consumer)
+                            .select(log_cursors::position)
+                            .first(c)
+                            .await
+                            .optional()?;
                     }
-                    let cursor: Option<i64> = log_cursors::table
-                        .find(&consumer)
-                        .select(log_cursors::position)
-                        .first(c)
-                        .await
-                        .optional()?;
                     if cursor.is_some_and(|cursor| cursor >= through) {
                         return Ok(LogCommit::AlreadyCommitted);
                     }

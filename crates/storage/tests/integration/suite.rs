@@ -840,6 +840,34 @@ pub async fn concurrent_repeats_of_a_log_commit_store_once(db: &TestDb) {
         events.len(),
         "the outputs stored once"
     );
+
+    // Once the cursor row exists, repeats wait on the row itself.
+    db.append_log(&[NewLogBatch {
+        producer: None,
+        events: &events[..1],
+    }])
+    .await
+    .unwrap();
+    let next = db.read_log(through, 1).await.unwrap()[0].position;
+    let attempts: Vec<_> = (0..6)
+        .map(|_| {
+            let db = storage::Database::clone(db);
+            let events = events.clone();
+            tokio::spawn(async move { db.commit_log("c", next, &events, &[], &[]).await })
+        })
+        .collect();
+    let mut committed = 0;
+    for attempt in attempts {
+        if attempt.await.unwrap().unwrap() == LogCommit::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1, "later ranges too: one attempt commits");
+    assert_eq!(
+        db.read_events(None, 10_000).await.unwrap().len(),
+        2 * events.len(),
+        "each range's outputs stored once"
+    );
 }
 
 /// A row that cannot be decoded is read as damaged (its position, its event
