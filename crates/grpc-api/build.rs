@@ -20,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (tonic-prost's own codec says INTERNAL). They name the client crate's
     // messages, so a message type exists once. The exceptions: the `Order`
     // they answer with is `crate::encoded::EncodedOrder`, the same bytes,
-    // encoded once per cached snapshot; the `Event` and `EventBatch` they
+    // encoded once per cached snapshot, and the `EventPage`
+    // `crate::encoded::EncodedPage`, encoded once for every subscriber; the `Event` and `EventBatch` they
     // take are `crate::wire`'s, which read the attributes map as its
     // entries instead of hashing them into a `HashMap`.
     tonic_prost_build::configure()
@@ -28,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .codec_path("crate::codec::RequestCodec")
         .extern_path(".orderflow.v1.Order", "crate::encoded::EncodedOrder")
+        .extern_path(".orderflow.v1.EventPage", "crate::encoded::EncodedPage")
         .extern_path(".orderflow.v1.Event", "crate::wire::Event")
         .extern_path(".orderflow.v1.EventBatch", "crate::wire::EventBatch")
         .extern_path(".orderflow.v1", "::orderflow_proto::proto")

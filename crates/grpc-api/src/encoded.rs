@@ -1,5 +1,5 @@
 //! [`EncodedOrder`]: the `orderflow.v1.Order` the servers send, already
-//! encoded.
+//! encoded; [`EncodedPage`], the same for SubscribeEvents' `EventPage`.
 //!
 //! A cached order is an immutable snapshot, so its response bytes are too:
 //! GetOrder asks the snapshot for them ([`storage::FoundOrder::form`]), and
@@ -53,6 +53,55 @@ impl Message for EncodedOrder {
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         let mut field = proto::Order::default();
+        field.merge_field(tag, wire_type, buf, ctx)?;
+        let mut bytes = BytesMut::from(&self.0[..]);
+        field.encode_raw(&mut bytes);
+        self.0 = bytes.freeze();
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+/// An `orderflow.v1.EventPage`, encoded once and sent to every subscriber
+/// that asks for the same page (`crate::subscribe`). Clients decode
+/// `orderflow_proto::proto::EventPage`; the bytes are the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedPage(Bytes);
+
+impl EncodedPage {
+    /// The encoding of `page` on the wire.
+    pub fn new(page: &proto::EventPage) -> Self {
+        Self(page.encode_to_vec().into())
+    }
+
+    /// The encoded message.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl Message for EncodedPage {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    /// Decodes one field as `orderflow.v1.EventPage` would and appends its
+    /// encoding (the servers never decode this type).
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        let mut field = proto::EventPage::default();
         field.merge_field(tag, wire_type, buf, ctx)?;
         let mut bytes = BytesMut::from(&self.0[..]);
         field.encode_raw(&mut bytes);

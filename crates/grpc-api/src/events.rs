@@ -28,7 +28,7 @@ pub struct EventApi {
     ingest: Ingest,
     log: Option<(LogIngest, Option<Duration>)>,
     stream_idle: Duration,
-    store: storage::Database,
+    feed: crate::subscribe::Feed,
 }
 
 impl EventApi {
@@ -44,7 +44,7 @@ impl EventApi {
             ingest,
             log: None,
             stream_idle: Self::DEFAULT_STREAM_IDLE_TIMEOUT,
-            store,
+            feed: crate::subscribe::Feed::new(store),
         }
     }
 
@@ -242,7 +242,7 @@ impl EventService for EventApi {
         &self,
         request: Request<SubscribeEventsRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
-        let pages = crate::subscribe::subscribe(self.store.clone(), request.into_inner()).await?;
+        let pages = crate::subscribe::subscribe(self.feed.clone(), request.into_inner()).await?;
         Ok(Response::new(pages))
     }
 

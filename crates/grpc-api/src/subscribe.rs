@@ -9,8 +9,17 @@
 //! Positions are complete because the store hands them out in commit order
 //! (`storage`'s feed module); retention is checked after every page read, so
 //! a subscriber that falls behind it is told, never silently skipped ahead.
+//!
+//! Pages are read and encoded once for everyone: [`Feed`] keeps the pages
+//! recently read, keyed by where they start and what they filter, and
+//! concurrent requests for the same page share one read. A page that starts
+//! after position `p` and ends at `last` stays true for ever (no event can
+//! appear below a visible one, and the read found none missing), so
+//! subscribers following the live tail together (each woken by the same
+//! commit, each asking for the page after the same position) cost one read
+//! and one encoding between them.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Action, Event};
@@ -20,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::convert;
+use crate::encoded::EncodedPage;
 use crate::proto::{EventPage, StoredEvent, SubscribeEventsRequest};
 use crate::status::{self, Reason};
 
@@ -34,13 +44,57 @@ pub const MAX_ACTIONS: usize = 64;
 /// feed); well within the contract's 1 s.
 const POLL: Duration = Duration::from_millis(500);
 
+/// The bytes of encoded pages [`Feed`] keeps for sharing.
+const SHARED_PAGE_BYTES: u64 = 32 << 20;
+
 /// The stream a subscription answers with.
-pub type Pages = ReceiverStream<Result<EventPage, Status>>;
+pub type Pages = ReceiverStream<Result<EncodedPage, Status>>;
+
+/// The subscriptions' shared side: the store, and the pages recently read.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    db: Database,
+    pages: moka::future::Cache<PageKey, Arc<Page>>,
+}
+
+impl Feed {
+    pub(crate) fn new(db: Database) -> Self {
+        Self {
+            db,
+            pages: moka::future::Cache::builder()
+                .weigher(|_, page: &Arc<Page>| {
+                    u32::try_from(page.bytes.bytes().len()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(SHARED_PAGE_BYTES)
+                .build(),
+        }
+    }
+}
+
+/// Which page: after a position, of a size, with a filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PageKey {
+    after: i64,
+    page: u32,
+    actions: Arc<[String]>,
+}
+
+/// A page read: its encoding, how many events it holds (none if the filter
+/// took every row read), the position read up to, and whether a whole page
+/// of rows was read (more may be waiting).
+#[derive(Debug)]
+struct Page {
+    bytes: EncodedPage,
+    events: usize,
+    last: i64,
+    full: bool,
+}
 
 /// What a request asks for, validated.
 struct Subscription {
     after: i64,
-    actions: HashSet<String>,
+    /// Sorted and without repeats: one key per filter.
+    actions: Arc<[String]>,
     page: u32,
 }
 
@@ -65,24 +119,30 @@ impl Subscription {
                 ),
             ));
         }
-        let mut actions = HashSet::with_capacity(request.actions.len());
+        let mut actions = Vec::with_capacity(request.actions.len());
         for (i, action) in request.actions.into_iter().enumerate() {
             Action::parse(&action).map_err(|e| {
                 status::invalid_field(&format!("actions[{i}]"), strip_field(&e.to_string()))
             })?;
-            actions.insert(action);
+            actions.push(action);
         }
+        actions.sort_unstable();
+        actions.dedup();
         Ok(Self {
             // No position is that high: such a subscription waits, as one
             // past the newest does.
             after: i64::try_from(request.after_position).unwrap_or(i64::MAX),
-            actions,
+            actions: actions.into(),
             page,
         })
     }
 
     fn wants(&self, event: &Event) -> bool {
-        self.actions.is_empty() || self.actions.contains(event.action.as_str())
+        self.actions.is_empty()
+            || self
+                .actions
+                .binary_search_by(|a| a.as_str().cmp(event.action.as_str()))
+                .is_ok()
     }
 }
 
@@ -107,51 +167,52 @@ fn expired(after: i64, through: i64) -> Status {
     .status()
 }
 
-/// Starts the subscription `request` asks for over `db`'s stored events.
+/// Starts the subscription `request` asks for over `feed`'s stored events.
 /// Bad requests and an expired position are answered before any stream
 /// opens.
 pub(crate) async fn subscribe(
-    db: Database,
+    feed: Feed,
     request: SubscribeEventsRequest,
 ) -> Result<Pages, Status> {
     let mut subscription = Subscription::from_wire(request)?;
-    let through = db.expired_through().await.map_err(status::storage)?;
+    let through = feed.db.expired_through().await.map_err(status::storage)?;
     if subscription.after == 0 {
         subscription.after = through;
     } else if subscription.after < through {
         return Err(expired(subscription.after, through));
     }
     let (pages, stream) = mpsc::channel(1);
-    tokio::spawn(follow(db, subscription, pages));
+    tokio::spawn(follow(feed, subscription, pages));
     Ok(ReceiverStream::new(stream))
 }
 
 /// Reads and sends pages until the client goes away or the store fails.
 async fn follow(
-    db: Database,
+    feed: Feed,
     subscription: Subscription,
-    pages: mpsc::Sender<Result<EventPage, Status>>,
+    pages: mpsc::Sender<Result<EncodedPage, Status>>,
 ) {
     // Subscribed before the first read: a commit after that read is a
     // change the wait below sees.
-    let mut stored = db.stored_signal().subscribe();
+    let mut stored = feed.db.stored_signal().subscribe();
     let mut cursor = subscription.after;
     loop {
         stored.borrow_and_update();
-        let read = next_page(&db, &subscription, cursor).await;
-        let (page, last, full) = match read {
-            Ok(read) => read,
+        let page = match shared_page(&feed, &subscription, cursor).await {
+            Ok(page) => page,
             Err(status) => {
                 let _ = pages.send(Err(status)).await;
                 return;
             }
         };
-        if !page.events.is_empty() && pages.send(Ok(page)).await.is_err() {
-            return;
-        }
-        cursor = last;
-        if full {
-            continue;
+        if let Some(page) = &page {
+            if page.events > 0 && pages.send(Ok(page.bytes.clone())).await.is_err() {
+                return;
+            }
+            cursor = page.last;
+            if page.full {
+                continue;
+            }
         }
         tokio::select! {
             changed = stored.changed() => if changed.is_err() { return },
@@ -161,14 +222,48 @@ async fn follow(
     }
 }
 
-/// The page after `cursor`: the events `subscription` wants (perhaps
-/// none, if it filters every one read), the position read up to, and
-/// whether a whole page was read (more may be waiting).
-async fn next_page(
+/// The page after `cursor`, from the shared pages or read now (one read for
+/// every subscription asking at once); `None` when nothing is stored after
+/// it yet (not kept: rows may come).
+async fn shared_page(
+    feed: &Feed,
+    subscription: &Subscription,
+    cursor: i64,
+) -> Result<Option<Arc<Page>>, Status> {
+    let key = PageKey {
+        after: cursor,
+        page: subscription.page,
+        actions: Arc::clone(&subscription.actions),
+    };
+    if let Some(page) = feed.pages.get(&key).await {
+        return Ok(Some(page));
+    }
+    let read = feed
+        .pages
+        .try_get_with(key, async {
+            match read_page(&feed.db, subscription, cursor).await {
+                Ok(Some(page)) => Ok(Arc::new(page)),
+                Ok(None) => Err(None),
+                Err(status) => Err(Some(status)),
+            }
+        })
+        .await;
+    match read {
+        Ok(page) => Ok(Some(page)),
+        Err(error) => match error.as_ref() {
+            None => Ok(None),
+            Some(status) => Err(status.clone()),
+        },
+    }
+}
+
+/// Reads the page after `cursor` from the store; `None` if there is none
+/// yet.
+async fn read_page(
     db: &Database,
     subscription: &Subscription,
     cursor: i64,
-) -> Result<(EventPage, i64, bool), Status> {
+) -> Result<Option<Page>, Status> {
     let rows = db
         .read_events(Some(cursor), subscription.page)
         .await
@@ -180,7 +275,7 @@ async fn next_page(
         return Err(expired(cursor, through));
     }
     let Some(last) = rows.last().map(|row| row.position) else {
-        return Ok((EventPage::default(), cursor, false));
+        return Ok(None);
     };
     let full = rows.len() >= subscription.page as usize;
     let mut events = Vec::with_capacity(rows.len());
@@ -205,5 +300,11 @@ async fn next_page(
             stored_at: Some(convert::stored_at_to_wire(row.received_at)),
         });
     }
-    Ok((EventPage { events }, last, full))
+    let count = events.len();
+    Ok(Some(Page {
+        bytes: EncodedPage::new(&EventPage { events }),
+        events: count,
+        last,
+        full,
+    }))
 }
