@@ -207,6 +207,10 @@ struct Args {
     /// subscribe: only these actions (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     actions: Vec<String>,
+    /// subscribe: decode only positions and stored_at (a cheap client,
+    /// to tell its limit from the server's); no resume.
+    #[arg(long)]
+    lean: bool,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -412,6 +416,8 @@ async fn run_subscribers(args: &Args, channels: &[Client]) -> anyhow::Result<()>
         max_page: args.max_page,
         actions: args.actions.clone(),
         events_each: args.requests,
+        lean: args.lean,
+        token: args.token.clone(),
     };
     let started = Instant::now();
     let deadline = started + args.duration;
