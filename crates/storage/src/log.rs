@@ -217,6 +217,7 @@ impl Database {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let serialise = self.backend() == crate::Backend::Postgres;
+        let now = chrono::Utc::now().timestamp_millis();
         self.write_to_end(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 if serialise {
@@ -242,10 +243,14 @@ impl Database {
                             .values((
                                 log_producers::producer_id.eq(id),
                                 log_producers::last_sequence.eq(sequence),
+                                log_producers::last_batch_at.eq(now),
                             ))
                             .on_conflict(log_producers::producer_id)
                             .do_update()
-                            .set(log_producers::last_sequence.eq(sequence))
+                            .set((
+                                log_producers::last_sequence.eq(sequence),
+                                log_producers::last_batch_at.eq(now),
+                            ))
                             .execute(c)
                             .await?;
                     }
@@ -634,6 +639,7 @@ impl Database {
             let entry = highest.entry(producer.clone()).or_insert(sequence);
             *entry = (*entry).max(sequence);
         }
+        let now = chrono::Utc::now().timestamp_millis();
         self.write(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 for (producer, sequence) in &highest {
@@ -641,10 +647,18 @@ impl Database {
                         .values((
                             log_producers_appended::producer_id.eq(producer),
                             log_producers_appended::appended_sequence.eq(sequence),
+                            log_producers_appended::last_batch_at.eq(now),
                         ))
                         .on_conflict_do_nothing()
                         .execute(c)
                         .await?;
+                    diesel::update(
+                        log_producers_appended::table
+                            .filter(log_producers_appended::producer_id.eq(producer)),
+                    )
+                    .set(log_producers_appended::last_batch_at.eq(now))
+                    .execute(c)
+                    .await?;
                     diesel::update(
                         log_producers_appended::table
                             .filter(log_producers_appended::producer_id.eq(producer))
@@ -760,10 +774,17 @@ impl Database {
                             .values((
                                 log_producers::producer_id.eq(producer),
                                 log_producers::last_sequence.eq(sequence),
+                                log_producers::last_batch_at.eq(now),
                             ))
                             .on_conflict_do_nothing()
                             .execute(c)
                             .await?;
+                        diesel::update(
+                            log_producers::table.filter(log_producers::producer_id.eq(producer)),
+                        )
+                        .set(log_producers::last_batch_at.eq(now))
+                        .execute(c)
+                        .await?;
                         diesel::update(
                             log_producers::table
                                 .filter(log_producers::producer_id.eq(producer))
@@ -795,6 +816,41 @@ impl Database {
             }
             other => other,
         }
+    }
+
+    /// Forgets the producers idle for longer than `age` (no batch appended
+    /// or committed since): their records on both logs and the batches
+    /// recorded as committed on a shared log. Returns how many rows went. A
+    /// forgotten producer's next batch is its first again (any sequence).
+    /// The server keeps records 7 days, the contract's minimum.
+    pub async fn forget_idle_producers(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let cutoff = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |mut conn| async move {
+            write_transaction!(&mut conn, |c| {
+                let producers = diesel::delete(
+                    log_producers::table.filter(log_producers::last_batch_at.lt(cutoff)),
+                )
+                .execute(c)
+                .await?;
+                let appended = diesel::delete(
+                    log_producers_appended::table
+                        .filter(log_producers_appended::last_batch_at.lt(cutoff)),
+                )
+                .execute(c)
+                .await?;
+                let batches = diesel::delete(
+                    log_applied_batches::table.filter(log_applied_batches::applied_at.lt(cutoff)),
+                )
+                .execute(c)
+                .await?;
+                Ok::<_, StorageError>(producers + appended + batches)
+            })
+        })
+        .await
     }
 
     /// Forgets recorded sequences older than `age`: a message is redelivered

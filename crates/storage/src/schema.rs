@@ -102,6 +102,7 @@ diesel::table! {
     log_producers (producer_id) {
         producer_id -> Text,
         last_sequence -> BigInt,
+        last_batch_at -> BigInt,
     }
 }
 
@@ -124,6 +125,7 @@ diesel::table! {
     log_producers_appended (producer_id) {
         producer_id -> Text,
         appended_sequence -> BigInt,
+        last_batch_at -> BigInt,
     }
 }
 

@@ -50,8 +50,15 @@ pub(super) async fn expire_events(db: Database, keep: Duration) {
 /// hour is far beyond any repeat.
 const WRITE_ID_MEMORY: Duration = Duration::from_secs(3600);
 
+/// How long a producer's records (its sequences on the event logs) are kept
+/// after its last batch: the contract's minimum, 7 days. Until then a retry
+/// is answered duplicate and a skipped sequence refused; after it, the
+/// producer's next batch counts as its first.
+const PRODUCER_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Once a minute, forgets write ids older than [`WRITE_ID_MEMORY`] so the
-/// `applied_writes` table stays small.
+/// `applied_writes` table stays small, and the records of producers idle
+/// for [`PRODUCER_MEMORY`].
 pub(super) async fn forget_old_write_ids(db: Database) {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -67,6 +74,13 @@ pub(super) async fn forget_old_write_ids(db: Database) {
         // far inside the hour its applied sequence is remembered.
         if let Err(error) = db.forget_applied_sequences(WRITE_ID_MEMORY).await {
             tracing::warn!(%error, "could not forget old applied stream sequences; retrying in a minute");
+        }
+        match db.forget_idle_producers(PRODUCER_MEMORY).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::debug!(forgotten, "forgot idle producers' records"),
+            Err(error) => {
+                tracing::warn!(%error, "could not forget idle producers; retrying in a minute")
+            }
         }
     }
 }

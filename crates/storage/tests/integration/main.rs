@@ -39,5 +39,6 @@ test_support::backend_tests!(
     concurrent_repeats_of_a_log_commit_store_once,
     log_rows_from_before_the_binary_form_still_read,
     storing_events_wakes_subscribers,
+    idle_producers_are_forgotten_and_start_afresh,
     retention_removes_a_prefix_in_bounded_steps,
 );

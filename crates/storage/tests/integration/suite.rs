@@ -800,6 +800,51 @@ pub async fn event_log_refuses_a_sequence_gap(db: &TestDb) {
     assert_eq!(stored, events, "each batch once, in sequence order");
 }
 
+/// Producers idle past the age are forgotten, on both logs' records; an
+/// active one is kept; a forgotten producer's next batch is its first
+/// again.
+pub async fn idle_producers_are_forgotten_and_start_afresh(db: &TestDb) {
+    let events: Vec<Event> = LEGACY
+        .lines()
+        .take(1)
+        .map(|l| Event::from_json(l).unwrap())
+        .collect();
+    let batch = |producer, sequence| NewLogBatch {
+        producer: Some((producer, sequence)),
+        events: &events,
+    };
+    db.append_log(&[batch("idle", 1), batch("busy", 1)])
+        .await
+        .unwrap();
+    db.note_appended(&[("idle".to_owned(), 3)]).await.unwrap();
+    let kept = db
+        .forget_idle_producers(std::time::Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "nobody is an hour idle");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    db.append_log(&[batch("busy", 2)]).await.unwrap();
+    let forgotten = db
+        .forget_idle_producers(std::time::Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 2, "idle's record on each log");
+    let records = db
+        .producer_records(&["idle".to_owned(), "busy".to_owned()])
+        .await
+        .unwrap();
+    assert!(!records.contains_key("idle"), "{records:?}");
+    assert!(records.contains_key("busy"), "{records:?}");
+    // Would be a gap (expected 2) had the record been kept.
+    let again = db.append_log(&[batch("idle", 7)]).await.unwrap();
+    assert!(
+        matches!(again[..], [LogAppend::Appended { .. }]),
+        "{again:?}"
+    );
+    let gap = db.append_log(&[batch("busy", 4)]).await.unwrap();
+    assert_eq!(gap, [LogAppend::Gap { expected: 3 }]);
+}
+
 /// A commit repeated while the first attempt still runs (the consumer's
 /// repeat after an unconfirmed commit) stores its outputs once: the
 /// attempts are serialised, so the later one sees the earlier one's cursor.
