@@ -185,6 +185,10 @@ pub fn storage(error: StorageError) -> Status {
             tracing::error!(%error, "database misconfigured");
             unavailable()
         }
+        StorageError::Full(_) => {
+            tracing::error!(%error, "the database is out of space; writes are refused");
+            storage_full()
+        }
         StorageError::OutcomeUnknown(_) => {
             tracing::warn!(%error, "write outcome unknown");
             self::error(
@@ -196,6 +200,18 @@ pub fn storage(error: StorageError) -> Status {
         StorageError::Internal(_) => return internal(&error),
     }
     .status()
+}
+
+/// How long a client waits before retrying a write refused for a full
+/// store: an operator has to act, so not soon.
+pub const RETRY_STORAGE_FULL: Duration = Duration::from_secs(5);
+
+fn storage_full() -> Rich {
+    error(
+        Reason::StorageFull,
+        "the database is out of space: nothing was applied; retry once space is freed",
+    )
+    .retry_after(RETRY_STORAGE_FULL)
 }
 
 fn unavailable() -> Rich {
@@ -250,6 +266,10 @@ pub fn log(error: LogError) -> Status {
                      same producer_id and sequence (a durable one answers duplicate)",
                 )
                 .status()
+            }
+            SinkErrorKind::StorageFull => {
+                tracing::error!(error = %sink, "the event log is out of space; batches are refused");
+                storage_full().status()
             }
             SinkErrorKind::Rejected => internal(&sink),
         },

@@ -117,6 +117,10 @@ reasons! {
     /// stayed full for the whole wait; retry the batch with the same
     /// sequence.
     EventLogFull = "EVENT_LOG_FULL" => ResourceExhausted,
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the database is out of space;
+    /// the write (or batch) was not applied, nothing of it acknowledged.
+    /// Reads go on; retry once an operator has made room.
+    StorageFull = "STORAGE_FULL" => ResourceExhausted,
     /// UNAVAILABLE, with `RetryInfo`: the event log cannot take the batch
     /// now; retry it with the same sequence.
     EventLogUnavailable = "EVENT_LOG_UNAVAILABLE" => Unavailable,

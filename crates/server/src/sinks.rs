@@ -44,6 +44,7 @@ pub(crate) fn sink_error(error: StorageError) -> SinkError {
         // revoked) may be fixed while the engine waits: keep trying.
         StorageError::Unavailable(_) | StorageError::Misconfigured(_) => SinkErrorKind::Unavailable,
         StorageError::OutcomeUnknown(_) => SinkErrorKind::OutcomeUnknown,
+        StorageError::Full(_) => SinkErrorKind::StorageFull,
         _ => SinkErrorKind::Rejected,
     };
     SinkError {

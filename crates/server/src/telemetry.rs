@@ -418,6 +418,21 @@ pub const METRICS: &[Metric] = &[
         "stored events removed by retention (ORDERFLOW_EVENT_RETENTION)",
     ),
     metric(
+        "orderflow_event_retention_seconds",
+        Kind::Gauge,
+        "how long stored events are kept (ORDERFLOW_EVENT_RETENTION; 0: off)",
+    ),
+    metric(
+        "orderflow_event_store_oldest_age_seconds",
+        Kind::Gauge,
+        "age of the oldest stored event, read after each retention round",
+    ),
+    metric(
+        "orderflow_storage_full_total",
+        Kind::Counter,
+        "writes refused because the database is out of space (STORAGE_FULL)",
+    ),
+    metric(
         "orderflow_subscription_unreadable_events_total",
         Kind::Counter,
         "stored events a subscription skipped because they no longer parse",

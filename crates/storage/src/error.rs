@@ -4,7 +4,8 @@
 //! missing (`NotFound`), someone else changed it first (`Conflict`), the
 //! input broke a database rule (`Invalid`) or a domain rule (`Domain`), the
 //! database cannot be reached and nothing was applied (`Unavailable`, the one
-//! class safe to retry), a write was sent but not confirmed
+//! class safe to retry), it has no room for the write (`Full`: retry once
+//! space returns), a write was sent but not confirmed
 //! (`OutcomeUnknown`: retry only what is idempotent); the rest is `Internal`.
 //! Every diesel and pool error is classified here, in [`From`] impls, and
 //! nowhere else. Messages are lower case and name the entity or constraint.
@@ -42,6 +43,11 @@ pub enum StorageError {
     /// cannot help; an operator must change a setting.
     #[error("database misconfigured: {0}")]
     Misconfigured(String),
+    /// The database is out of space (SQLite's "database or disk is full",
+    /// PostgreSQL's "No space left on device"): the write was rolled back,
+    /// nothing of it applied. Retryable once space returns; reads go on.
+    #[error("storage full: {0}")]
+    Full(String),
     /// A write was sent but its commit was not confirmed within the budget:
     /// it may or may not have been applied. Not safe to retry unless the
     /// write is idempotent (an idempotency key, an event batch's write id).
@@ -106,6 +112,10 @@ impl From<diesel::result::Error> for StorageError {
                     // plain error; it is load, not a bug.
                     _ if is_sqlite_busy(info.message()) => {
                         Self::Unavailable(info.message().to_owned())
+                    }
+                    _ if is_out_of_space(info.message()) => {
+                        metrics::counter!("orderflow_storage_full_total").increment(1);
+                        Self::Full(info.message().to_owned())
                     }
                     _ if is_postgres_going_away(info.message()) => {
                         Self::Unavailable(info.message().to_owned())
@@ -193,6 +203,14 @@ fn is_postgres_going_away(message: &str) -> bool {
         || message.contains("the database system is shutting down")
         || message.contains("the database system is starting up")
         || message.contains("the database system is in recovery mode")
+}
+
+/// The disk (or the tablespace, or the file system under SQLite's file)
+/// has no room for the write.
+fn is_out_of_space(message: &str) -> bool {
+    message.contains("database or disk is full")
+        || message.contains("No space left on device")
+        || message.contains("could not extend file")
 }
 
 fn is_sqlite_busy(message: &str) -> bool {

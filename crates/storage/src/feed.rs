@@ -130,6 +130,23 @@ impl Database {
         .await
     }
 
+    /// When the oldest event still stored was stored (`None`: none is).
+    pub async fn oldest_event_at(&self) -> Result<Option<chrono::DateTime<Utc>>, StorageError> {
+        self.timed(async {
+            let mut conn = self.acquire().await?;
+            let oldest = with_conn!(&mut conn, |c| {
+                events::table
+                    .order(events::id)
+                    .select(events::received_at)
+                    .first::<chrono::NaiveDateTime>(c)
+                    .await
+                    .optional()
+            })?;
+            Ok(oldest.map(|at| at.and_utc()))
+        })
+        .await
+    }
+
     /// One bounded retention step: removes the oldest events, at most
     /// `step` of them, as long as each was stored more than `age` ago. Only a
     /// prefix of positions goes, so "everything at or below `through` is

@@ -30,6 +30,9 @@ pub enum SinkErrorKind {
     /// must treat idempotently, so the repeat settles the outcome instead of
     /// writing twice.
     OutcomeUnknown,
+    /// The store is out of space: nothing was written; trying again helps
+    /// once space returns.
+    StorageFull,
     /// The store refused the rows; trying again will not help.
     Rejected,
 }

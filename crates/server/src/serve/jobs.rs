@@ -14,6 +14,10 @@ const RETENTION_PAUSE: Duration = Duration::from_millis(20);
 /// Removes the events stored more than `keep` ago, oldest position first,
 /// in steps of [`RETENTION_STEP`], every tenth of `keep` (between a second
 /// and a minute).
+///
+/// After each round it sets `orderflow_event_store_oldest_age_seconds`; with
+/// `orderflow_event_retention_seconds` (set at start-up) it tells an alert
+/// whether retention keeps up (`OrderflowEventStoreFilling`).
 pub(super) async fn expire_events(db: Database, keep: Duration) {
     let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut ticker = tokio::time::interval(every);
@@ -41,6 +45,15 @@ pub(super) async fn expire_events(db: Database, keep: Duration) {
                     break;
                 }
             }
+        }
+        match db.oldest_event_at().await {
+            Ok(oldest) => {
+                let age = oldest.map_or(0.0, |at| {
+                    (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!("orderflow_event_store_oldest_age_seconds").set(age);
+            }
+            Err(error) => tracing::warn!(%error, "could not read the oldest stored event"),
         }
     }
 }

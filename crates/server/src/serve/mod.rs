@@ -36,8 +36,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let forgetting = tokio::spawn(jobs::forget_old_write_ids(started.db.clone()));
     let expiring = match settings.event_retention {
-        Retention::Keep(keep) => Some(tokio::spawn(jobs::expire_events(started.db.clone(), keep))),
-        Retention::Off => None,
+        Retention::Keep(keep) => {
+            metrics::gauge!("orderflow_event_retention_seconds").set(keep.as_secs_f64());
+            Some(tokio::spawn(jobs::expire_events(started.db.clone(), keep)))
+        }
+        Retention::Off => {
+            metrics::gauge!("orderflow_event_retention_seconds").set(0.0);
+            None
+        }
     };
     let monitor = tokio::spawn(monitor::monitor(
         started.db.clone(),

@@ -15,6 +15,7 @@
 mod catalog;
 mod event_log;
 mod faults;
+mod full_disk;
 mod kill;
 mod nats;
 mod otlp;
@@ -48,3 +49,10 @@ test_support::backend_tests!(
     subscribers_on_two_replicas_see_one_sequence,
     retention_ages_events_out_while_ingest_goes_on,
 );
+
+/// SQLite only: one file on a file system the test fills (PostgreSQL's
+/// files are the database server's, outside the test's reach).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+    full_disk::a_full_disk_refuses_writes_keeps_reads_and_recovers().await;
+}

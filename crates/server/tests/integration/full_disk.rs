@@ -1,0 +1,232 @@
+//! A full disk, for real: the SQLite database on a small tmpfs mounted by
+//! the test (as root), filled to the last byte. Writes are refused with
+//! RESOURCE_EXHAUSTED `STORAGE_FULL` and nothing refused is acknowledged;
+//! reads and subscriptions go on; the process stays up; once space returns
+//! the same writes succeed without a restart, and every acknowledged event
+//! is stored once. Skipped, loudly, where a tmpfs cannot be mounted.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orderflow_proto::Reason;
+use orderflow_proto::proto::{Event, EventBatch, GetOrderRequest, SubscribeEventsRequest};
+use tonic::Code;
+
+use crate::support::{Server, run_url};
+
+/// A tmpfs of `megabytes`, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(megabytes: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Some(Self { dir }),
+            Ok(output) => {
+                eprintln!(
+                    "SKIPPED: the full-disk test needs to mount a tmpfs (as root): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                eprintln!("SKIPPED: the full-disk test cannot run mount: {error}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the file system under `dir` to the last byte; returns the filler.
+fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    for _ in 0..64 {
+        // The last partial chunk, in small pieces.
+        if file.write_all(&chunk[..512]).is_err() {
+            break;
+        }
+    }
+    let _ = file.sync_all();
+    filler
+}
+
+fn batch(sequence: u64) -> EventBatch {
+    EventBatch {
+        producer_id: "full-disk".into(),
+        sequence,
+        events: (0..50)
+            .map(|n| Event {
+                event_id: format!("fd-{sequence}-{n}"),
+                user_id: format!("u-{n}"),
+                action: "login".into(),
+                attributes: [("pad".to_owned(), "x".repeat(200))].into(),
+                ..Event::default()
+            })
+            .collect(),
+    }
+}
+
+pub async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+    let Some(tmpfs) = Tmpfs::mount(24) else {
+        return;
+    };
+    let url = tmpfs.path().join("orderflow.db").display().to_string();
+    let server = Server::start_url(&url, &[]);
+    let client = server.client().await;
+    let mut orders = client.orders();
+    let mut events = client.events();
+
+    // Some of everything while there is room.
+    let order = orders
+        .create_order(crate::suite::create("before", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sequence = 1;
+    events.publish_event_batch(batch(sequence)).await.unwrap();
+
+    let filler = fill(tmpfs.path());
+    // The database may still have room inside its files: write until the
+    // disk says no, and never anything but that.
+    let mut refused = None;
+    let mut created = 0;
+    for n in 0..5_000 {
+        match orders
+            .create_order(crate::suite::create(&format!("full-{n}"), ""))
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("writes are refused once the disk is full");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(orderflow_proto::reason(&refused), Some(Reason::StorageFull));
+
+    // Acknowledged ingest: a refused batch is not acknowledged.
+    let mut acknowledged = vec![1];
+    let refused_batch = loop {
+        sequence += 1;
+        match events.publish_event_batch(batch(sequence)).await {
+            Ok(ack) => {
+                assert_eq!(ack.into_inner().accepted, 50);
+                acknowledged.push(sequence);
+                assert!(sequence < 1_000, "batches never refused on a full disk");
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        refused_batch.code(),
+        Code::ResourceExhausted,
+        "{refused_batch:?}"
+    );
+    assert_eq!(
+        orderflow_proto::reason(&refused_batch),
+        Some(Reason::StorageFull)
+    );
+
+    // Reads go on, and so do subscriptions; the process is up.
+    let read = orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.order_id, order.order_id);
+    let mut pages = events
+        .subscribe_events(SubscribeEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), pages.message())
+        .await
+        .expect("a page in time")
+        .unwrap()
+        .unwrap();
+    assert!(!first.events.is_empty());
+    drop(pages);
+
+    // Room again: the refused batch, retried with its sequence, is taken
+    // (not a duplicate: it was never stored), without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let deadline = freed + Duration::from_secs(30);
+    loop {
+        match events.publish_event_batch(batch(sequence)).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                assert!(!ack.duplicate, "the refused batch was stored after all");
+                acknowledged.push(sequence);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(orderflow_proto::reason(&status), Some(Reason::StorageFull));
+                assert!(Instant::now() < deadline, "never recovered: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    orders
+        .create_order(crate::suite::create("after", ""))
+        .await
+        .unwrap();
+    eprintln!(
+        "full disk: {created} orders fitted, then STORAGE_FULL; {} batches acknowledged, the next refused; \
+         recovered {:?} after space returned",
+        acknowledged.len() - 1,
+        freed.elapsed()
+    );
+
+    // Drain, stop, and count: every acknowledged event stored once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        if stats.log_backlog == 0 && stats.received == stats.processed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.terminate().success());
+    let (status, stdout, stderr) = run_url(&url, &["events", "export"], None);
+    assert!(status.success(), "{stderr}");
+    let stored: Vec<String> = String::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = acknowledged
+        .iter()
+        .flat_map(|s| (0..50).map(move |n| format!("fd-{s}-{n}")))
+        .collect();
+    assert_eq!(stored, expected, "every acknowledged event, once, in order");
+}
