@@ -48,6 +48,7 @@ test_support::backend_tests!(
     subscribers_resume_across_a_kill_and_match_the_export,
     subscribers_on_two_replicas_see_one_sequence,
     retention_ages_events_out_while_ingest_goes_on,
+    events_follow_prints_stored_then_new_events,
 );
 
 /// SQLite only: one file on a file system the test fills (PostgreSQL's

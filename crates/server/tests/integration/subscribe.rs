@@ -245,3 +245,76 @@ pub async fn retention_ages_events_out_while_ingest_goes_on(db: &TestDb) {
     );
     assert!(orderflow_proto::oldest_position(&status).unwrap() > 1);
 }
+
+/// `orderflow events follow` prints what is stored, then what is stored
+/// next, as JSON lines with the event in its stored form, like `tail -f`.
+pub async fn events_follow_prints_stored_then_new_events(db: &TestDb) {
+    use std::io::BufRead as _;
+
+    let server = Server::start(db, &[]);
+    let mut events = server.events().await;
+    let publish = |from: usize| orderflow_proto::proto::EventBatch {
+        producer_id: "follow".into(),
+        sequence: u64::try_from(from / 10 + 1).unwrap(),
+        events: (from..from + 10)
+            .map(|n| Event {
+                event_id: format!("f-{n}"),
+                user_id: "u".into(),
+                action: "login".into(),
+                ..Event::default()
+            })
+            .collect(),
+    };
+    events.publish_event_batch(publish(0)).await.unwrap();
+    let mut follow = std::process::Command::new(crate::support::binary())
+        .env_clear()
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .args(["events", "follow", "--server", &server.address])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut read = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|_| {
+                let line = received
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("a line in time");
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect()
+    };
+    let stored = read(10);
+    events.publish_event_batch(publish(10)).await.unwrap();
+    let live = read(10);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let ids: Vec<&str> = stored
+        .iter()
+        .chain(&live)
+        .map(|line| line["event"]["event_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("f-{n}")).collect();
+    assert_eq!(ids, expected);
+    let positions: Vec<u64> = stored
+        .iter()
+        .chain(&live)
+        .map(|line| line["position"].as_u64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert!(stored[0]["stored_at"].as_str().unwrap().ends_with('Z'));
+    drop(server);
+}

@@ -22,7 +22,8 @@ pub use crate::kill::{
 };
 pub use crate::pipeline::engine_writes_through_the_real_stores;
 pub use crate::subscribe::{
-    retention_ages_events_out_while_ingest_goes_on, subscribers_on_two_replicas_see_one_sequence,
+    events_follow_prints_stored_then_new_events, retention_ages_events_out_while_ingest_goes_on,
+    subscribers_on_two_replicas_see_one_sequence,
     subscribers_resume_across_a_kill_and_match_the_export,
 };
 
