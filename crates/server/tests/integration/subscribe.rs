@@ -287,7 +287,7 @@ pub async fn events_follow_prints_stored_then_new_events(db: &TestDb) {
             }
         }
     });
-    let mut read = |n: usize| -> Vec<serde_json::Value> {
+    let read = |n: usize| -> Vec<serde_json::Value> {
         (0..n)
             .map(|_| {
                 let line = received
