@@ -35,6 +35,9 @@ pub enum Command {
     /// Import or export stored events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Inspect, replay or purge the dead-letter store.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
     /// Ask the server at `--listen` whether a health name is SERVING; exit
     /// 0 if so, 1 otherwise (for container HEALTHCHECKs and exec probes).
     Health {
@@ -86,6 +89,44 @@ pub enum EventsCommand {
         #[arg(long)]
         server: Option<String>,
     },
+}
+
+/// Dead-letter tools for operators.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Counts by reason, the reason with the oldest letter first, then the
+    /// `--limit` oldest letters themselves.
+    List {
+        /// How many of the oldest letters to print (0: counts only).
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+    /// Send every dead letter back through the pipeline of the server at
+    /// `--server`, oldest first, in acknowledged batches: each exactly once,
+    /// even if a replay is killed midway and run again. Deletes each batch's
+    /// letters once the server has acknowledged it.
+    Replay {
+        /// The server to replay into (default: this configuration's
+        /// `--listen`, on loopback). Sends `--auth-token` when one is set.
+        #[arg(long)]
+        server: Option<String>,
+        /// Letters per batch (1..=10,000).
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+    },
+    /// Delete the letters dead-lettered before a time (RFC 3339, e.g.
+    /// `2026-12-01T00:00:00Z`), in steps, printing progress.
+    Purge {
+        /// Delete letters older than this.
+        #[arg(long, value_parser = rfc3339)]
+        before: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time like 2026-12-01T00:00:00Z: {e}"))
 }
 
 /// Log output format.

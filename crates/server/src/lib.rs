@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod dead_letters_cli;
 pub mod events_cli;
 pub mod nats_log;
 pub mod probe;

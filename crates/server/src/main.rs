@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use server::config::{Cli, Command, EventsCommand};
+use server::config::{Cli, Command, DeadLettersCommand, EventsCommand};
 use server::serve::Open;
-use server::{events_cli, serve, telemetry};
+use server::{dead_letters_cli, events_cli, serve, telemetry};
 
 /// jemalloc instead of the system allocator. Acknowledged ingest allocates
 /// and frees a few strings per event across threads: with glibc's malloc
@@ -88,6 +88,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("http://{}", server::probe::loopback(cli.settings.listen))
             });
             events_cli::follow(&server, cli.settings.auth_token.as_deref(), after, actions).await
+        }
+        Some(Command::DeadLetters(DeadLettersCommand::List { limit })) => {
+            let db = serve::connect(&cli.settings, Open::ReadOnly).await?;
+            dead_letters_cli::list(&db, limit).await
+        }
+        Some(Command::DeadLetters(DeadLettersCommand::Replay { server, batch })) => {
+            let db = serve::connect(&cli.settings, Open::CreateIfMissing).await?;
+            let server = server.unwrap_or_else(|| {
+                format!("http://{}", server::probe::loopback(cli.settings.listen))
+            });
+            dead_letters_cli::replay(&db, &server, cli.settings.auth_token.as_deref(), batch).await
+        }
+        Some(Command::DeadLetters(DeadLettersCommand::Purge { before })) => {
+            let db = serve::connect(&cli.settings, Open::CreateIfMissing).await?;
+            dead_letters_cli::purge(&db, before).await
         }
         Some(Command::Events(EventsCommand::Export)) => {
             let db = serve::connect(&cli.settings, Open::ReadOnly).await?;

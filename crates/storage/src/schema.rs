@@ -76,6 +76,7 @@ diesel::table! {
         body -> Text,
         reason -> Text,
         created_at -> Timestamp,
+        replay_label -> Nullable<Text>,
     }
 }
 

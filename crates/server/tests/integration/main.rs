@@ -13,6 +13,7 @@
 )]
 
 mod catalog;
+mod dead_letters;
 mod event_log;
 mod faults;
 mod full_disk;
@@ -49,6 +50,7 @@ test_support::backend_tests!(
     subscribers_on_two_replicas_see_one_sequence,
     retention_ages_events_out_while_ingest_goes_on,
     events_follow_prints_stored_then_new_events,
+    dead_letters_are_listed_replayed_once_and_purged,
 );
 
 /// SQLite only: one file on a file system the test fills (PostgreSQL's
