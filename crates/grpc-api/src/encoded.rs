@@ -81,6 +81,11 @@ impl EncodedPage {
         Self(page.encode_to_vec().into())
     }
 
+    /// A page already encoded (`crate::stored` writes pages directly).
+    pub(crate) fn from_encoded(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
     /// The encoded message.
     pub fn bytes(&self) -> &Bytes {
         &self.0

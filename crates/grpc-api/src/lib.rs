@@ -28,6 +28,7 @@ mod orders;
 pub mod rpcs;
 mod stack;
 pub mod status;
+mod stored;
 mod subscribe;
 pub mod wire;
 

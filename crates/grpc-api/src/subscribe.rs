@@ -22,16 +22,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Action, Event};
+use domain::Action;
 use storage::{Database, EventStore as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::convert;
 use crate::encoded::EncodedPage;
-use crate::proto::{EventPage, StoredEvent, SubscribeEventsRequest};
+use crate::proto::SubscribeEventsRequest;
 use crate::status::{self, Reason};
+use crate::stored::Stored;
 
 /// Events per page when the request says 0.
 pub const DEFAULT_PAGE: u32 = 500;
@@ -137,11 +137,11 @@ impl Subscription {
         })
     }
 
-    fn wants(&self, event: &Event) -> bool {
+    fn wants(&self, action: &str) -> bool {
         self.actions.is_empty()
             || self
                 .actions
-                .binary_search_by(|a| a.as_str().cmp(event.action.as_str()))
+                .binary_search_by(|a| a.as_str().cmp(action))
                 .is_ok()
     }
 }
@@ -278,10 +278,12 @@ async fn read_page(
         return Ok(None);
     };
     let full = rows.len() >= subscription.page as usize;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event = match Event::from_json(&row.json) {
-            Ok(event) => event,
+    let mut bytes =
+        bytes::BytesMut::with_capacity(rows.iter().map(|row| row.json.len() + 64).sum());
+    let mut count = 0;
+    for row in &rows {
+        let stored = match Stored::parse(&row.json) {
+            Ok(stored) => stored,
             Err(error) => {
                 // Stored by this server, so it parsed once; a row damaged
                 // since cannot be sent, and must not stop every subscriber
@@ -291,18 +293,22 @@ async fn read_page(
                 continue;
             }
         };
-        if !subscription.wants(&event) {
+        if !subscription.wants(stored.action()) {
             continue;
         }
-        events.push(StoredEvent {
-            position: u64::try_from(row.position).unwrap_or(0),
-            event: Some(convert::event_to_wire(&event)),
-            stored_at: Some(convert::stored_at_to_wire(row.received_at)),
-        });
+        let stored_at = (
+            row.received_at.timestamp(),
+            i32::try_from(row.received_at.timestamp_subsec_nanos()).unwrap_or(0),
+        );
+        stored.encode_into_page(
+            u64::try_from(row.position).unwrap_or(0),
+            stored_at,
+            &mut bytes,
+        );
+        count += 1;
     }
-    let count = events.len();
     Ok(Some(Page {
-        bytes: EncodedPage::new(&EventPage { events }),
+        bytes: EncodedPage::from_encoded(bytes.freeze()),
         events: count,
         last,
         full,
