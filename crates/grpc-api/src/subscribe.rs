@@ -88,6 +88,9 @@ struct Page {
     events: usize,
     last: i64,
     full: bool,
+    /// The store's signal when the read began: a page read before a later
+    /// commit may have missed rows that commit stored.
+    tick: u64,
 }
 
 /// What a request asks for, validated.
@@ -197,8 +200,8 @@ async fn follow(
     let mut stored = feed.db.stored_signal().subscribe();
     let mut cursor = subscription.after;
     loop {
-        stored.borrow_and_update();
-        let page = match shared_page(&feed, &subscription, cursor).await {
+        let seen = *stored.borrow_and_update();
+        let page = match shared_page(&feed, &subscription, cursor, seen).await {
             Ok(page) => page,
             Err(status) => {
                 let _ = pages.send(Err(status)).await;
@@ -210,7 +213,9 @@ async fn follow(
                 return;
             }
             cursor = page.last;
-            if page.full {
+            // More may be stored: a whole page was read, or a shared page
+            // was read before a commit this subscription has heard of.
+            if page.full || page.tick != seen {
                 continue;
             }
         }
@@ -229,6 +234,7 @@ async fn shared_page(
     feed: &Feed,
     subscription: &Subscription,
     cursor: i64,
+    seen: u64,
 ) -> Result<Option<Arc<Page>>, Status> {
     let key = PageKey {
         after: cursor,
@@ -241,7 +247,7 @@ async fn shared_page(
     let read = feed
         .pages
         .try_get_with(key, async {
-            match read_page(&feed.db, subscription, cursor).await {
+            match read_page(&feed.db, subscription, cursor, seen).await {
                 Ok(Some(page)) => Ok(Arc::new(page)),
                 Ok(None) => Err(None),
                 Err(status) => Err(Some(status)),
@@ -263,6 +269,7 @@ async fn read_page(
     db: &Database,
     subscription: &Subscription,
     cursor: i64,
+    tick: u64,
 ) -> Result<Option<Page>, Status> {
     let rows = db
         .read_events(Some(cursor), subscription.page)
@@ -312,5 +319,6 @@ async fn read_page(
         events: count,
         last,
         full,
+        tick,
     }))
 }
