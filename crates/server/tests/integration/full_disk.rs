@@ -1,5 +1,7 @@
-//! A full disk, for real: the SQLite database on a small tmpfs mounted by
-//! the test (as root), filled to the last byte. Writes are refused with
+//! A full disk, for real: the database on a small tmpfs mounted by the test
+//! (as root), filled to the last byte. SQLite's file lives there; on
+//! PostgreSQL a tablespace does, and the test schema's tables are created in
+//! it. Writes are refused with
 //! RESOURCE_EXHAUSTED `STORAGE_FULL` and nothing refused is acknowledged;
 //! reads and subscriptions go on; the process stays up; once space returns
 //! the same writes succeed without a restart, and every acknowledged event
@@ -22,10 +24,17 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(megabytes: u32) -> Option<Self> {
+    /// `options` beyond the size (`uid=…` for a tablespace's owner).
+    fn mount(megabytes: u32, options: &str) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}m{options}"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output();
         match mounted {
@@ -87,11 +96,64 @@ fn batch(sequence: u64) -> EventBatch {
     }
 }
 
-pub async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
-    let Some(tmpfs) = Tmpfs::mount(24) else {
+/// SQLite: the database file on the tmpfs.
+pub async fn sqlite_full_disk() {
+    let Some(tmpfs) = Tmpfs::mount(24, "") else {
         return;
     };
     let url = tmpfs.path().join("orderflow.db").display().to_string();
+    full_disk(&url, tmpfs.path()).await;
+}
+
+fn psql(base: &str, sql: &str) {
+    let status = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", base, "-c", sql])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql: {sql}");
+}
+
+/// PostgreSQL: a tablespace on the tmpfs, and a schema whose tables the
+/// server creates there (`default_tablespace` in the URL's options).
+pub async fn postgres_full_disk() {
+    let Some(base) = test_support::postgres_url() else {
+        return;
+    };
+    let Some(uid) = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    else {
+        eprintln!("SKIPPED: no local postgres user to own a tablespace on a tmpfs");
+        return;
+    };
+    let Some(tmpfs) = Tmpfs::mount(24, &format!(",uid={uid},mode=0700")) else {
+        return;
+    };
+    let name = format!("orderflow_full_{}", std::process::id());
+    psql(
+        &base,
+        &format!(
+            "CREATE TABLESPACE {name} LOCATION '{}'",
+            tmpfs.path().display()
+        ),
+    );
+    psql(&base, &format!("CREATE SCHEMA {name}"));
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{base}{separator}options=-c%20search_path%3D{name}%20-c%20default_tablespace%3D{name}&application_name={name}"
+    );
+    full_disk(&url, tmpfs.path()).await;
+    psql(&base, &format!("DROP SCHEMA {name} CASCADE"));
+    psql(&base, &format!("DROP TABLESPACE {name}"));
+}
+
+/// The scenario, on the database at `url` whose files are under `dir`.
+async fn full_disk(url: &str, dir: &Path) {
+    let url = url.to_owned();
     let server = Server::start_url(&url, &[]);
     let client = server.client().await;
     let mut orders = client.orders();
@@ -106,7 +168,7 @@ pub async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     let mut sequence = 1;
     events.publish_event_batch(batch(sequence)).await.unwrap();
 
-    let filler = fill(tmpfs.path());
+    let filler = fill(dir);
     // The database may still have room inside its files: write until the
     // disk says no, and never anything but that.
     let mut refused = None;

@@ -53,9 +53,16 @@ test_support::backend_tests!(
     dead_letters_are_listed_replayed_once_and_purged,
 );
 
-/// SQLite only: one file on a file system the test fills (PostgreSQL's
-/// files are the database server's, outside the test's reach).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
-    full_disk::a_full_disk_refuses_writes_keeps_reads_and_recovers().await;
+/// Not through `backend_tests!`: each backend puts its files on the
+/// test's tmpfs its own way.
+mod full_disk_tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+        crate::full_disk::sqlite_full_disk().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+        crate::full_disk::postgres_full_disk().await;
+    }
 }
