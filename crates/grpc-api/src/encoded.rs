@@ -1,5 +1,6 @@
-//! [`EncodedOrder`]: the `orderflow.v1.Order` the servers send, already
-//! encoded; [`EncodedPage`], the same for SubscribeEvents' `EventPage`.
+//! [`Encoded`]: a message the servers send already encoded.
+//! [`EncodedOrder`] is the `orderflow.v1.Order` they answer with;
+//! [`EncodedPage`], SubscribeEvents' `EventPage`.
 //!
 //! A cached order is an immutable snapshot, so its response bytes are too:
 //! GetOrder asks the snapshot for them ([`storage::FoundOrder::form`]), and
@@ -8,6 +9,8 @@
 //! that answer an `Order` answer this type; clients still decode
 //! `orderflow_proto::proto::Order`, and the bytes on the wire are the same.
 
+use std::marker::PhantomData;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use domain::Order;
 use prost::Message;
@@ -15,19 +18,45 @@ use prost::encoding::{DecodeContext, WireType};
 
 use crate::{convert, proto};
 
-/// An `orderflow.v1.Order`, encoded once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedOrder(Bytes);
+/// A message of type `M`, already encoded: sending it copies its bytes.
+pub struct Encoded<M> {
+    bytes: Bytes,
+    message: PhantomData<fn() -> M>,
+}
 
-impl EncodedOrder {
-    /// The encoding of `order` on the wire.
-    pub fn new(order: &Order) -> Self {
-        Self(convert::order_to_wire(order).encode_to_vec().into())
+/// An `orderflow.v1.Order`, encoded once per cached snapshot.
+pub type EncodedOrder = Encoded<proto::Order>;
+
+/// An `orderflow.v1.EventPage`, encoded once and sent to every subscriber
+/// that asks for the same page (`crate::subscribe`).
+pub type EncodedPage = Encoded<proto::EventPage>;
+
+impl<M> Encoded<M> {
+    /// Bytes already encoded as an `M`.
+    pub(crate) fn from_encoded(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            message: PhantomData,
+        }
     }
 
     /// The encoded message.
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
+    }
+}
+
+impl<M: Message> Encoded<M> {
+    /// The encoding of `message`.
+    pub fn of(message: &M) -> Self {
+        Self::from_encoded(message.encode_to_vec().into())
+    }
+}
+
+impl EncodedOrder {
+    /// The encoding of `order` on the wire.
+    pub fn new(order: &Order) -> Self {
+        Self::of(&convert::order_to_wire(order))
     }
 }
 
@@ -37,14 +66,41 @@ impl storage::OrderForm for EncodedOrder {
     }
 }
 
-impl Message for EncodedOrder {
+// By hand rather than derived: a derive would ask the same of `M`.
+impl<M> Clone for Encoded<M> {
+    fn clone(&self) -> Self {
+        Self::from_encoded(self.bytes.clone())
+    }
+}
+
+impl<M> Default for Encoded<M> {
+    fn default() -> Self {
+        Self::from_encoded(Bytes::new())
+    }
+}
+
+impl<M> PartialEq for Encoded<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<M> Eq for Encoded<M> {}
+
+impl<M> std::fmt::Debug for Encoded<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Encoded").field(&self.bytes).finish()
+    }
+}
+
+impl<M: Message + Default> Message for Encoded<M> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        buf.put_slice(&self.bytes);
     }
 
-    /// Decodes one field as `orderflow.v1.Order` would (so malformed input
-    /// fails the same way) and appends its encoding. The servers never
-    /// decode this type; this keeps it a faithful `Message` all the same.
+    /// Decodes one field as `M` would (so malformed input fails the same
+    /// way) and appends its encoding. The servers never decode these types;
+    /// this keeps them faithful `Message`s all the same.
     fn merge_field(
         &mut self,
         tag: u32,
@@ -52,74 +108,20 @@ impl Message for EncodedOrder {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
-        let mut field = proto::Order::default();
+        let mut field = M::default();
         field.merge_field(tag, wire_type, buf, ctx)?;
-        let mut bytes = BytesMut::from(&self.0[..]);
+        let mut bytes = BytesMut::from(&self.bytes[..]);
         field.encode_raw(&mut bytes);
-        self.0 = bytes.freeze();
+        self.bytes = bytes.freeze();
         Ok(())
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
-    }
-}
-
-/// An `orderflow.v1.EventPage`, encoded once and sent to every subscriber
-/// that asks for the same page (`crate::subscribe`). Clients decode
-/// `orderflow_proto::proto::EventPage`; the bytes are the same.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedPage(Bytes);
-
-impl EncodedPage {
-    /// The encoding of `page` on the wire.
-    pub fn new(page: &proto::EventPage) -> Self {
-        Self(page.encode_to_vec().into())
-    }
-
-    /// A page already encoded (`crate::stored` writes pages directly).
-    pub(crate) fn from_encoded(bytes: Bytes) -> Self {
-        Self(bytes)
-    }
-
-    /// The encoded message.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-}
-
-impl Message for EncodedPage {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    /// Decodes one field as `orderflow.v1.EventPage` would and appends its
-    /// encoding (the servers never decode this type).
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        let mut field = proto::EventPage::default();
-        field.merge_field(tag, wire_type, buf, ctx)?;
-        let mut bytes = BytesMut::from(&self.0[..]);
-        field.encode_raw(&mut bytes);
-        self.0 = bytes.freeze();
-        Ok(())
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
+        self.bytes = Bytes::new();
     }
 }
 

@@ -33,7 +33,7 @@ mod subscribe;
 pub mod wire;
 
 pub use catalog::CatalogApi;
-pub use encoded::EncodedOrder;
+pub use encoded::{Encoded, EncodedOrder, EncodedPage};
 pub use events::EventApi;
 pub use layers::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,

@@ -71,15 +71,7 @@ pub async fn replay(
     token: Option<&str>,
     batch: u32,
 ) -> anyhow::Result<()> {
-    let mut client = orderflow_proto::Client::builder(endpoint);
-    if let Some(token) = token {
-        client = client.bearer_token(token);
-    }
-    let client = client
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {endpoint}"))?;
-    let mut events = client.events();
+    let mut events = crate::events_cli::connect(endpoint, token).await?.events();
     let total: u64 = db
         .dead_letter_counts()
         .await

@@ -89,14 +89,7 @@ pub async fn follow(
     after: u64,
     actions: Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut client = orderflow_proto::Client::builder(endpoint);
-    if let Some(token) = token {
-        client = client.bearer_token(token);
-    }
-    let client = client
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let client = connect(endpoint, token).await?;
     let mut follow = client.follow(after).actions(actions);
     loop {
         let page = follow.next_page().await.map_err(|status| {
@@ -131,6 +124,22 @@ pub async fn follow(
         }
         out.flush()?;
     }
+}
+
+/// A client of the server at `endpoint`, sending `token` when there is one
+/// (the commands that talk to a running server: follow, dead-letter replay).
+pub(crate) async fn connect(
+    endpoint: &str,
+    token: Option<&str>,
+) -> anyhow::Result<orderflow_proto::Client> {
+    let mut client = orderflow_proto::Client::builder(endpoint);
+    if let Some(token) = token {
+        client = client.bearer_token(token);
+    }
+    client
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))
 }
 
 /// A wire event as a domain event (every field was valid when stored).
