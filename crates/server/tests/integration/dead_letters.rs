@@ -2,7 +2,7 @@
 //! into the flow once even after an earlier replay was killed midway, and
 //! purge.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domain::{DeadLetter, Event, WriteId};
 use orderflow_proto::proto::EventBatch;
@@ -95,15 +95,7 @@ pub async fn dead_letters_are_listed_replayed_once_and_purged(db: &TestDb) {
     assert!(stderr.contains("replayed 25 of 25"), "{stderr}");
     assert!(db.read_dead_letters(None, 100).await.unwrap().is_empty());
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
-        if stats.log_backlog == 0 && stats.received == stats.processed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::drained(&mut events, Duration::from_secs(30)).await;
     assert!(server.terminate().success());
     let stored = crate::support::stored_event_ids(db);
     for n in 0..25 {

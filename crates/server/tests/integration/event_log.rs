@@ -174,16 +174,8 @@ pub async fn cancelling_clients_never_loosen_the_backlog_bound(db: &TestDb) {
 
     // Drain, then every acknowledged batch is stored exactly once.
     let mut events = server.events().await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
-        if stats.log_backlog == 0 && stats.received == stats.processed {
-            assert_eq!(stats.deduplicated, 0, "a batch appended twice: {stats:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stats = crate::support::drained(&mut events, Duration::from_secs(120)).await;
+    assert_eq!(stats.deduplicated, 0, "a batch appended twice: {stats:?}");
     assert!(server.terminate().success());
     let seen = crate::support::stored_event_ids(db);
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();

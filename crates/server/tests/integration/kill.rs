@@ -118,18 +118,7 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
 
     // Wait for the pipeline to catch up, then stop cleanly.
     let mut events = server.events().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
-        if stats.log_backlog == 0 && stats.received == stats.processed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backlog never drained: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::drained(&mut events, Duration::from_secs(30)).await;
     assert!(server.terminate().success());
 
     let seen = crate::support::stored_event_ids(db);

@@ -222,3 +222,20 @@ pub fn on_own_runtime<F: std::future::Future<Output = ()> + Send + 'static>(work
     .join()
     .unwrap();
 }
+
+/// Waits until the pipeline has processed everything it took (no log
+/// backlog, received = processed), for at most `within`; the stats then.
+pub async fn drained(
+    events: &mut EventClient,
+    within: Duration,
+) -> orderflow_proto::proto::PipelineStats {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        if stats.log_backlog == 0 && stats.received == stats.processed {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "never drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
