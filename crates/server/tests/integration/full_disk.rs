@@ -16,7 +16,7 @@ use orderflow_proto::Reason;
 use orderflow_proto::proto::{Event, EventBatch, GetOrderRequest, SubscribeEventsRequest};
 use tonic::Code;
 
-use crate::support::{Server, run_url};
+use crate::support::Server;
 
 /// A tmpfs of `megabytes`, unmounted when dropped.
 struct Tmpfs {
@@ -315,16 +315,7 @@ async fn full_disk(url: &str, dir: &Path) {
     // Drain, stop, and count: every acknowledged event stored once.
     crate::support::drained(&mut events, Duration::from_secs(60)).await;
     assert!(server.terminate().success());
-    let (status, stdout, stderr) = run_url(&url, &["events", "export"], None);
-    assert!(status.success(), "{stderr}");
-    let stored: Vec<String> = String::from_utf8(stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["event_id"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let stored = crate::support::exported_ids_url(&url);
     let expected: Vec<String> = acknowledged
         .iter()
         .flat_map(|s| (0..50).map(move |n| format!("fd-{s}-{n}")))

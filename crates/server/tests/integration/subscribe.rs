@@ -12,23 +12,14 @@ use orderflow_proto::{Client, Reason};
 use test_support::TestDb;
 
 use crate::kill::{BATCHES, EVENTS_PER_BATCH, produce};
-use crate::support::{Server, run};
+use crate::support::Server;
 
 const PRODUCERS: usize = 2;
 const SUBSCRIBERS: usize = 3;
 
 /// The event ids `events export` prints, in its order.
 fn exported_ids(db: &TestDb) -> Vec<String> {
-    let (status, stdout, stderr) = run(db, &["events", "export"], None);
-    assert!(status.success(), "{stderr}");
-    String::from_utf8(stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["event_id"].as_str().unwrap().to_owned()
-        })
-        .collect()
+    crate::support::exported_ids_url(db.url())
 }
 
 /// Follows from the start until `total` events arrived; (position, id) of

@@ -239,3 +239,18 @@ pub async fn drained(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The event ids `events export` prints for the database at `url`, in its
+/// order.
+pub fn exported_ids_url(url: &str) -> Vec<String> {
+    let (status, stdout, stderr) = run_url(url, &["events", "export"], None);
+    assert!(status.success(), "{stderr}");
+    String::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
