@@ -35,7 +35,7 @@ pub async fn import(db: &Database, file: &str) -> anyhow::Result<usize> {
     let write = WriteId::generate();
     let mut attempt = 1;
     loop {
-        match db.append_events(write, &events).await {
+        match db.import_events(write, &events).await {
             Ok(_) => return Ok(events.len()),
             Err(StorageError::OutcomeUnknown(reason)) if attempt < IMPORT_ATTEMPTS => {
                 tracing::warn!(%reason, attempt, "import not confirmed; repeating it");

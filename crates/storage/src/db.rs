@@ -675,8 +675,40 @@ impl Database {
         AsyncPgConnection: InsertRows<R>,
         SqliteConn: InsertRows<R>,
     {
+        self.insert_all_within(write, target, rows, true).await
+    }
+
+    /// [`Self::insert_all`] without the operation budget: the answer is the
+    /// write's real outcome however long it takes (an import of a large
+    /// file, whose caller waits for it).
+    pub(crate) async fn insert_all_to_end<R>(
+        &self,
+        write: WriteId,
+        target: &'static str,
+        rows: Vec<R>,
+    ) -> Result<Written, StorageError>
+    where
+        R: Send + 'static,
+        AsyncPgConnection: InsertRows<R>,
+        SqliteConn: InsertRows<R>,
+    {
+        self.insert_all_within(write, target, rows, false).await
+    }
+
+    async fn insert_all_within<R>(
+        &self,
+        write: WriteId,
+        target: &'static str,
+        rows: Vec<R>,
+        bounded: bool,
+    ) -> Result<Written, StorageError>
+    where
+        R: Send + 'static,
+        AsyncPgConnection: InsertRows<R>,
+        SqliteConn: InsertRows<R>,
+    {
         let write_id = write.to_string();
-        self.write(move |mut conn| async move {
+        self.write_within(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 let claimed = diesel::insert_into(applied_writes::table)
                     .values((
@@ -705,7 +737,7 @@ impl Database {
                 }
                 Ok::<_, StorageError>(Written::Stored)
             })
-        })
+        }, bounded)
         .await
     }
 
@@ -761,17 +793,19 @@ pub enum Written {
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// `rows` in owned chunks of at most [`ROWS_PER_INSERT`]; none for none.
-pub(crate) fn chunked<R>(mut rows: Vec<R>) -> Vec<Vec<R>> {
-    if rows.is_empty() {
-        return Vec::new();
-    }
+/// Each chunk holds only its own rows: `Vec::split_off` would leave every
+/// chunk with the capacity of all the rows after it, memory quadratic in
+/// the rows (a 20 MB import took 1.7 GB).
+pub(crate) fn chunked<R>(rows: Vec<R>) -> Vec<Vec<R>> {
     let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
-    while rows.len() > ROWS_PER_INSERT {
-        let rest = rows.split_off(ROWS_PER_INSERT);
-        chunks.push(std::mem::replace(&mut rows, rest));
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<R> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        if chunk.is_empty() {
+            return chunks;
+        }
+        chunks.push(chunk);
     }
-    chunks.push(rows);
-    chunks
 }
 
 fn pool_builder<M>(

@@ -332,6 +332,25 @@ impl EventStore for Database {
     }
 }
 
+impl Database {
+    /// [`EventStore::append_events`] for an import: one transaction, all or
+    /// nothing, answered with its real outcome however long it takes (a
+    /// large file outlasts the operation budget that bounds the server's
+    /// writes).
+    pub async fn import_events(
+        &self,
+        write: WriteId,
+        batch: &[Event],
+    ) -> Result<Written, StorageError> {
+        let rows = event_rows(batch)?;
+        let written = self.insert_all_to_end(write, "events", rows).await?;
+        if written == Written::Stored {
+            self.stored_signal().tick();
+        }
+        Ok(written)
+    }
+}
+
 impl DeadLetterStore for Database {
     async fn dead_letter(
         &self,

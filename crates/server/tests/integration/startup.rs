@@ -199,6 +199,38 @@ fn an_import_that_is_not_utf8_names_its_line() {
     assert_clean_failure(code, &stderr, "line 2: malformed event: not valid UTF-8");
 }
 
+/// An import is one transaction however long it takes: a file that takes
+/// longer to store than the operation budget (`ORDERFLOW_DB_TIMEOUT`, which
+/// bounds the server's writes) is stored whole, not abandoned as unconfirmed.
+#[test]
+fn an_import_outlasting_the_operation_budget_is_stored_whole() {
+    const EVENTS: usize = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db").display().to_string();
+    let file = dir.path().join("events.jsonl");
+    let lines: String = (0..EVENTS)
+        .map(|i| format!("{{\"event_id\":\"e-{i}\",\"user_id\":\"u\",\"action\":\"login\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let (code, stderr, _) = orderflow(
+        &[("DATABASE_URL", &db), ("ORDERFLOW_DB_TIMEOUT", "50ms")],
+        &["events", "import", &file.display().to_string()],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("DATABASE_URL", &db)
+        .args(["events", "export"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        output.stdout,
+        std::fs::read(&file).unwrap(),
+        "the export is the file imported"
+    );
+}
+
 /// `orderflow health` (the image's HEALTHCHECK): exit 0 for a SERVING name,
 /// non-zero with one line for an unknown name or a server that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

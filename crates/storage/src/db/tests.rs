@@ -1,12 +1,13 @@
 //! The health ping against cancellation: whatever moment its caller gives
 //! up at (the monitor's timeout), the SQLite connection it used goes back to
 //! the pool as it came: outside any transaction, with its busy timeout.
+//! And the chunks a large insert is cut into.
 
 use std::time::Duration;
 
 use diesel_async::SimpleAsyncConnection as _;
 
-use super::{Conn, Database};
+use super::{Conn, Database, ROWS_PER_INSERT, chunked};
 use crate::config::StoreConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,4 +65,30 @@ async fn a_cancelled_ping_returns_its_connection_clean() {
 struct BusyTimeout {
     #[diesel(sql_type = diesel::sql_types::Integer, column_name = "timeout")]
     timeout: i32,
+}
+
+/// Chunks keep the rows in order, none over the limit, and hold no more
+/// memory than their rows: with `Vec::split_off` each kept the capacity of
+/// every row after it (quadratic; an import of 200,000 events took 1.7 GB).
+#[test]
+fn chunks_hold_their_rows_in_order_and_nothing_more() {
+    assert!(chunked(Vec::<u32>::new()).is_empty());
+    for rows in [
+        1,
+        ROWS_PER_INSERT,
+        ROWS_PER_INSERT + 1,
+        10 * ROWS_PER_INSERT + 7,
+    ] {
+        let chunks = chunked((0..rows).collect::<Vec<usize>>());
+        assert_eq!(chunks.len(), rows.div_ceil(ROWS_PER_INSERT), "{rows}");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| !c.is_empty() && c.len() <= ROWS_PER_INSERT)
+        );
+        let capacity: usize = chunks.iter().map(Vec::capacity).sum();
+        assert_eq!(capacity, rows, "{rows} rows held in {capacity} slots");
+        let flat: Vec<usize> = chunks.into_iter().flatten().collect();
+        assert_eq!(flat, (0..rows).collect::<Vec<_>>());
+    }
 }
