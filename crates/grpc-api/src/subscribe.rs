@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::Action;
-use storage::{Database, EventStore as _};
+use storage::Database;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -139,14 +139,12 @@ impl Subscription {
             page,
         })
     }
+}
 
-    fn wants(&self, action: &str) -> bool {
-        self.actions.is_empty()
-            || self
-                .actions
-                .binary_search_by(|a| a.as_str().cmp(action))
-                .is_ok()
-    }
+/// Whether a subscription filtering on `actions` (sorted; none takes all)
+/// takes an event with `action`.
+fn takes(actions: &[String], action: &str) -> bool {
+    actions.is_empty() || actions.binary_search_by(|a| a.as_str().cmp(action)).is_ok()
 }
 
 /// `"invalid action: why"` as `"why"`: the caller names the field.
@@ -263,16 +261,62 @@ async fn shared_page(
     }
 }
 
-/// Reads the page after `cursor` from the store; `None` if there is none
-/// yet.
+/// What a page read has gathered so far.
+#[derive(Default)]
+struct Gathered {
+    bytes: bytes::BytesMut,
+    /// Events encoded (those the filter takes).
+    events: usize,
+    /// Rows read.
+    rows: usize,
+    /// The last position read.
+    last: Option<i64>,
+}
+
+/// Reads the page after `cursor` from the store, encoding each event as it
+/// is read; `None` if there is none yet.
 async fn read_page(
     db: &Database,
     subscription: &Subscription,
     cursor: i64,
     tick: u64,
 ) -> Result<Option<Page>, Status> {
-    let rows = db
-        .read_events(Some(cursor), subscription.page)
+    let actions = Arc::clone(&subscription.actions);
+    let gathered = db
+        .fold_events(
+            Some(cursor),
+            subscription.page,
+            Gathered::default(),
+            move |page, row| {
+                page.rows += 1;
+                page.last = Some(row.position);
+                let stored = match Stored::parse(&row.json) {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        // Stored by this server, so it parsed once; a row
+                        // damaged since cannot be sent, and must not stop
+                        // every subscriber at its position.
+                        tracing::error!(position = row.position, %error, "a stored event does not parse; subscribers skip it");
+                        metrics::counter!("orderflow_subscription_unreadable_events_total")
+                            .increment(1);
+                        return;
+                    }
+                };
+                if !takes(&actions, stored.action()) {
+                    return;
+                }
+                let stored_at = (
+                    row.received_at.timestamp(),
+                    i32::try_from(row.received_at.timestamp_subsec_nanos()).unwrap_or(0),
+                );
+                stored.encode_into_page(
+                    u64::try_from(row.position).unwrap_or(0),
+                    stored_at,
+                    &mut page.bytes,
+                );
+                page.events += 1;
+            },
+        )
         .await
         .map_err(status::storage)?;
     // Read first, then asked: if retention removed anything above the
@@ -281,44 +325,14 @@ async fn read_page(
     if through > cursor {
         return Err(expired(cursor, through));
     }
-    let Some(last) = rows.last().map(|row| row.position) else {
+    let Some(last) = gathered.last else {
         return Ok(None);
     };
-    let full = rows.len() >= subscription.page as usize;
-    let mut bytes =
-        bytes::BytesMut::with_capacity(rows.iter().map(|row| row.json.len() + 64).sum());
-    let mut count = 0;
-    for row in &rows {
-        let stored = match Stored::parse(&row.json) {
-            Ok(stored) => stored,
-            Err(error) => {
-                // Stored by this server, so it parsed once; a row damaged
-                // since cannot be sent, and must not stop every subscriber
-                // at its position.
-                tracing::error!(position = row.position, %error, "a stored event does not parse; subscribers skip it");
-                metrics::counter!("orderflow_subscription_unreadable_events_total").increment(1);
-                continue;
-            }
-        };
-        if !subscription.wants(stored.action()) {
-            continue;
-        }
-        let stored_at = (
-            row.received_at.timestamp(),
-            i32::try_from(row.received_at.timestamp_subsec_nanos()).unwrap_or(0),
-        );
-        stored.encode_into_page(
-            u64::try_from(row.position).unwrap_or(0),
-            stored_at,
-            &mut bytes,
-        );
-        count += 1;
-    }
     Ok(Some(Page {
-        bytes: EncodedPage::from_encoded(bytes.freeze()),
-        events: count,
+        bytes: EncodedPage::from_encoded(gathered.bytes.freeze()),
+        events: gathered.events,
         last,
-        full,
+        full: gathered.rows >= subscription.page as usize,
         tick,
     }))
 }
