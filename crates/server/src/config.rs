@@ -222,6 +222,11 @@ pub struct Settings {
     /// answer UNAVAILABLE.
     #[arg(long, env = "ORDERFLOW_NATS_MAX_BATCHES", default_value_t = 100_000)]
     pub nats_max_batches: i64,
+    /// Most bytes the JetStream stream holds (`1GiB`, `512MiB`, or a plain
+    /// count of bytes); past it, appends answer UNAVAILABLE. The batch
+    /// bound alone lets batches of 1,000 events fill tens of GB.
+    #[arg(long, env = "ORDERFLOW_NATS_MAX_BYTES", default_value = "1GiB", value_parser = byte_size)]
+    pub nats_max_bytes: i64,
     /// How long a replica may hold a pulled batch unacknowledged before
     /// JetStream gives it to another (a replica that died mid-batch is
     /// replaced after this). Applies when the consumer is created.
@@ -416,6 +421,17 @@ fn retention(text: &str) -> Result<Retention, String> {
         ));
     }
     Ok(Retention::Keep(*keep))
+}
+
+fn byte_size(text: &str) -> Result<i64, String> {
+    let size = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{text:?} is not a size like 1GiB or 512MiB: {e}"))?;
+    match i64::try_from(size.as_u64()) {
+        Ok(0) => Err(format!("{text:?} would hold nothing")),
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Err(format!("{text:?} is too large")),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

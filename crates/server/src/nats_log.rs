@@ -20,8 +20,10 @@
 //!   redelivered after a crash, or to a second replica while the first was
 //!   still committing, is recognised and stores nothing twice.
 //! - **Bounded**: the stream holds at most `max_batches` unconsumed batches
-//!   (work-queue retention, discard new): an append past it fails, and the
-//!   client hears UNAVAILABLE (`EVENT_LOG_UNAVAILABLE`) with a retry delay.
+//!   and `max_bytes` bytes (work-queue retention, discard new): an append
+//!   past either fails, and the client hears UNAVAILABLE
+//!   (`EVENT_LOG_UNAVAILABLE`) with a retry delay. Both bounds are applied
+//!   on start, to a stream that already exists too.
 //!   Each replica's permits bound only its own appends in flight
 //!   ([`EventLog::shared`]).
 //! - **Counted per replica**: a replica's pipeline counters cover what it
@@ -29,7 +31,8 @@
 //!   the sum over replicas balances.
 //!
 //! The stream and the consumer are created on start if missing, with the
-//! settings in [`NatsSettings`]; existing ones are used as they are.
+//! settings in [`NatsSettings`]; existing ones are used as they are, but for
+//! the stream's two bounds.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -54,6 +57,8 @@ pub struct NatsSettings {
     pub stream: String,
     /// Most batches in the stream not yet consumed.
     pub max_batches: i64,
+    /// Most bytes the stream holds (its messages and their headers).
+    pub max_bytes: i64,
     /// How long JetStream remembers a `Nats-Msg-Id` for de-duplication.
     pub duplicate_window: Duration,
     /// How long a pulled message may stay unacknowledged before JetStream
@@ -127,7 +132,7 @@ impl NatsLog {
             .await
             .map_err(|e| unavailable("cannot connect to NATS", e))?;
         let context = jetstream::new(client.clone());
-        let stream = context
+        let mut stream = context
             .get_or_create_stream(jetstream::stream::Config {
                 name: settings.stream.clone(),
                 subjects: vec![settings.subject()],
@@ -135,11 +140,38 @@ impl NatsLog {
                 storage: jetstream::stream::StorageType::File,
                 discard: jetstream::stream::DiscardPolicy::New,
                 max_messages: settings.max_batches,
+                max_bytes: settings.max_bytes,
                 duplicate_window: settings.duplicate_window,
                 ..Default::default()
             })
             .await
             .map_err(|e| unavailable("cannot create the JetStream stream", e))?;
+        // An existing stream keeps its other settings, but its bounds are
+        // this replica's: a stream created before the byte bound existed
+        // (or with other bounds) gets them now.
+        let current = stream.cached_info().config.clone();
+        if current.max_messages != settings.max_batches || current.max_bytes != settings.max_bytes {
+            tracing::info!(
+                stream = %settings.stream,
+                max_batches = settings.max_batches,
+                max_bytes = settings.max_bytes,
+                was_max_batches = current.max_messages,
+                was_max_bytes = current.max_bytes,
+                "updating the JetStream stream's bounds"
+            );
+            context
+                .update_stream(jetstream::stream::Config {
+                    max_messages: settings.max_batches,
+                    max_bytes: settings.max_bytes,
+                    ..current
+                })
+                .await
+                .map_err(|e| unavailable("cannot update the JetStream stream's bounds", e))?;
+            stream = context
+                .get_stream(settings.stream.as_str())
+                .await
+                .map_err(|e| unavailable("cannot read the JetStream stream", e))?;
+        }
         let consumer = stream
             .get_or_create_consumer(
                 NatsSettings::CONSUMER,

@@ -129,6 +129,7 @@ pub(super) async fn wire(
                         url: url.clone(),
                         stream: settings.nats_stream.clone(),
                         max_batches: settings.nats_max_batches,
+                        max_bytes: settings.nats_max_bytes,
                         duplicate_window: *settings.nats_duplicate_window,
                         ack_wait: *settings.nats_ack_wait,
                         output: settings.event_sink,

@@ -327,3 +327,90 @@ async fn jetstream_sequences_hold_beyond_the_duplicate_window() {
     );
     assert_eq!(seen.len() as u64, 2 * EVENTS_PER_BATCH);
 }
+
+/// The stream is bounded in bytes as well as in batches
+/// (`ORDERFLOW_NATS_MAX_BYTES`, 16 KiB here), and a stream that an earlier
+/// release created without a byte bound gets it on start. A batch that
+/// would take the stream past it answers UNAVAILABLE `EVENT_LOG_UNAVAILABLE`
+/// and is stored nowhere; one that fits goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_stream_is_bounded_in_bytes() {
+    use async_nats::jetstream::stream;
+    use orderflow_proto::proto::{Event, EventBatch};
+
+    let Some((db, name)) = setup().await else {
+        return;
+    };
+    let jetstream = async_nats::jetstream::new(nats().await.unwrap());
+    jetstream
+        .create_stream(stream::Config {
+            name: name.name.clone(),
+            subjects: vec![format!("orderflow.events.{}", name.name)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_messages: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let server = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_EVENT_LOG", NATS),
+            ("ORDERFLOW_NATS_STREAM", name.name.as_str()),
+            ("ORDERFLOW_NATS_MAX_BYTES", "16KiB"),
+        ],
+    );
+    let mut events = server.events().await;
+    let info = jetstream
+        .get_stream(name.name.as_str())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.max_bytes, 16 * 1024, "{:?}", info.config);
+    assert_eq!(info.config.max_messages, 100_000);
+
+    let small = crate::kill::batch(0, 1);
+    let ack = events
+        .publish_event_batch(small)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.duplicate);
+    // About 40 KB as JSON lines: more than the whole stream may hold.
+    let big = EventBatch {
+        producer_id: "big".into(),
+        sequence: 1,
+        events: (0..400)
+            .map(|n| Event {
+                event_id: format!("big-{n}"),
+                user_id: format!("u-{n}"),
+                action: "purchase".into(),
+                amount_cents: Some(100),
+                ..Event::default()
+            })
+            .collect(),
+    };
+    let status = events.publish_event_batch(big).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        orderflow_proto::reason(&status),
+        Some(orderflow_proto::Reason::EventLogUnavailable)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::support::stored_event_ids(&db).len() < EVENTS_PER_BATCH as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the small batch was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = crate::support::stored_event_ids(&db);
+    assert_eq!(stored.len(), EVENTS_PER_BATCH as usize, "{stored:?}");
+    assert!(!stored.keys().any(|id| id.starts_with("big-")));
+}
