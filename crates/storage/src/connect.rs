@@ -136,7 +136,8 @@ fn postgres_message(error: &tokio_postgres::Error) -> String {
 }
 
 /// Checks that `path` can hold a SQLite database before SQLite is asked to
-/// open it: its directory exists and it is not itself a directory. With
+/// open it: its directory exists and it is not itself a directory, and a
+/// new database's directory is writable. With
 /// `must_exist` (read-only commands such as `events export`), a missing file
 /// is an error too, instead of an empty database created as a side effect.
 pub(crate) fn check_sqlite_path(path: &str, must_exist: bool) -> Result<(), StorageError> {
@@ -159,9 +160,34 @@ pub(crate) fn check_sqlite_path(path: &str, must_exist: bool) -> Result<(), Stor
             } else if must_exist {
                 misconfigured(format!("no SQLite database at {path}"))
             } else {
-                Ok(())
+                check_writable_dir(parent, path)
             }
         }
         Err(e) => misconfigured(format!("cannot use {path}: {e}")),
+    }
+}
+
+/// SQLite creates a new database in `dir`, and its `-wal` and `-shm` files
+/// beside it: in a directory this user cannot write, every attempt fails
+/// the same way ("unable to open database file"), so it is a setting to
+/// fix, not a database to wait for. Probed by creating and removing a file
+/// there.
+fn check_writable_dir(dir: &Path, path: &str) -> Result<(), StorageError> {
+    let probe = dir.join(format!(".orderflow-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            // Only a stray empty file is left if this fails; nothing reads it.
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(StorageError::Misconfigured(format!(
+            "cannot create the database {path}: the directory {} is not writable by this user ({e})",
+            dir.display()
+        ))),
     }
 }

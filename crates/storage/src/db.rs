@@ -306,8 +306,8 @@ impl Database {
     /// A configuration that can never work fails at once as
     /// [`StorageError::Misconfigured`]: a malformed URL, a database or role
     /// that does not exist, failed authentication, a SQLite path in a
-    /// missing directory or naming a directory, a database that is
-    /// read-only. Only [`StorageError::Unavailable`] is worth retrying.
+    /// missing directory or naming a directory, a new SQLite database in a
+    /// directory this user cannot write, a database that is read-only. Only [`StorageError::Unavailable`] is worth retrying.
     pub async fn connect(config: StoreConfig) -> Result<Self, StorageError> {
         if config.backend() == Backend::Sqlite {
             crate::connect::check_sqlite_path(config.sqlite_path(), false)?;

@@ -62,6 +62,63 @@ fn a_bad_pipeline_file_names_the_step_and_field() {
     );
 }
 
+/// A new SQLite database in a directory the server's user cannot write
+/// fails at once, naming the setting and the directory. It was taken for an
+/// unreachable database and retried ("unable to open the database file")
+/// until the start-up timeout. Root writes anywhere, so as root the server
+/// runs as `nobody` (through `setpriv`).
+#[test]
+fn a_new_sqlite_database_in_an_unwritable_directory_fails_at_once() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let root = std::fs::metadata(&locked).unwrap().uid() == 0;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let url = locked.join("orders.db").display().to_string();
+    // A copy of the binary where `nobody` can reach it (the checkout may
+    // sit in a directory only its owner can enter).
+    let binary = dir.path().join("orderflow");
+    if std::fs::hard_link(BINARY, &binary).is_err() {
+        std::fs::copy(BINARY, &binary).unwrap();
+    }
+    if root && Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: running as root and no setpriv to run the server as nobody");
+        return;
+    }
+    let command = || {
+        let mut command = if root {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            command.arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        command.env_clear().envs([
+            ("DATABASE_URL", url.as_str()),
+            ("ORDERFLOW_LISTEN", "127.0.0.1:0"),
+            ("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0"),
+            ("ORDERFLOW_STARTUP_TIMEOUT", "30s"),
+        ]);
+        command
+    };
+    for args in [&[][..], &["migrate"][..]] {
+        let started = Instant::now();
+        let output = command().args(args).stdin(Stdio::null()).output().unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_clean_failure(output.status.code(), &stderr, "is not writable");
+        assert!(stderr.contains("--database-url / DATABASE_URL"), "{stderr}");
+        assert!(stderr.contains(&locked.display().to_string()), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{args:?}: {stderr}");
+        assert!(took < Duration::from_secs(15), "{args:?}: took {took:?}");
+        assert!(!locked.join("orders.db").exists());
+    }
+}
+
 #[test]
 fn an_unreachable_database_is_retried_then_reported() {
     let (code, stderr, took) = orderflow(
