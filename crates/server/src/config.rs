@@ -31,7 +31,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Only list the applied and pending migrations, changing nothing;
+        /// exit 0 only when none is pending (a deploy gate).
+        #[arg(long)]
+        status: bool,
+    },
     /// Import or export stored events.
     #[command(subcommand)]
     Events(EventsCommand),

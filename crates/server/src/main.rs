@@ -2,8 +2,10 @@
 //! the chosen command. The wiring lives in this crate's library
 //! (`src/lib.rs`), the logic in the other crates.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use server::config::{Cli, Command, DeadLettersCommand, EventsCommand};
 use server::serve::Open;
@@ -53,10 +55,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// `orderflow migrate --status`: one line per migration, then a summary;
+/// an error (a non-zero exit) while any is pending.
+async fn migration_status(settings: &server::config::Settings) -> anyhow::Result<()> {
+    let status = storage::migrate::status(&serve::store_config(settings))
+        .await
+        .context("cannot read the database's migrations (--database-url / DATABASE_URL)")?;
+    let mut out = std::io::stdout().lock();
+    for name in &status.applied {
+        writeln!(out, "applied  {name}")?;
+    }
+    for name in &status.pending {
+        writeln!(out, "pending  {name}")?;
+    }
+    writeln!(
+        out,
+        "{} applied, {} pending",
+        status.applied.len(),
+        status.pending.len()
+    )?;
+    if !status.pending.is_empty() {
+        anyhow::bail!(
+            "{} migration(s) pending, from {}: run `orderflow migrate` (or start the server) to apply them",
+            status.pending.len(),
+            status.pending.first().map_or("", String::as_str)
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve::serve(cli.settings).await,
-        Some(Command::Migrate) => {
+        Some(Command::Migrate { status: true }) => migration_status(&cli.settings).await,
+        Some(Command::Migrate { status: false }) => {
             // Connecting migrates (under PostgreSQL's advisory lock), with
             // the same start-up retries as serving.
             serve::connect(&cli.settings, Open::CreateIfMissing).await?;

@@ -77,7 +77,7 @@ enum Access {
 
 /// `path` as a SQLite URI that opens the file read-only (a `file:` URI
 /// given by the operator is kept as it is).
-fn read_only_uri(path: &str) -> String {
+pub(crate) fn read_only_uri(path: &str) -> String {
     if path.starts_with("file:") {
         return path.to_owned();
     }

@@ -1,6 +1,7 @@
 //! Schema migrations, embedded in the binary and run at start-up (and by
 //! `orderflow migrate`). Re-running is a no-op: diesel records applied
-//! versions in `__diesel_schema_migrations`.
+//! versions in `__diesel_schema_migrations`. [`status`] reads that record
+//! without changing anything (`orderflow migrate --status`, a deploy gate).
 //!
 //! diesel's migration harness is synchronous, so it runs on tokio's blocking
 //! pool (never on a worker, and on any runtime flavour: no `block_in_place`).
@@ -108,4 +109,109 @@ where
     conn.run_pending_migrations(migrations)
         .map(|applied| applied.len())
         .map_err(|e| StorageError::Internal(format!("migration failed: {e}")))
+}
+
+/// Which of the binary's migrations a database has applied, and which it
+/// still lacks, by name (`2026-12-04-000003_events_expired`), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Applied, by this binary's names.
+    pub applied: Vec<String>,
+    /// Not applied yet: `orderflow migrate` (or start-up) applies them.
+    pub pending: Vec<String>,
+}
+
+/// Reads which migrations are applied, changing nothing: no migration runs,
+/// no bookkeeping table is created, and a SQLite file that does not exist
+/// is reported with every migration pending (and not created).
+pub async fn status(config: &StoreConfig) -> Result<MigrationStatus, StorageError> {
+    let (names, applied) = match config.backend() {
+        Backend::Postgres => {
+            let conn = crate::connect::postgres(&config.url).await?;
+            let conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
+            let applied = tokio::task::spawn_blocking(move || applied_postgres(conn))
+                .await
+                .map_err(|e| StorageError::Internal(format!("migration status failed: {e}")))??;
+            (names_of::<diesel::pg::Pg>(&POSTGRES)?, applied)
+        }
+        Backend::Sqlite => {
+            let path = config.sqlite_path().to_owned();
+            let applied = if path.starts_with("file:") || std::path::Path::new(&path).exists() {
+                tokio::task::spawn_blocking(move || applied_sqlite(&path))
+                    .await
+                    .map_err(|e| {
+                        StorageError::Internal(format!("migration status failed: {e}"))
+                    })??
+            } else {
+                Vec::new()
+            };
+            (names_of::<diesel::sqlite::Sqlite>(&SQLITE)?, applied)
+        }
+    };
+    let (applied, pending) = names
+        .into_iter()
+        .partition(|(version, _)| applied.contains(version));
+    let names = |list: Vec<(String, String)>| list.into_iter().map(|(_, name)| name).collect();
+    Ok(MigrationStatus {
+        applied: names(applied),
+        pending: names(pending),
+    })
+}
+
+/// (version, name) of every embedded migration, oldest first.
+fn names_of<DB: diesel::backend::Backend>(
+    migrations: &EmbeddedMigrations,
+) -> Result<Vec<(String, String)>, StorageError> {
+    let mut names: Vec<(String, String)> =
+        diesel::migration::MigrationSource::<DB>::migrations(migrations)
+            .map_err(|e| StorageError::Internal(format!("embedded migrations: {e}")))?
+            .iter()
+            .map(|m| (m.name().version().to_string(), m.name().to_string()))
+            .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[derive(diesel::QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    version: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Present {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    present: bool,
+}
+
+fn applied_postgres(
+    mut conn: AsyncConnectionWrapper<AsyncPgConnection>,
+) -> Result<Vec<String>, StorageError> {
+    use diesel::RunQueryDsl as _;
+    let table: Present = diesel::sql_query(
+        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS present",
+    )
+    .get_result(&mut conn)?;
+    if !table.present {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<VersionRow> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn)?;
+    Ok(rows.into_iter().map(|row| row.version).collect())
+}
+
+fn applied_sqlite(path: &str) -> Result<Vec<String>, StorageError> {
+    use diesel::RunQueryDsl as _;
+    let mut conn = SqliteConnection::establish(&crate::db::read_only_uri(path))?;
+    let table: Present = diesel::sql_query(
+        "SELECT count(*) > 0 AS present FROM sqlite_master \
+         WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+    )
+    .get_result(&mut conn)?;
+    if !table.present {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<VersionRow> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn)?;
+    Ok(rows.into_iter().map(|row| row.version).collect())
 }

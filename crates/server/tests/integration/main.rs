@@ -51,6 +51,7 @@ test_support::backend_tests!(
     retention_ages_events_out_while_ingest_goes_on,
     events_follow_prints_stored_then_new_events,
     dead_letters_are_listed_replayed_once_and_purged,
+    migrate_status_lists_pending_migrations_and_gates,
 );
 
 /// Not through `backend_tests!`: each backend puts its files on the

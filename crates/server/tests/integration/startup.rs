@@ -288,6 +288,47 @@ fn an_import_outlasting_the_operation_budget_is_stored_whole() {
     );
 }
 
+/// The deploy gate on a new SQLite file: `migrate --status` lists every
+/// migration pending, exits non-zero and creates nothing; after `migrate`
+/// it lists them applied and exits 0.
+#[test]
+fn migrate_status_gates_a_new_database_until_it_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let db = path.display().to_string();
+    let status = || {
+        Command::new(BINARY)
+            .env_clear()
+            .env("DATABASE_URL", &db)
+            .args(["migrate", "--status"])
+            .output()
+            .unwrap()
+    };
+    let before = status();
+    assert!(!before.status.success(), "{before:?}");
+    let listed = String::from_utf8(before.stdout).unwrap();
+    let pending = listed
+        .lines()
+        .filter(|l| l.starts_with("pending  "))
+        .count();
+    assert!(pending >= 10, "{listed}");
+    assert!(
+        listed.ends_with(&format!("0 applied, {pending} pending\n")),
+        "{listed}"
+    );
+    assert!(!path.exists(), "asking created the database");
+
+    let (code, stderr, _) = orderflow(&[("DATABASE_URL", &db)], &["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let after = status();
+    assert!(after.status.success(), "{after:?}");
+    let listed = String::from_utf8(after.stdout).unwrap();
+    assert!(
+        listed.ends_with(&format!("{pending} applied, 0 pending\n")),
+        "{listed}"
+    );
+}
+
 /// `orderflow health` (the image's HEALTHCHECK): exit 0 for a SERVING name,
 /// non-zero with one line for an unknown name or a server that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

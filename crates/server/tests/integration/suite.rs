@@ -514,3 +514,40 @@ pub async fn the_blackhole_sink_counts_and_discards(db: &TestDb) {
     assert!(status.success(), "{stderr}");
     assert!(stdout.is_empty(), "the blackhole stored events");
 }
+
+/// `orderflow migrate --status`, a deploy gate: on a migrated database it
+/// lists every migration applied and exits 0; with the newest one's record
+/// gone that one is listed pending and the exit is non-zero, however often
+/// it is asked (asking applies nothing).
+pub async fn migrate_status_lists_pending_migrations_and_gates(db: &TestDb) {
+    let status = |expect_ok: bool| {
+        let (status, stdout, stderr) = run(db, &["migrate", "--status"], None);
+        assert_eq!(status.success(), expect_ok, "{stderr}");
+        (String::from_utf8(stdout).unwrap(), stderr)
+    };
+    let (listed, _) = status(true);
+    let applied: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("applied  "))
+        .collect();
+    assert!(applied.len() >= 10, "{listed}");
+    assert!(
+        listed.ends_with(&format!("{} applied, 0 pending\n", applied.len())),
+        "{listed}"
+    );
+    let newest = *applied.last().unwrap();
+
+    db.execute_raw(
+        "DELETE FROM __diesel_schema_migrations \
+         WHERE version = (SELECT max(version) FROM __diesel_schema_migrations)",
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let (listed, stderr) = status(false);
+        assert!(listed.contains(&format!("pending  {newest}\n")), "{listed}");
+        assert!(listed.ends_with(", 1 pending\n"), "{listed}");
+        assert!(stderr.contains("1 migration(s) pending"), "{stderr}");
+        assert!(stderr.contains("orderflow migrate"), "{stderr}");
+    }
+}
