@@ -37,6 +37,20 @@ pub enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Write a consistent copy of the SQLite database, while a server runs
+    /// and writes (PostgreSQL: use pg_dump or pg_basebackup).
+    Backup {
+        /// Where the copy goes; must not exist.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Put a backup in place of the SQLite database; refused while a server
+    /// holds it. The database it replaces is kept beside it.
+    Restore {
+        /// The backup (`orderflow backup --to`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
     /// Import or export stored events.
     #[command(subcommand)]
     Events(EventsCommand),

@@ -84,10 +84,70 @@ async fn migration_status(settings: &server::config::Settings) -> anyhow::Result
     Ok(())
 }
 
+/// `orderflow backup --to FILE`, with progress on standard error every
+/// second while it runs.
+async fn backup(settings: &server::config::Settings, to: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let done = storage::backup::backup(
+        &serve::store_config(settings),
+        to,
+        std::time::Duration::from_secs(1),
+        |at| {
+            let percent = (at.written * 100)
+                .checked_div(at.total)
+                .unwrap_or(0)
+                .min(99);
+            eprintln!(
+                "backup: {:.1} MB of about {:.1} MB ({percent}%)",
+                megabytes(at.written),
+                megabytes(at.total)
+            );
+        },
+    )
+    .await
+    .map_err(storage_setting)?;
+    eprintln!(
+        "backup: {:.1} MB written to {} in {:.1?}; integrity check ok",
+        megabytes(done.bytes),
+        done.path.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[expect(clippy::cast_precision_loss, reason = "a size for people to read")]
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// A storage error as one line; a permanent one names the setting.
+fn storage_setting(error: storage::StorageError) -> anyhow::Error {
+    match error {
+        storage::StorageError::Misconfigured(reason) => {
+            anyhow::anyhow!("--database-url / DATABASE_URL: {reason}")
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve::serve(cli.settings).await,
         Some(Command::Migrate { status: true }) => migration_status(&cli.settings).await,
+        Some(Command::Backup { to }) => backup(&cli.settings, &to).await,
+        Some(Command::Restore { from }) => {
+            let aside = storage::backup::restore(&serve::store_config(&cli.settings), &from)
+                .map_err(storage_setting)?;
+            match aside {
+                Some(aside) => eprintln!(
+                    "restore: {} is in place; the database it replaced is at {}",
+                    from.display(),
+                    aside.display()
+                ),
+                None => eprintln!("restore: {} is in place", from.display()),
+            }
+            Ok(())
+        }
         Some(Command::Migrate { status: false }) => {
             // Connecting migrates (under PostgreSQL's advisory lock), with
             // the same start-up retries as serving.

@@ -7,6 +7,7 @@
 //! for both backends. This crate knows nothing of gRPC or of the transform
 //! engine: the server adapts these stores to the engine's sinks.
 
+pub mod backup;
 mod batch;
 pub mod cache;
 mod catalog;

@@ -18,6 +18,9 @@ pub(super) struct Started {
     pub(super) tls: Option<tonic::transport::ServerTlsConfig>,
     pub(super) listener: TcpListener,
     pub(super) db: Database,
+    /// One server per SQLite database, held until the process ends
+    /// (`storage::backup`); `None` on PostgreSQL.
+    pub(super) _hold: Option<storage::backup::DatabaseHold>,
 }
 
 /// Reads and checks the settings, binds the listeners, connects.
@@ -33,11 +36,19 @@ pub(super) async fn start(settings: &Settings) -> anyhow::Result<Started> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let db = connect(settings, Open::CreateIfMissing).await?;
+    // After connecting, which checked the path (and created the file).
+    let hold = storage::backup::hold(&store_config(settings)).map_err(|e| match e {
+        StorageError::Misconfigured(reason) => {
+            anyhow::anyhow!("--database-url / DATABASE_URL: {reason}")
+        }
+        other => anyhow::Error::new(other),
+    })?;
     Ok(Started {
         pipeline,
         tls,
         listener,
         db,
+        _hold: hold,
     })
 }
 
