@@ -822,10 +822,13 @@ pub async fn idle_producers_are_forgotten_and_start_afresh(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(kept, 0, "nobody is an hour idle");
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Idle for a second, busy a moment ago: an age of half a second tells
+    // them apart however slow the machine (with 20 ms and 10 ms, a busy
+    // machine took longer than 10 ms from busy's batch to the forgetting).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     db.append_log(&[batch("busy", 2)]).await.unwrap();
     let forgotten = db
-        .forget_idle_producers(std::time::Duration::from_millis(10))
+        .forget_idle_producers(std::time::Duration::from_millis(500))
         .await
         .unwrap();
     assert_eq!(forgotten, 2, "idle's record on each log");
