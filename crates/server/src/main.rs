@@ -60,7 +60,8 @@ fn main() -> ExitCode {
 async fn migration_status(settings: &server::config::Settings) -> anyhow::Result<()> {
     let status = storage::migrate::status(&serve::store_config(settings))
         .await
-        .context("cannot read the database's migrations (--database-url / DATABASE_URL)")?;
+        .map_err(|e| serve::database_error(settings, e))
+        .context("cannot read the database's migrations")?;
     let mut out = std::io::stdout().lock();
     for name in &status.applied {
         writeln!(out, "applied  {name}")?;
@@ -105,7 +106,7 @@ async fn backup(settings: &server::config::Settings, to: &std::path::Path) -> an
         },
     )
     .await
-    .map_err(storage_setting)?;
+    .map_err(|e| serve::database_error(settings, e))?;
     eprintln!(
         "backup: {:.1} MB written to {} in {:.1?}; integrity check ok",
         megabytes(done.bytes),
@@ -120,16 +121,6 @@ fn megabytes(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// A storage error as one line; a permanent one names the setting.
-fn storage_setting(error: storage::StorageError) -> anyhow::Error {
-    match error {
-        storage::StorageError::Misconfigured(reason) => {
-            anyhow::anyhow!("--database-url / DATABASE_URL: {reason}")
-        }
-        other => anyhow::Error::new(other),
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve::serve(cli.settings).await,
@@ -137,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Backup { to }) => backup(&cli.settings, &to).await,
         Some(Command::Restore { from }) => {
             let aside = storage::backup::restore(&serve::store_config(&cli.settings), &from)
-                .map_err(storage_setting)?;
+                .map_err(|e| serve::database_error(&cli.settings, e))?;
             match aside {
                 Some(aside) => eprintln!(
                     "restore: {} is in place; the database it replaced is at {}",

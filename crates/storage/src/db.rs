@@ -678,24 +678,10 @@ impl Database {
         self.insert_all_within(write, target, rows, true).await
     }
 
-    /// [`Self::insert_all`] without the operation budget: the answer is the
-    /// write's real outcome however long it takes (an import of a large
-    /// file, whose caller waits for it).
-    pub(crate) async fn insert_all_to_end<R>(
-        &self,
-        write: WriteId,
-        target: &'static str,
-        rows: Vec<R>,
-    ) -> Result<Written, StorageError>
-    where
-        R: Send + 'static,
-        AsyncPgConnection: InsertRows<R>,
-        SqliteConn: InsertRows<R>,
-    {
-        self.insert_all_within(write, target, rows, false).await
-    }
-
-    async fn insert_all_within<R>(
+    /// [`Self::insert_all`], bounded by the operation budget or not
+    /// (`bounded: false`: the answer is the write's real outcome however
+    /// long it takes, for an import of a large file whose caller waits).
+    pub(crate) async fn insert_all_within<R>(
         &self,
         write: WriteId,
         target: &'static str,

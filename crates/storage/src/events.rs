@@ -305,12 +305,7 @@ impl EventStore for Database {
         write: WriteId,
         batch: &[Event],
     ) -> Result<Written, StorageError> {
-        let rows = event_rows(batch)?;
-        let written = self.insert_all(write, "events", rows).await?;
-        if written == Written::Stored {
-            self.stored_signal().tick();
-        }
-        Ok(written)
+        self.store_events(write, batch, true).await
     }
 
     async fn read_events(
@@ -395,8 +390,21 @@ impl Database {
         write: WriteId,
         batch: &[Event],
     ) -> Result<Written, StorageError> {
+        self.store_events(write, batch, false).await
+    }
+
+    /// Stores `batch` idempotently per `write` (bounded by the operation
+    /// budget or not) and wakes the subscribers if it stored anything.
+    async fn store_events(
+        &self,
+        write: WriteId,
+        batch: &[Event],
+        bounded: bool,
+    ) -> Result<Written, StorageError> {
         let rows = event_rows(batch)?;
-        let written = self.insert_all_to_end(write, "events", rows).await?;
+        let written = self
+            .insert_all_within(write, "events", rows, bounded)
+            .await?;
         if written == Written::Stored {
             self.stored_signal().tick();
         }

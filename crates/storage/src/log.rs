@@ -827,8 +827,7 @@ impl Database {
         &self,
         age: std::time::Duration,
     ) -> Result<usize, StorageError> {
-        let cutoff = chrono::Utc::now().timestamp_millis()
-            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = millis_before_now(age);
         self.write(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 let producers = diesel::delete(
@@ -859,8 +858,7 @@ impl Database {
         &self,
         age: std::time::Duration,
     ) -> Result<usize, StorageError> {
-        let cutoff = chrono::Utc::now().timestamp_millis()
-            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = millis_before_now(age);
         self.write(move |mut conn| async move {
             write_transaction!(&mut conn, |c| {
                 Ok::<_, StorageError>(
@@ -875,3 +873,10 @@ impl Database {
 }
 
 crate::db::insert_rows!(NewLogRow => event_log::table);
+
+/// The Unix time in milliseconds `age` ago (the bookkeeping tables' clock).
+fn millis_before_now(age: std::time::Duration) -> i64 {
+    chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}

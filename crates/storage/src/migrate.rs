@@ -187,31 +187,35 @@ struct Present {
 fn applied_postgres(
     mut conn: AsyncConnectionWrapper<AsyncPgConnection>,
 ) -> Result<Vec<String>, StorageError> {
-    use diesel::RunQueryDsl as _;
-    let table: Present = diesel::sql_query(
+    applied(
+        &mut conn,
         "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS present",
     )
-    .get_result(&mut conn)?;
-    if !table.present {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<VersionRow> =
-        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn)?;
-    Ok(rows.into_iter().map(|row| row.version).collect())
 }
 
 fn applied_sqlite(path: &str) -> Result<Vec<String>, StorageError> {
-    use diesel::RunQueryDsl as _;
     let mut conn = SqliteConnection::establish(&crate::db::read_only_uri(path))?;
-    let table: Present = diesel::sql_query(
+    applied(
+        &mut conn,
         "SELECT count(*) > 0 AS present FROM sqlite_master \
          WHERE type = 'table' AND name = '__diesel_schema_migrations'",
     )
-    .get_result(&mut conn)?;
+}
+
+/// The versions `__diesel_schema_migrations` records, none if `present`
+/// (a query answering whether that table exists) says it does not.
+fn applied<C>(conn: &mut C, present: &str) -> Result<Vec<String>, StorageError>
+where
+    C: Connection,
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, Present>
+        + diesel::query_dsl::LoadQuery<'a, C, VersionRow>,
+{
+    use diesel::RunQueryDsl as _;
+    let table: Present = diesel::sql_query(present).get_result(conn)?;
     if !table.present {
         return Ok(Vec::new());
     }
     let rows: Vec<VersionRow> =
-        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn)?;
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(conn)?;
     Ok(rows.into_iter().map(|row| row.version).collect())
 }

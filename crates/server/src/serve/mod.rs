@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tonic_health::ServingStatus;
 
-pub use startup::{Open, connect, store_config};
+pub use startup::{Open, connect, database_error, store_config};
 
 use crate::config::{Retention, Settings};
 use monitor::{CACHE_COHERENCE, LIVENESS, SERVICES};

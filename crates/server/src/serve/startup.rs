@@ -37,12 +37,8 @@ pub(super) async fn start(settings: &Settings) -> anyhow::Result<Started> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let db = connect(settings, Open::CreateIfMissing).await?;
     // After connecting, which checked the path (and created the file).
-    let hold = storage::backup::hold(&store_config(settings)).map_err(|e| match e {
-        StorageError::Misconfigured(reason) => {
-            anyhow::anyhow!("--database-url / DATABASE_URL: {reason}")
-        }
-        other => anyhow::Error::new(other),
-    })?;
+    let hold =
+        storage::backup::hold(&store_config(settings)).map_err(|e| database_error(settings, e))?;
     Ok(Started {
         pipeline,
         tls,
@@ -93,11 +89,8 @@ pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(StorageError::Misconfigured(reason)) => {
-                anyhow::bail!(
-                    "--database-url / DATABASE_URL ({}): {reason}",
-                    redact_password(&settings.database_url)
-                );
+            Err(error @ StorageError::Misconfigured(_)) => {
+                return Err(database_error(settings, error));
             }
             Err(error) => {
                 return Err(error).with_context(|| {
@@ -108,6 +101,18 @@ pub async fn connect(settings: &Settings, open: Open) -> anyhow::Result<Database
                 });
             }
         }
+    }
+}
+
+/// A storage error as one line for the operator: a configuration that can
+/// never work names the setting (the password redacted).
+pub fn database_error(settings: &Settings, error: StorageError) -> anyhow::Error {
+    match error {
+        StorageError::Misconfigured(reason) => anyhow::anyhow!(
+            "--database-url / DATABASE_URL ({}): {reason}",
+            redact_password(&settings.database_url)
+        ),
+        other => anyhow::Error::new(other),
     }
 }
 
