@@ -43,6 +43,14 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         request: Request<GetOrderRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
         fail::fail_point!("grpc-get-order");
+        #[cfg(feature = "failpoints")]
+        if let Some(hold) = fail::eval("grpc-get-order-lock", |ms| {
+            ms.and_then(|ms| ms.parse().ok())
+        })
+        .flatten()
+        {
+            hold_a_lock_across_await(std::time::Duration::from_millis(hold)).await;
+        }
         let id = convert::order_id_from_wire(&request.get_ref().order_id)?;
         let order = self.orders.find_order(id).await.map_err(status::storage)?;
         // A cached order keeps its encoding (`EncodedOrder`).
@@ -84,4 +92,33 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
             .map_err(status::storage)?;
         Ok(Response::new(EncodedOrder::new(&order)))
     }
+}
+
+/// The deadlock class this workspace's lints deny, reproduced on purpose
+/// for the stall watchdog's tests (failpoint `grpc-get-order-lock=return(MS)`).
+/// The first call holds a `std::sync::Mutex` across an `.await` of `hold`:
+/// in a `block_on` on a blocking thread, because tonic's handler futures
+/// must be `Send` and a std guard is not (the bug needs a `!Send` context to
+/// compile). Each later call, while it is held, waits in `lock()` on its
+/// runtime worker thread: what a stuck worker looks like, with CPU at 0% and
+/// the other workers still answering health checks.
+#[cfg(feature = "failpoints")]
+async fn hold_a_lock_across_await(hold: std::time::Duration) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, PoisonError};
+    static HELD: Mutex<()> = Mutex::new(());
+    static HOLDING: AtomicBool = AtomicBool::new(false);
+    if HOLDING.swap(true, Ordering::AcqRel) {
+        // The victim: blocks this worker thread until the holder is done.
+        drop(HELD.lock().unwrap_or_else(PoisonError::into_inner));
+        return;
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let holder = tokio::task::spawn_blocking(move || {
+        let guard = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+        runtime.block_on(tokio::time::sleep(hold));
+        drop(guard);
+    });
+    let _ = holder.await;
+    HOLDING.store(false, Ordering::Release);
 }

@@ -372,6 +372,12 @@ pub struct Settings {
     /// How often health checks the database and the pipeline.
     #[arg(long, env = "ORDERFLOW_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub health_interval: Duration,
+    /// How long the async runtime, or one of its worker threads, may make
+    /// no progress before it counts as stalled: an ERROR log, the
+    /// `orderflow_runtime_stalls_total` count, and `liveness` NOT_SERVING
+    /// until it clears. `off` turns the check off (the runtime metrics stay).
+    #[arg(long, env = "ORDERFLOW_STALL_TIMEOUT", default_value = "5s", value_parser = stall_timeout)]
+    pub stall_timeout: StallTimeout,
 }
 
 impl Settings {
@@ -442,6 +448,26 @@ fn retention(text: &str) -> Result<Retention, String> {
     Ok(Retention::Keep(*keep))
 }
 
+/// How long a runtime may stall before liveness fails
+/// (`ORDERFLOW_STALL_TIMEOUT`); `None` when the check is `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallTimeout(pub Option<std::time::Duration>);
+
+fn stall_timeout(text: &str) -> Result<StallTimeout, String> {
+    if text == "off" {
+        return Ok(StallTimeout(None));
+    }
+    let timeout = text
+        .parse::<Duration>()
+        .map_err(|e| format!("{text:?} is neither `off` nor a duration like 5s: {e}"))?;
+    if timeout.as_millis() < 100 {
+        return Err(format!(
+            "{text:?} is shorter than 100ms: a busy runtime would count as stalled; use `off` to turn the check off"
+        ));
+    }
+    Ok(StallTimeout(Some(*timeout)))
+}
+
 fn byte_size(text: &str) -> Result<i64, String> {
     let size = text
         .parse::<bytesize::ByteSize>()
@@ -460,7 +486,22 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{EventLogKind, Retention, event_log, retention};
+    use super::{EventLogKind, Retention, StallTimeout, event_log, retention, stall_timeout};
+
+    #[test]
+    fn stall_timeout_is_a_duration_or_off() {
+        assert_eq!(stall_timeout("off"), Ok(StallTimeout(None)));
+        assert_eq!(
+            stall_timeout("5s"),
+            Ok(StallTimeout(Some(std::time::Duration::from_secs(5))))
+        );
+        assert!(
+            stall_timeout("0s")
+                .unwrap_err()
+                .contains("shorter than 100ms")
+        );
+        assert!(stall_timeout("soon").unwrap_err().contains("\"soon\""));
+    }
 
     #[test]
     fn retention_is_a_duration_or_off() {

@@ -23,21 +23,22 @@ pub async fn list(db: &Database, limit: u32) -> anyhow::Result<()> {
         .dead_letter_counts()
         .await
         .context("reading the dead letters failed")?;
-    let mut out = std::io::stdout().lock();
-    let total: u64 = counts.iter().map(|c| c.count).sum();
-    writeln!(out, "{total} dead letters")?;
-    for count in &counts {
-        writeln!(
-            out,
-            "{:>10}  oldest {}  {}",
-            count.count,
-            count
-                .oldest
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            domain::quote(&count.reason)
-        )?;
+    {
+        let mut out = std::io::stdout().lock();
+        let total: u64 = counts.iter().map(|c| c.count).sum();
+        writeln!(out, "{total} dead letters")?;
+        for count in &counts {
+            writeln!(
+                out,
+                "{:>10}  oldest {}  {}",
+                count.count,
+                count
+                    .oldest
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                domain::quote(&count.reason)
+            )?;
+        }
     }
-    drop(out);
     if limit > 0 {
         let letters = db
             .read_dead_letters(None, limit)

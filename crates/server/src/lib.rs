@@ -1,7 +1,8 @@
 //! The `orderflow` binary's wiring, as a library so its integration tests
 //! can drive the same pieces: configuration ([`config`]), telemetry, serving
-//! ([`serve`]), the operator commands ([`events_cli`]) and the adapters that
-//! let the transform engine write to the database ([`sinks`]). The only
+//! ([`serve`]), the stall [`watchdog`], the operator commands ([`events_cli`])
+//! and the adapters that let the transform engine write to the database
+//! ([`sinks`]). The only
 //! crate that knows the whole graph, and the only library using `anyhow`
 //! (it is the binary's).
 
@@ -15,3 +16,4 @@ pub mod serve;
 pub mod sinks;
 pub mod telemetry;
 pub mod tls;
+pub mod watchdog;

@@ -43,7 +43,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(run(cli));
+    // Run on a worker, not on this thread, so that the stall watchdog,
+    // which watches the workers, watches all of it.
+    let result = runtime.block_on(async {
+        tokio::spawn(run(cli))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the main task failed: {e}")))
+    });
     telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,

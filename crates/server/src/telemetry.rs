@@ -447,6 +447,41 @@ pub const METRICS: &[Metric] = &[
         Kind::Gauge,
         "1 while the database answers through the pool, else 0",
     ),
+    metric(
+        "orderflow_runtime_stalls_total",
+        Kind::Counter,
+        "stalls of the async runtime or one of its workers longer than ORDERFLOW_STALL_TIMEOUT",
+    ),
+    metric(
+        "orderflow_runtime_stalled",
+        Kind::Gauge,
+        "1 while the async runtime is stalled (liveness NOT_SERVING), else 0",
+    ),
+    metric(
+        "orderflow_runtime_busy_ratio",
+        Kind::Gauge,
+        "share of the runtime workers' time spent running tasks over the last second, 0 to 1",
+    ),
+    metric(
+        "orderflow_runtime_scheduling_delay_seconds",
+        Kind::Gauge,
+        "mean time from a wake-up to the poll of the runtime's heartbeat task over the last second",
+    ),
+    metric(
+        "orderflow_runtime_workers",
+        Kind::Gauge,
+        "worker threads of the async runtime",
+    ),
+    metric(
+        "orderflow_runtime_global_queue_depth",
+        Kind::Gauge,
+        "tasks waiting in the runtime's global queue",
+    ),
+    metric(
+        "orderflow_runtime_alive_tasks",
+        Kind::Gauge,
+        "tasks alive on the async runtime",
+    ),
 ];
 
 /// How often the process metrics are sampled.

@@ -45,12 +45,28 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             None
         }
     };
+    // The watchdog fails liveness at once when a stall begins; the monitor
+    // restores it once the stall has cleared.
+    let watchdog = crate::watchdog::Watchdog::start(
+        &tokio::runtime::Handle::current(),
+        settings.stall_timeout.0,
+        {
+            let (health, runtime) = (wired.health.clone(), tokio::runtime::Handle::current());
+            move |_| {
+                runtime.block_on(health.set_service_status(LIVENESS, ServingStatus::NotServing));
+            }
+        },
+    )
+    .context("cannot start the stall watchdog's thread")?;
     let monitor = tokio::spawn(monitor::monitor(
-        started.db.clone(),
-        Arc::clone(&wired.engine),
-        wired.orders.clone(),
-        wired.feed.as_ref().map(|(state, _)| Arc::clone(state)),
-        wired.event_log.take(),
+        monitor::Watched {
+            db: started.db.clone(),
+            engine: Arc::clone(&wired.engine),
+            stalled: watchdog.stalled(),
+            orders: wired.orders.clone(),
+            feed: wired.feed.as_ref().map(|(state, _)| Arc::clone(state)),
+            event_log: wired.event_log.take(),
+        },
         wired.health.clone(),
         *settings.health_interval,
     ));
@@ -110,6 +126,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
     }
     let _ = monitor.await;
+    drop(watchdog);
     let engine =
         Arc::into_inner(wired.engine).context("the pipeline is still shared at shutdown")?;
     let left = deadline

@@ -9,6 +9,7 @@ use tonic_health::server::HealthReporter;
 use transform_engine::Engine;
 
 use crate::nats_log::NatsLog;
+use crate::watchdog::Stalled;
 
 /// Health names that follow the dependencies (database through the RPCs'
 /// pool, pipeline workers): the overall `""`, `readiness` (for readiness
@@ -22,8 +23,9 @@ pub(super) const SERVICES: [&str; 5] = [
 ];
 
 /// The health name for liveness probes: SERVING while the process works
-/// (its pipeline workers alive), whether or not the database answers, so a
-/// database outage does not get every replica restarted.
+/// (its pipeline workers alive, its runtime not stalled), whether or not the
+/// database answers, so a database outage does not get every replica
+/// restarted.
 pub(super) const LIVENESS: &str = "liveness";
 
 /// The health name for the order cache's change feed: SERVING while
@@ -32,17 +34,31 @@ pub(super) const LIVENESS: &str = "liveness";
 /// the cache, so the replica stays correct and ready, only slower.
 pub(super) const CACHE_COHERENCE: &str = "order-cache";
 
+/// What the monitor watches.
+pub(super) struct Watched<R> {
+    pub(super) db: Database,
+    pub(super) engine: Arc<Engine>,
+    pub(super) stalled: Stalled,
+    pub(super) orders: CachedOrders<R>,
+    pub(super) feed: Option<Arc<ListenerState>>,
+    pub(super) event_log: Option<Arc<NatsLog>>,
+}
+
 /// Health and metrics, once per interval: SERVING only while the database
 /// answers through the pool the RPCs use and every pipeline worker runs.
 pub(super) async fn monitor<R: storage::OrderRepository>(
-    db: Database,
-    engine: Arc<Engine>,
-    orders: CachedOrders<R>,
-    feed: Option<Arc<ListenerState>>,
-    event_log: Option<Arc<NatsLog>>,
+    watched: Watched<R>,
     health: HealthReporter,
     interval: Duration,
 ) {
+    let Watched {
+        db,
+        engine,
+        stalled,
+        orders,
+        feed,
+        event_log,
+    } = watched;
     let mut events_serving = None;
     let mut ticker = tokio::time::interval(interval);
     let mut serving = None;
@@ -61,8 +77,11 @@ pub(super) async fn monitor<R: storage::OrderRepository>(
             };
             health.set_service_status(CACHE_COHERENCE, status).await;
         }
-        if engine.is_alive() != alive {
-            alive = !alive;
+        // The watchdog sets NOT_SERVING itself as a stall begins; this puts
+        // SERVING back once it has cleared.
+        let live = engine.is_alive() && !stalled.is_set();
+        if live != alive {
+            alive = live;
             let status = if alive {
                 ServingStatus::Serving
             } else {

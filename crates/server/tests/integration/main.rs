@@ -30,6 +30,7 @@ mod subscribe;
 mod suite;
 mod support;
 mod tls;
+mod watchdog;
 
 test_support::backend_tests!(
     a_panicking_handler_answers_internal_and_the_channel_keeps_serving,
