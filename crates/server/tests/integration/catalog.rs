@@ -106,4 +106,78 @@ async fn every_metric_has_help_and_type_from_start_up() {
             "no {name}:\n{body}"
         );
     }
+    every_dashboard_query_names_a_metric_the_server_serves(&body);
+}
+
+/// The metric names in the Grafana dashboard (`deploy/grafana/orderflow.json`):
+/// `orderflow_*` and `process_*` words, a histogram's series suffixes
+/// taken off.
+fn dashboard_metric_names() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/orderflow.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push(query.to_owned());
+        }
+    }
+    let mut names = Vec::new();
+    for query in &queries {
+        for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("orderflow_") || word.starts_with("process_") {
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every query of the dashboard names a metric of the catalog
+/// (`server::telemetry::METRICS`) or of the process collector, and one the
+/// server serves, so a rename breaks this test, not the dashboard; and the
+/// panels an operator needs are there.
+fn every_dashboard_query_names_a_metric_the_server_serves(body: &str) {
+    let names = dashboard_metric_names();
+    for name in &names {
+        if name.starts_with("orderflow_") {
+            assert!(
+                METRICS.iter().any(|m| m.name == *name),
+                "the dashboard queries {name}, which is not in server::telemetry::METRICS"
+            );
+        }
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
+    for needed in [
+        "orderflow_grpc_requests_total",
+        "orderflow_grpc_request_duration_seconds",
+        "orderflow_cache_hits_total",
+        "orderflow_events_received_total",
+        "orderflow_events_dead_lettered_total",
+        "orderflow_log_backlog",
+        "orderflow_grpc_shed_total",
+        "orderflow_db_pool_connections",
+        "orderflow_runtime_stalls_total",
+        "orderflow_runtime_busy_ratio",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            names.iter().any(|name| name == needed),
+            "no dashboard panel shows {needed}"
+        );
+    }
 }
