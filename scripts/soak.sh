@@ -20,6 +20,7 @@ seconds=${1:-600}
 profile=${SOAK_PROFILE:-release}
 out=target/soak
 mkdir -p "$out"
+rm -f "$out/metrics-address"
 
 # Debug reuses what the tests built (the server binary with failpoints);
 # loadgen's binary is not among them.
@@ -64,6 +65,9 @@ for _ in $(seq 1 100); do
     (echo >"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break
     sleep 0.1
 done
+
+# For scripts/dashboard.sh, whose Prometheus scrapes this server.
+echo "127.0.0.1:$metrics_port" >"$out/metrics-address"
 
 target="http://127.0.0.1:$grpc_port"
 load=(--target "$target" --workload mix --mix get-hit=80,create=10,publish=5,health=5
