@@ -1,14 +1,17 @@
-//! `orderflow.v1.EventService`: events into the transform engine, queued
-//! (PublishEvent, PublishEvents) or acknowledged once durable in the event
-//! log (PublishEventBatch, StreamEventBatches), and the stored events out
-//! again (SubscribeEvents, in `crate::subscribe`).
+//! `orderflow.v1.EventService`: events into the transform engine through
+//! the event log, each answered once durable (PublishEvent, PublishEvents
+//! one event at a time, under the overflow policy; PublishEventBatch,
+//! StreamEventBatches a batch at a time, exactly once per producer
+//! sequence), and the stored events out again (SubscribeEvents, in
+//! `crate::subscribe`).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use transform_engine::{Admission, Ingest, LogIngest, Pending};
+use transform_engine::{Admission, Ingest, LogBatch, LogError, LogIngest, OverflowPolicy, Pending};
 
 use crate::convert;
 use crate::proto::event_service_server::EventService;
@@ -22,6 +25,11 @@ use crate::wire::{Event, EventBatch};
 /// Batches a stream may have in flight (enqueued, not yet acknowledged):
 /// the stream reads ahead this far while earlier batches are appended.
 const STREAM_WINDOW: usize = 32;
+
+/// Events a PublishEvents stream may have on their way into the log at
+/// once: it reads ahead this far while earlier ones are appended (their
+/// room in the backlog bound is taken before each is queued).
+const EVENT_WINDOW: usize = 256;
 
 /// The event service in front of an engine's ingest and the event store.
 pub struct EventApi {
@@ -68,6 +76,44 @@ impl EventApi {
         self
     }
 
+    /// Offers one event of PublishEvent(s): through the event log when one
+    /// is attached (durable once the returned [`Pending`] says so), waiting
+    /// for room in its backlog as the overflow policy says (`block`: as long
+    /// as it takes; `block-timeout`: that long; `drop-newest` and
+    /// `dead-letter`: not at all), and shed by the policy when the backlog
+    /// stays full. Without a log, into the engine's queues.
+    async fn offer(&self, event: domain::Event) -> Result<Offered, Status> {
+        let Some((log, _)) = &self.log else {
+            return self
+                .ingest
+                .submit(event)
+                .await
+                .map(Offered::Settled)
+                .map_err(status::ingest);
+        };
+        let wait = match self.ingest.policy() {
+            OverflowPolicy::Block => None,
+            OverflowPolicy::BlockTimeout(wait) => Some(wait),
+            OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => Some(Duration::ZERO),
+        };
+        let batch = LogBatch {
+            producer: None,
+            events: vec![event],
+        };
+        match log.offer(batch, wait).await {
+            Ok(pending) => Ok(Offered::Queued(pending)),
+            Err((LogError::Full(_), batch)) => Ok(Offered::Settled(
+                batch
+                    .events
+                    .into_iter()
+                    .map(|event| self.ingest.shed(event))
+                    .last()
+                    .unwrap_or(Admission::Dropped),
+            )),
+            Err((error, _)) => Err(status::log_event(error)),
+        }
+    }
+
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
         self.log.as_ref().ok_or_else(|| {
             status::error(
@@ -102,6 +148,15 @@ fn after_accepted(error: &Status, accepted: u64) -> Status {
     )
 }
 
+/// What became of one event of PublishEvent(s).
+enum Offered {
+    /// On its way into the event log: accepted once durable.
+    Queued(Pending),
+    /// Settled at once: queued in the engine (no log attached), or shed by
+    /// the overflow policy.
+    Settled(Admission),
+}
+
 /// One place in a stream's ack order.
 enum Next {
     /// A batch on its way into the log, with its sequence.
@@ -118,23 +173,48 @@ impl EventService for EventApi {
     ) -> Result<Response<PublishEventsResponse>, Status> {
         let mut stream = request.into_inner();
         let mut counts = PublishEventsResponse::default();
+        // Events on their way into the log, oldest first: `accepted` counts
+        // one only once it is durable.
+        let mut on_their_way: VecDeque<Pending> = VecDeque::new();
         let mut index = 0usize;
-        while let Some(message) = next_message(&mut stream, self.stream_idle)
-            .await
-            .map_err(|error| after_accepted(&error, counts.accepted))?
-        {
-            // A bad event ends the stream; what was accepted before it
-            // stays accepted, and the message says how many.
-            let event = convert::event_from_wire(message, Some(index))
-                .map_err(|error| after_accepted(&error, counts.accepted))?;
-            match self.ingest.submit(event).await.map_err(status::ingest)? {
-                Admission::Accepted => counts.accepted += 1,
-                Admission::Dropped => counts.dropped += 1,
-                Admission::DeadLettered => counts.dead_lettered += 1,
+        let read = async {
+            while let Some(message) = next_message(&mut stream, self.stream_idle).await? {
+                // A bad event ends the stream; what was accepted before it
+                // stays accepted, and the message says how many.
+                let event = convert::event_from_wire(message, Some(index))?;
+                match self.offer(event).await? {
+                    Offered::Queued(pending) => {
+                        on_their_way.push_back(pending);
+                        if on_their_way.len() >= EVENT_WINDOW
+                            && let Some(oldest) = on_their_way.pop_front()
+                        {
+                            counts.accepted +=
+                                oldest.durable().await.map_err(status::log_event)?.accepted;
+                        }
+                    }
+                    Offered::Settled(Admission::Accepted) => counts.accepted += 1,
+                    Offered::Settled(Admission::Dropped) => counts.dropped += 1,
+                    Offered::Settled(Admission::DeadLettered) => counts.dead_lettered += 1,
+                }
+                index += 1;
             }
-            index += 1;
+            Ok::<_, Status>(())
+        };
+        let mut failed = read.await.err();
+        // Every event still on its way is waited for, also after an error,
+        // so the answer counts each durable one.
+        for pending in on_their_way {
+            match pending.durable().await {
+                Ok(ack) => counts.accepted += ack.accepted,
+                Err(error) => {
+                    failed.get_or_insert(status::log_event(error));
+                }
+            }
         }
-        Ok(Response::new(counts))
+        match failed {
+            None => Ok(Response::new(counts)),
+            Some(error) => Err(after_accepted(&error, counts.accepted)),
+        }
     }
 
     async fn publish_event(
@@ -142,17 +222,24 @@ impl EventService for EventApi {
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
         let event = convert::event_from_wire(request.into_inner(), None)?;
-        match self.ingest.submit(event).await.map_err(status::ingest)? {
+        let admission = match self.offer(event).await? {
+            Offered::Queued(pending) => {
+                pending.durable().await.map_err(status::log_event)?;
+                Admission::Accepted
+            }
+            Offered::Settled(admission) => admission,
+        };
+        match admission {
             Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),
             Admission::Dropped => Err(status::error(
                 Reason::EventDropped,
-                "event queue full: the event was dropped",
+                "no room for the event (the event backlog is full): it was dropped",
             )
             .retry_after(status::RETRY_OVERLOADED)
             .status()),
             Admission::DeadLettered => Err(status::error(
                 Reason::EventDeadLettered,
-                "event queue full: the event goes to the dead-letter store",
+                "no room for the event (the event backlog is full): it goes to the dead-letter store",
             )
             .retry_after(status::RETRY_OVERLOADED)
             .status()),

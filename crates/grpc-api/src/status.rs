@@ -276,6 +276,34 @@ pub fn log(error: LogError) -> Status {
     }
 }
 
+/// The status for an event of PublishEvent(s) that did not become
+/// durable in the event log: as [`log`], in the words of a single event
+/// (no producer, no sequence; a full backlog never gets here, the overflow
+/// policy sheds the event instead).
+pub fn log_event(error: LogError) -> Status {
+    match error {
+        LogError::Log(sink) if sink.kind == SinkErrorKind::Unavailable => {
+            tracing::warn!(error = %sink, "event log unavailable");
+            self::error(
+                Reason::EventLogUnavailable,
+                "event log unavailable: the event was not stored; retry it",
+            )
+            .retry_after(RETRY_UNAVAILABLE)
+            .status()
+        }
+        LogError::Log(sink) if sink.kind == SinkErrorKind::OutcomeUnknown => {
+            tracing::warn!(error = %sink, "event log append outcome unknown");
+            self::error(
+                Reason::OutcomeUnknown,
+                "the event log did not confirm the event in time: it may be stored; a retry \
+                 with the same event_id is deduplicated by the pipeline",
+            )
+            .status()
+        }
+        other => log(other),
+    }
+}
+
 /// INTERNAL with a generic message; the detail goes to the log only.
 pub fn internal(error: &dyn std::fmt::Display) -> Status {
     tracing::error!(%error, "internal error");

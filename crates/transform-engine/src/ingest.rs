@@ -194,8 +194,11 @@ impl Ingest {
         queues.get(index)
     }
 
-    /// Sheds one event by policy; never waits.
-    fn shed(&self, event: Event) -> Admission {
+    /// Sheds one event by the overflow policy, never waiting: into the
+    /// dead-letter queue under [`OverflowPolicy::DeadLetter`] while it has
+    /// room, else dropped; counted either way. For events that found no
+    /// room elsewhere (the event log's backlog).
+    pub fn shed(&self, event: Event) -> Admission {
         let inner = &self.inner;
         if let Some(overflow) = &inner.overflow
             && let Ok(permit) = overflow.try_reserve()

@@ -14,12 +14,12 @@ use test_support::TestDb;
 use crate::kill::{BATCHES, EVENTS_PER_BATCH, produce};
 use crate::support::Server;
 
-const NATS: &str = "nats://127.0.0.1:4222";
+pub const NATS: &str = "nats://127.0.0.1:4222";
 const PRODUCERS: usize = 4;
 
 /// `None` (skipping, saying why) without a NATS server, unless
 /// `ORDERFLOW_REQUIRE_NATS=1`.
-async fn nats() -> Option<async_nats::Client> {
+pub async fn nats() -> Option<async_nats::Client> {
     match async_nats::connect(NATS).await {
         Ok(client) => Some(client),
         Err(error) => {
@@ -34,8 +34,17 @@ async fn nats() -> Option<async_nats::Client> {
 }
 
 /// Deletes the test's stream when dropped.
-struct Stream {
-    name: String,
+pub struct Stream {
+    pub name: String,
+}
+
+impl Stream {
+    /// A stream name of its own for one test.
+    pub fn new() -> Self {
+        Self {
+            name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
+        }
+    }
 }
 
 impl Drop for Stream {
@@ -56,10 +65,7 @@ impl Drop for Stream {
 async fn setup() -> Option<(TestDb, Stream)> {
     let db = TestDb::postgres().await?;
     nats().await?;
-    let stream = Stream {
-        name: format!("ORDERFLOW_TEST_{}", rand::random::<u32>()),
-    };
-    Some((db, stream))
+    Some((db, Stream::new()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,8 +139,18 @@ pub async fn subscribers_on_two_replicas_see_one_sequence(db: &TestDb) {
     if db.postgres_schema().is_none() {
         return; // One SQLite file serves one replica.
     }
-    let a = Server::start(db, &[]);
-    let b = Server::start(db, &[]);
+    // Replicas share an event log on JetStream (the database log has one
+    // consumer: README, "Acknowledged ingest").
+    if crate::nats::nats().await.is_none() {
+        return;
+    }
+    let stream = crate::nats::Stream::new();
+    let env = [
+        ("ORDERFLOW_EVENT_LOG", crate::nats::NATS),
+        ("ORDERFLOW_NATS_STREAM", stream.name.as_str()),
+    ];
+    let a = Server::start(db, &env);
+    let b = Server::start(db, &env);
     let per_replica = 2_000;
     let total = 2 * per_replica;
     let followers = vec![

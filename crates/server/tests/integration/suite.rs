@@ -16,6 +16,7 @@ pub use crate::event_log::{
     cancelling_clients_never_loosen_the_backlog_bound,
 };
 pub use crate::kill::{
+    accepted_events_survive_sigkill_under_every_policy,
     acknowledged_batches_survive_sigkill_exactly_once,
     acknowledged_batches_survive_sigkill_in_a_group_commit,
     acknowledged_batches_survive_sigkill_while_outputs_commit,

@@ -43,26 +43,45 @@ impl LogIngest {
         batch: LogBatch,
         wait: Option<Duration>,
     ) -> Result<Pending, LogError> {
+        self.offer(batch, wait).await.map_err(|(error, _)| error)
+    }
+
+    /// [`Self::enqueue`], giving the batch back when it was not queued, so
+    /// that a caller can shed its events by an overflow policy when the
+    /// backlog stayed full ([`LogError::Full`]).
+    pub async fn offer(
+        &self,
+        batch: LogBatch,
+        wait: Option<Duration>,
+    ) -> Result<Pending, (LogError, LogBatch)> {
         let events = batch.events.len();
-        let count = u32::try_from(events).map_err(|_| LogError::Full(self.backlog()))?;
+        let Ok(count) = u32::try_from(events) else {
+            return Err((LogError::Full(self.backlog()), batch));
+        };
         let take = self.bound.take(count);
         let share = match wait {
             None => take.await,
-            Some(wait) => tokio::time::timeout(wait, take)
-                .await
-                .map_err(|_| LogError::Full(self.backlog()))?,
-        }
-        .ok_or(LogError::ShuttingDown)?;
+            Some(wait) => match tokio::time::timeout(wait, take).await {
+                Ok(share) => share,
+                Err(_) => return Err((LogError::Full(self.backlog()), batch)),
+            },
+        };
+        let Some(share) = share else {
+            return Err((LogError::ShuttingDown, batch));
+        };
         let sequence = batch.producer.as_ref().map(|(_, sequence)| *sequence);
         let (reply, answer) = oneshot::channel();
-        self.queue
+        if let Err(mpsc::error::SendError(queued)) = self
+            .queue
             .send(Queued {
                 batch,
                 share,
                 reply,
             })
             .await
-            .map_err(|_| LogError::ShuttingDown)?;
+        {
+            return Err((LogError::ShuttingDown, queued.batch));
+        }
         Ok(Pending {
             events: events as u64,
             sequence,
