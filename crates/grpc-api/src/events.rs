@@ -26,10 +26,10 @@ use crate::wire::{Event, EventBatch};
 /// the stream reads ahead this far while earlier batches are appended.
 const STREAM_WINDOW: usize = 32;
 
-/// Events a PublishEvents stream may have on their way into the log at
-/// once: it reads ahead this far while earlier ones are appended (their
-/// room in the backlog bound is taken before each is queued).
-const EVENT_WINDOW: usize = 256;
+/// Most events of a PublishEvents stream in one log batch: what the client
+/// has already sent when the stream is read goes into the log together, one
+/// row and one share of the backlog, instead of a row each.
+const EVENTS_PER_BATCH: usize = 256;
 
 /// The event service in front of an engine's ingest and the event store.
 pub struct EventApi {
@@ -76,20 +76,20 @@ impl EventApi {
         self
     }
 
-    /// Offers one event of PublishEvent(s): through the event log when one
-    /// is attached (durable once the returned [`Pending`] says so), waiting
-    /// for room in its backlog as the overflow policy says (`block`: as long
-    /// as it takes; `block-timeout`: that long; `drop-newest` and
-    /// `dead-letter`: not at all), and shed by the policy when the backlog
-    /// stays full. Without a log, into the engine's queues.
-    async fn offer(&self, event: domain::Event) -> Result<Offered, Status> {
+    /// Offers events of PublishEvent(s), together: through the event log
+    /// when one is attached (durable once the returned [`Pending`] says
+    /// so), waiting for room in its backlog as the overflow policy says
+    /// (`block`: as long as it takes; `block-timeout`: that long;
+    /// `drop-newest` and `dead-letter`: not at all), and each shed by the
+    /// policy when the backlog stays full. Without a log, into the engine's
+    /// queues, one by one.
+    async fn offer(&self, events: Vec<domain::Event>) -> Result<Offered, Status> {
         let Some((log, _)) = &self.log else {
-            return self
-                .ingest
-                .submit(event)
-                .await
-                .map(Offered::Settled)
-                .map_err(status::ingest);
+            let mut admissions = Vec::with_capacity(events.len());
+            for event in events {
+                admissions.push(self.ingest.submit(event).await.map_err(status::ingest)?);
+            }
+            return Ok(Offered::Settled(admissions));
         };
         let wait = match self.ingest.policy() {
             OverflowPolicy::Block => None,
@@ -98,7 +98,7 @@ impl EventApi {
         };
         let batch = LogBatch {
             producer: None,
-            events: vec![event],
+            events,
         };
         match log.offer(batch, wait).await {
             Ok(pending) => Ok(Offered::Queued(pending)),
@@ -107,11 +107,20 @@ impl EventApi {
                     .events
                     .into_iter()
                     .map(|event| self.ingest.shed(event))
-                    .last()
-                    .unwrap_or(Admission::Dropped),
+                    .collect(),
             )),
             Err((error, _)) => Err(status::log_event(error)),
         }
+    }
+
+    /// Most events [`Self::offer`] takes at once: no more than the backlog
+    /// bound holds, or they would never find room.
+    fn events_per_batch(&self) -> usize {
+        let bound = self
+            .log
+            .as_ref()
+            .map_or(u64::MAX, |(log, _)| log.max_backlog());
+        usize::try_from(bound).map_or(EVENTS_PER_BATCH, |bound| bound.clamp(1, EVENTS_PER_BATCH))
     }
 
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
@@ -148,13 +157,69 @@ fn after_accepted(error: &Status, accepted: u64) -> Status {
     )
 }
 
-/// What became of one event of PublishEvent(s).
+/// What became of events of PublishEvent(s).
 enum Offered {
-    /// On its way into the event log: accepted once durable.
+    /// On their way into the event log: accepted once durable.
     Queued(Pending),
-    /// Settled at once: queued in the engine (no log attached), or shed by
-    /// the overflow policy.
-    Settled(Admission),
+    /// Settled at once, each: queued in the engine (no log attached), or
+    /// shed by the overflow policy.
+    Settled(Vec<Admission>),
+}
+
+/// The events of a PublishEvents stream that its client has sent so far,
+/// up to `most`, without waiting for more than the first: converted, with
+/// the status that ends the stream if one came after them (a bad event, a
+/// broken stream), and whether the stream ended.
+struct Gathered {
+    events: Vec<domain::Event>,
+    failed: Option<Status>,
+    ended: bool,
+}
+
+async fn gather(
+    stream: &mut Streaming<Event>,
+    idle: Duration,
+    index: &mut usize,
+    most: usize,
+) -> Gathered {
+    let mut gathered = Gathered {
+        events: Vec::new(),
+        failed: None,
+        ended: false,
+    };
+    let mut next = match next_message(stream, idle).await {
+        Ok(Some(message)) => Some(message),
+        Ok(None) => {
+            gathered.ended = true;
+            return gathered;
+        }
+        Err(status) => {
+            gathered.failed = Some(status);
+            return gathered;
+        }
+    };
+    while let Some(message) = next.take() {
+        match convert::event_from_wire(message, Some(*index)) {
+            Ok(event) => gathered.events.push(event),
+            Err(invalid) => {
+                gathered.failed = Some(invalid);
+                return gathered;
+            }
+        }
+        *index += 1;
+        if gathered.events.len() >= most {
+            break;
+        }
+        // What is already here, without waiting (`message` keeps its place
+        // in the stream when it is dropped unfinished).
+        match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+            Err(_) => {}
+            Ok(Ok(Some(message))) => next = Some(message),
+            Ok(Ok(None)) => gathered.ended = true,
+            Ok(Err(status)) => gathered.failed = Some(crate::layers::stream_error(status)),
+        }
+    }
+    gathered
 }
 
 /// One place in a stream's ack order.
@@ -173,36 +238,55 @@ impl EventService for EventApi {
     ) -> Result<Response<PublishEventsResponse>, Status> {
         let mut stream = request.into_inner();
         let mut counts = PublishEventsResponse::default();
-        // Events on their way into the log, oldest first: `accepted` counts
-        // one only once it is durable.
+        // Batches on their way into the log, oldest first: `accepted` counts
+        // their events only once they are durable.
         let mut on_their_way: VecDeque<Pending> = VecDeque::new();
+        let most = self.events_per_batch();
         let mut index = 0usize;
-        let read = async {
-            while let Some(message) = next_message(&mut stream, self.stream_idle).await? {
-                // A bad event ends the stream; what was accepted before it
-                // stays accepted, and the message says how many.
-                let event = convert::event_from_wire(message, Some(index))?;
-                match self.offer(event).await? {
-                    Offered::Queued(pending) => {
-                        on_their_way.push_back(pending);
-                        if on_their_way.len() >= EVENT_WINDOW
-                            && let Some(oldest) = on_their_way.pop_front()
-                        {
-                            counts.accepted +=
-                                oldest.durable().await.map_err(status::log_event)?.accepted;
+        let mut failed = None;
+        loop {
+            let gathered = gather(&mut stream, self.stream_idle, &mut index, most).await;
+            // Events before a bad one are offered; what was accepted before
+            // it stays accepted, and the message says how many.
+            if !gathered.events.is_empty() {
+                match self.offer(gathered.events).await {
+                    Ok(Offered::Queued(pending)) => on_their_way.push_back(pending),
+                    Ok(Offered::Settled(admissions)) => {
+                        for admission in admissions {
+                            match admission {
+                                Admission::Accepted => counts.accepted += 1,
+                                Admission::Dropped => counts.dropped += 1,
+                                Admission::DeadLettered => counts.dead_lettered += 1,
+                            }
                         }
                     }
-                    Offered::Settled(Admission::Accepted) => counts.accepted += 1,
-                    Offered::Settled(Admission::Dropped) => counts.dropped += 1,
-                    Offered::Settled(Admission::DeadLettered) => counts.dead_lettered += 1,
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
                 }
-                index += 1;
             }
-            Ok::<_, Status>(())
-        };
-        let mut failed = read.await.err();
-        // Every event still on its way is waited for, also after an error,
-        // so the answer counts each durable one.
+            if let Some(error) = gathered.failed {
+                failed = Some(error);
+                break;
+            }
+            if gathered.ended {
+                break;
+            }
+            if on_their_way.len() >= STREAM_WINDOW
+                && let Some(oldest) = on_their_way.pop_front()
+            {
+                match oldest.durable().await {
+                    Ok(ack) => counts.accepted += ack.accepted,
+                    Err(error) => {
+                        failed = Some(status::log_event(error));
+                        break;
+                    }
+                }
+            }
+        }
+        // Every batch still on its way is waited for, also after an error,
+        // so the answer counts each durable event.
         for pending in on_their_way {
             match pending.durable().await {
                 Ok(ack) => counts.accepted += ack.accepted,
@@ -222,12 +306,14 @@ impl EventService for EventApi {
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
         let event = convert::event_from_wire(request.into_inner(), None)?;
-        let admission = match self.offer(event).await? {
+        let admission = match self.offer(vec![event]).await? {
             Offered::Queued(pending) => {
                 pending.durable().await.map_err(status::log_event)?;
                 Admission::Accepted
             }
-            Offered::Settled(admission) => admission,
+            Offered::Settled(admissions) => {
+                admissions.into_iter().next().unwrap_or(Admission::Dropped)
+            }
         };
         match admission {
             Admission::Accepted => Ok(Response::new(PublishEventResponse { accepted: true })),

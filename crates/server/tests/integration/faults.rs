@@ -442,3 +442,98 @@ async fn an_open_health_watch_does_not_hold_shutdown() {
         signalled.elapsed()
     );
 }
+
+/// With the event log's backlog at its bound (the consumer held inside each
+/// commit by a failpoint, for less than the stall watchdog's timeout; on
+/// PostgreSQL appends go on meanwhile),
+/// PublishEvent sheds by the overflow policy: `drop-newest` and
+/// `dead-letter` answer RESOURCE_EXHAUSTED `EVENT_DROPPED` and
+/// `EVENT_DEAD_LETTERED`, `block-timeout` the same as `drop-newest` once its
+/// wait is over, and `block` waits for room, then answers accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_log_backlog_sheds_publish_event_by_policy() {
+    use orderflow_proto::Reason;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let event = |policy: &str, n: usize| orderflow_proto::proto::Event {
+        event_id: format!("full-{policy}-{n}"),
+        user_id: "u-full".into(),
+        action: "login".into(),
+        ..Default::default()
+    };
+    // The smallest bound the server takes (one whole batch).
+    const BOUND: u64 = 10_000;
+    for (policy, shed_as) in [
+        ("drop-newest", Some(Reason::EventDropped)),
+        ("dead-letter", Some(Reason::EventDeadLettered)),
+        ("block-timeout:300ms", Some(Reason::EventDropped)),
+        ("block", None),
+    ] {
+        let server = Server::start(
+            &db,
+            &[
+                ("ORDERFLOW_OVERFLOW_POLICY", policy),
+                ("ORDERFLOW_LOG_MAX_BACKLOG", &BOUND.to_string()),
+                ("FAILPOINTS", "storage-log-commit=sleep(4000)"),
+            ],
+        );
+        let mut events = server.events().await;
+        // Fill the bound (events past the room left are shed by the policy,
+        // or wait for it), while each commit of the consumer is held 4 s.
+        loop {
+            let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+            if stats.log_backlog >= BOUND {
+                break;
+            }
+            let room = usize::try_from(BOUND - stats.log_backlog).unwrap();
+            let fill: Vec<_> = (0..room).map(|n| event(policy, 100_000 + n)).collect();
+            let counts = tokio::time::timeout(
+                Duration::from_secs(30),
+                events.publish_events(tokio_stream::iter(fill)),
+            )
+            .await
+            .expect("the fill is answered")
+            .unwrap()
+            .into_inner();
+            assert!(counts.accepted > 0, "{policy}: {counts:?}");
+        }
+        let before = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        let began = std::time::Instant::now();
+        let answer = events.publish_event(event(policy, 10)).await;
+        let waited = began.elapsed();
+        match shed_as {
+            Some(reason) => {
+                let status = answer.expect_err(policy);
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{policy}");
+                assert_eq!(orderflow_proto::reason(&status), Some(reason), "{policy}");
+                if policy.starts_with("block-timeout") {
+                    assert!(waited >= Duration::from_millis(300), "{policy}: {waited:?}");
+                }
+            }
+            None => assert!(answer.unwrap().get_ref().accepted, "{policy}"),
+        }
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        let expected = match shed_as {
+            Some(Reason::EventDropped) => (before.dropped + 1, before.dead_lettered),
+            Some(_) => (before.dropped, before.dead_lettered + 1),
+            None => (before.dropped, before.dead_lettered),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            // A dead letter is counted once the dead-letter worker has
+            // stored it.
+            let mut stats = stats;
+            while (stats.dropped, stats.dead_lettered) != expected {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+            }
+        })
+        .await;
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        assert_eq!(
+            (stats.dropped, stats.dead_lettered),
+            expected,
+            "{policy}: {stats:?}"
+        );
+    }
+}

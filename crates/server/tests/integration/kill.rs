@@ -348,17 +348,14 @@ async fn settled(events: &mut orderflow_proto::EventClient) {
 
 /// PublishEvent and PublishEvents ("accepted means durable") against
 /// SIGKILL, under every overflow policy: 8 unary callers and 2 streams
-/// publish into a backlog bound of 200 (so the shedding policies shed),
-/// the server is killed at a random moment, restarted, and stopped once it
-/// has settled. Every event answered accepted is stored exactly once; no
+/// publish, the server is killed at a random moment, restarted, and
+/// stopped once it has settled. (What each policy sheds at a full backlog:
+/// `faults::a_full_event_log_backlog_sheds_publish_event_by_policy`.) Every event answered accepted is stored exactly once; no
 /// event is stored twice; each stream answered before the kill stored
 /// exactly its accepted count.
 pub async fn accepted_events_survive_sigkill_under_every_policy(db: &TestDb) {
     for policy in ["block", "block-timeout:20ms", "drop-newest", "dead-letter"] {
-        let env = [
-            ("ORDERFLOW_OVERFLOW_POLICY", policy),
-            ("ORDERFLOW_LOG_MAX_BACKLOG", "200"),
-        ];
+        let env = [("ORDERFLOW_OVERFLOW_POLICY", policy)];
         let server = Server::start(db, &env);
         let progress = Arc::new(AtomicU64::new(0));
         let complete: Complete = Arc::default();
