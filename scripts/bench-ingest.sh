@@ -105,6 +105,17 @@ blackhole_run=$(DATABASE_URL="$scratch/blackhole.db" taskset -c 1 "$lg" --target
 stop_server
 blackhole_rate=$(json "$blackhole_run" events_per_second)
 
+# The calibration for the blackhole row: the same twelve steps in process
+# (criterion's last run of `enum_event_major`, one thread; `cargo bench -p
+# transform-engine --bench pipeline`, which scripts/bench.sh runs first).
+estimate=$root/target/criterion/pipeline_12_steps/enum_event_major/new/estimates.json
+inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$estimate" || echo 0)
+if [ "$inproc" -gt 0 ]; then
+    blackhole_row="| StreamEventBatches into the blackhole sink (decode, validate, log, pipeline) | ${blackhole_rate%.*} | the same steps in process (criterion, one thread): $inproc events/s | $(ratio "$blackhole_rate" "$inproc") |"
+else
+    blackhole_row="| StreamEventBatches into the blackhole sink | ${blackhole_rate%.*} | (no criterion run of the pipeline in target/criterion) | |"
+fi
+
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1), ${secs} s per run, 4 streams x 1,000-event batches, window 8, the twelve-step pipeline.
 
@@ -112,7 +123,7 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1)
 |---|---|---|---|
 | durable StreamEventBatches, SQLite (verified: $(json "$sqlite_run" verified_events) events stored once) | ${sqlite_rate%.*} | \`sqlite3 .import\`, one transaction: $sqlite_copy rows/s | $(ratio "$sqlite_rate" "$sqlite_copy") |
 | durable StreamEventBatches, PostgreSQL (verified: $(json "$pg_run" verified_events)) | ${pg_rate%.*} | \`psql \\copy\`: $pg_copy rows/s | $(ratio "$pg_rate" "$pg_copy") |
-| StreamEventBatches into the blackhole sink | ${blackhole_rate%.*} | | |
+$blackhole_row
 
 Batch latency p50/p99 (us): SQLite $(json "$sqlite_run" p50_us)/$(json "$sqlite_run" p99_us), PostgreSQL $(json "$pg_run" p50_us)/$(json "$pg_run" p99_us), blackhole $(json "$blackhole_run" p50_us)/$(json "$blackhole_run" p99_us).
 TABLE

@@ -5,7 +5,8 @@
 # against a baseline measured in the same run. The server is pinned to CPU 0
 # and the load to CPU 1, so the two do not fight over a core.
 #
-# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 15 minutes in all; needs h2load from
+# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 17 minutes in all, with
+#        scripts/bench-ingest.sh's rows; needs h2load from
 #        nghttp2-client, pgbench and a local PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,6 +130,12 @@ inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (
 dyn_estimate=${estimate/enum_event_major/dyn_event_major}
 dyn=$( [ -f "$dyn_estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$dyn_estimate" || echo 0)
 
+# Acknowledged ingest against each database's own bulk loader, and the
+# blackhole front end against the in-process pipeline: its own script, run
+# here so that this report holds every figure.
+echo "acknowledged ingest (scripts/bench-ingest.sh)..." >&2
+ingest_table=$(scripts/bench-ingest.sh "$secs")
+
 {
     echo
     echo "## End to end, scripts/bench.sh ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m); server on CPU 0, load on CPU 1, ${secs}s per run)"
@@ -164,6 +171,10 @@ dyn=$( [ -f "$dyn_estimate" ] && python3 -c 'import json,sys; print(int(10000 / 
     echo "# ORDERFLOW_LOG_FORMAT=json ORDERFLOW_TRACE_SAMPLE_RATIO=0.01"
     echo "$hit_sampled"
     echo '```'
+    echo
+    echo "Acknowledged ingest (scripts/bench-ingest.sh, in this run):"
+    echo
+    echo "$ingest_table"
     echo
     echo "Server resident memory around a 10x PublishEvents overload (40 streams vs 4; drop-newest):"
     echo "before $((before_kb / 1024)) MB, peak during $((peak_kb / 1024)) MB, 2 s after $((after_kb / 1024)) MB;"
