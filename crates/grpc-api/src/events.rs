@@ -1,14 +1,15 @@
 //! `orderflow.v1.EventService`: events into the transform engine through
-//! the event log, each answered once durable (PublishEvent, PublishEvents
-//! one event at a time, under the overflow policy; PublishEventBatch,
-//! StreamEventBatches a batch at a time, exactly once per producer
-//! sequence), and the stored events out again (SubscribeEvents, in
-//! `crate::subscribe`).
+//! the event log, each answered once durable (PublishEvent and PublishEvents
+//! under the overflow policy, a stream's events gathered into log batches;
+//! PublishEventBatch and StreamEventBatches a batch at a time, exactly once
+//! per producer sequence), and the stored events out again (SubscribeEvents,
+//! in `crate::subscribe`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_stream::Stream as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogBatch, LogError, LogIngest, OverflowPolicy, Pending};
@@ -30,6 +31,9 @@ const STREAM_WINDOW: usize = 32;
 /// has already sent when the stream is read goes into the log together, one
 /// row and one share of the backlog, instead of a row each.
 const EVENTS_PER_BATCH: usize = 256;
+// The log's bound is never below one whole batch (`MAX_BATCH_EVENTS`), so a
+// gathered batch always fits in it.
+const _: () = assert!(EVENTS_PER_BATCH <= transform_engine::MAX_BATCH_EVENTS);
 
 /// The event service in front of an engine's ingest and the event store.
 pub struct EventApi {
@@ -113,16 +117,6 @@ impl EventApi {
         }
     }
 
-    /// Most events [`Self::offer`] takes at once: no more than the backlog
-    /// bound holds, or they would never find room.
-    fn events_per_batch(&self) -> usize {
-        let bound = self
-            .log
-            .as_ref()
-            .map_or(u64::MAX, |(log, _)| log.max_backlog());
-        usize::try_from(bound).map_or(EVENTS_PER_BATCH, |bound| bound.clamp(1, EVENTS_PER_BATCH))
-    }
-
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
         self.log.as_ref().ok_or_else(|| {
             status::error(
@@ -167,7 +161,7 @@ enum Offered {
 }
 
 /// The events of a PublishEvents stream that its client has sent so far,
-/// up to `most`, without waiting for more than the first: converted, with
+/// up to [`EVENTS_PER_BATCH`], without waiting for more than the first: converted, with
 /// the status that ends the stream if one came after them (a bad event, a
 /// broken stream), and whether the stream ended.
 struct Gathered {
@@ -176,12 +170,7 @@ struct Gathered {
     ended: bool,
 }
 
-async fn gather(
-    stream: &mut Streaming<Event>,
-    idle: Duration,
-    index: &mut usize,
-    most: usize,
-) -> Gathered {
+async fn gather(stream: &mut Streaming<Event>, idle: Duration, index: &mut usize) -> Gathered {
     let mut gathered = Gathered {
         events: Vec::new(),
         failed: None,
@@ -207,16 +196,21 @@ async fn gather(
             }
         }
         *index += 1;
-        if gathered.events.len() >= most {
+        if gathered.events.len() >= EVENTS_PER_BATCH {
             break;
         }
-        // What is already here, without waiting (`message` keeps its place
-        // in the stream when it is dropped unfinished).
-        match tokio::time::timeout(Duration::ZERO, stream.message()).await {
-            Err(_) => {}
-            Ok(Ok(Some(message))) => next = Some(message),
-            Ok(Ok(None)) => gathered.ended = true,
-            Ok(Err(status)) => gathered.failed = Some(crate::layers::stream_error(status)),
+        // What is already here: the stream polled once, never waited on.
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *stream).poll_next(cx))
+        })
+        .await;
+        match ready {
+            std::task::Poll::Pending => {}
+            std::task::Poll::Ready(Some(Ok(message))) => next = Some(message),
+            std::task::Poll::Ready(None) => gathered.ended = true,
+            std::task::Poll::Ready(Some(Err(status))) => {
+                gathered.failed = Some(crate::layers::stream_error(status));
+            }
         }
     }
     gathered
@@ -241,11 +235,10 @@ impl EventService for EventApi {
         // Batches on their way into the log, oldest first: `accepted` counts
         // their events only once they are durable.
         let mut on_their_way: VecDeque<Pending> = VecDeque::new();
-        let most = self.events_per_batch();
         let mut index = 0usize;
         let mut failed = None;
         loop {
-            let gathered = gather(&mut stream, self.stream_idle, &mut index, most).await;
+            let gathered = gather(&mut stream, self.stream_idle, &mut index).await;
             // Events before a bad one are offered; what was accepted before
             // it stays accepted, and the message says how many.
             if !gathered.events.is_empty() {

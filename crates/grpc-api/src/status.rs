@@ -296,7 +296,8 @@ pub fn log_event(error: LogError) -> Status {
             self::error(
                 Reason::OutcomeUnknown,
                 "the event log did not confirm the event in time: it may be stored; a retry \
-                 with the same event_id is deduplicated by the pipeline",
+                 with the same event_id is dropped as a duplicate while the pipeline's \
+                 deduplication step remembers the id",
             )
             .status()
         }
