@@ -3,6 +3,7 @@
 use storage::CatalogRepository;
 use tonic::{Request, Response, Status};
 
+use crate::audit::Trail;
 use crate::proto::catalog_service_server::CatalogService;
 use crate::proto::{GetPrimaryWarehouseRequest, GetProductRequest, Product, Warehouse};
 use crate::{convert, status};
@@ -22,7 +23,9 @@ impl<C: CatalogRepository> CatalogApi<C> {
 #[tonic::async_trait]
 impl<C: CatalogRepository> CatalogService for CatalogApi<C> {
     async fn upsert_product(&self, request: Request<Product>) -> Result<Response<Product>, Status> {
+        let trail = Trail::of(&request);
         let product = convert::product_from_wire(request.into_inner())?;
+        trail.product(product.id().as_str());
         let stored = self
             .catalog
             .upsert_product(product)

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use transform_engine::{Admission, Ingest, LogBatch, LogError, LogIngest, OverflowPolicy, Pending};
 
+use crate::audit::Trail;
 use crate::convert;
 use crate::proto::event_service_server::EventService;
 use crate::proto::{
@@ -216,6 +217,12 @@ async fn gather(stream: &mut Streaming<Event>, idle: Duration, index: &mut usize
     gathered
 }
 
+/// Notes a validated batch in the call's audit trail.
+fn audit_batch(trail: &Trail, batch: &LogBatch, sequence: u64) {
+    let producer = batch.producer.as_ref().map_or("", |(id, _)| id.as_str());
+    trail.batch(producer, sequence, batch.events.len() as u64);
+}
+
 /// One place in a stream's ack order.
 enum Next {
     /// A batch on its way into the log, with its sequence.
@@ -230,6 +237,7 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<Event>>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
+        let trail = Trail::of(&request);
         let mut stream = request.into_inner();
         let mut counts = PublishEventsResponse::default();
         // Batches on their way into the log, oldest first: `accepted` counts
@@ -242,6 +250,7 @@ impl EventService for EventApi {
             // Events before a bad one are offered; what was accepted before
             // it stays accepted, and the message says how many.
             if !gathered.events.is_empty() {
+                trail.events(gathered.events.len() as u64);
                 match self.offer(gathered.events).await {
                     Ok(Offered::Queued(pending)) => on_their_way.push_back(pending),
                     Ok(Offered::Settled(admissions)) => {
@@ -298,7 +307,9 @@ impl EventService for EventApi {
         &self,
         request: Request<Event>,
     ) -> Result<Response<PublishEventResponse>, Status> {
+        let trail = Trail::of(&request);
         let event = convert::event_from_wire(request.into_inner(), None)?;
+        trail.events(1);
         let admission = match self.offer(vec![event]).await? {
             Offered::Queued(pending) => {
                 pending.durable().await.map_err(status::log_event)?;
@@ -330,9 +341,11 @@ impl EventService for EventApi {
         request: Request<EventBatch>,
     ) -> Result<Response<EventBatchAck>, Status> {
         let (log, wait) = self.log()?;
+        let trail = Trail::of(&request);
         let message = request.into_inner();
         let sequence = message.sequence;
         let batch = convert::event_batch_from_wire(message)?;
+        audit_batch(&trail, &batch, sequence);
         let ack = log.submit(batch, *wait).await.map_err(status::log)?;
         Ok(Response::new(EventBatchAck {
             sequence,
@@ -350,6 +363,7 @@ impl EventService for EventApi {
         let (log, _) = self.log()?;
         let log = log.clone();
         let idle = self.stream_idle;
+        let trail = Trail::of(&request);
         let mut inbound = request.into_inner();
         let (next, mut in_order) = mpsc::channel::<Next>(STREAM_WINDOW);
         let (acks, outbound) = mpsc::channel(STREAM_WINDOW);
@@ -362,10 +376,13 @@ impl EventService for EventApi {
                     Ok(Some(message)) => {
                         let sequence = message.sequence;
                         match convert::event_batch_from_wire(message) {
-                            Ok(batch) => match log.enqueue(batch, None).await {
-                                Ok(pending) => Next::Ack(sequence, pending),
-                                Err(error) => Next::Fail(status::log(error)),
-                            },
+                            Ok(batch) => {
+                                audit_batch(&trail, &batch, sequence);
+                                match log.enqueue(batch, None).await {
+                                    Ok(pending) => Next::Ack(sequence, pending),
+                                    Err(error) => Next::Fail(status::log(error)),
+                                }
+                            }
                             Err(invalid) => Next::Fail(invalid),
                         }
                     }

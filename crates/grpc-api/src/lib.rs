@@ -17,6 +17,8 @@ pub mod proto {
     pub use servers::*;
 }
 
+pub mod audit;
+pub mod auth;
 mod catalog;
 mod codec;
 pub mod convert;
@@ -32,12 +34,13 @@ mod stored;
 mod subscribe;
 pub mod wire;
 
+pub use auth::AuthLayer;
 pub use catalog::CatalogApi;
 pub use encoded::{Encoded, EncodedOrder, EncodedPage};
 pub use events::EventApi;
 pub use layers::{
-    AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer,
-    MetadataLimitLayer, panic_response, parse_grpc_timeout,
+    DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, Guarded, LoadShedLayer, MetadataLimitLayer,
+    panic_response, parse_grpc_timeout,
 };
 pub use observe::{MetricsLayer, current_rpc, rpc_labels};
 pub use orders::OrderApi;

@@ -12,6 +12,9 @@
 //!
 //! Paths that name no known method are labelled `unknown`, so a client
 //! cannot create label values at will.
+//!
+//! With auditing on, the same end of each call of a mutating RPC writes its
+//! audit line (`crate::audit`).
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -22,6 +25,7 @@ use http::{HeaderMap, Request, Response};
 use tonic::Code;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::audit::Audit;
 use crate::rpcs::RPCS;
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -54,12 +58,19 @@ pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
 #[derive(Debug, Clone, Default)]
 pub struct MetricsLayer {
     handles: Arc<Handles>,
+    audit: bool,
 }
 
 impl MetricsLayer {
     /// A layer with no handles yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also writes an audit line for each call of a mutating RPC.
+    pub fn auditing(mut self, audit: bool) -> Self {
+        self.audit = audit;
+        self
     }
 }
 
@@ -69,6 +80,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
         Metrics {
             inner,
             handles: Arc::clone(&self.handles),
+            audit: self.audit,
         }
     }
 }
@@ -78,6 +90,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 pub struct Metrics<S> {
     inner: S,
     handles: Arc<Handles>,
+    audit: bool,
 }
 
 impl<S, B> tower::Service<Request<B>> for Metrics<S>
@@ -94,9 +107,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let method = rpc_index(request.uri().path());
         let mut rpc = Rpc::start(Arc::clone(&self.handles), method);
+        if self.audit
+            && RPCS
+                .get(method)
+                .and_then(|rpc| rpc.scope)
+                .is_some_and(crate::auth::Scope::mutates)
+        {
+            let audit = Arc::new(Audit::default());
+            request.extensions_mut().insert(Arc::clone(&audit));
+            rpc.audit = Some(audit);
+        }
         let work = self.inner.call(request);
         Box::pin(SERVING.scope(method, async move {
             // tonic enters the request's span around this future (not around
@@ -206,6 +229,8 @@ struct Rpc {
     /// The request's span: the status code is recorded on it (kept open
     /// until then, a stream's too).
     span: tracing::Span,
+    /// The call's audit record, written when it finishes.
+    audit: Option<Arc<Audit>>,
 }
 
 impl Rpc {
@@ -217,6 +242,7 @@ impl Rpc {
             started: Instant::now(),
             done: false,
             span: tracing::Span::none(),
+            audit: None,
         }
     }
 
@@ -230,6 +256,10 @@ impl Rpc {
         handles
             .duration(method)
             .record(self.started.elapsed().as_secs_f64());
+        if let Some(audit) = &self.audit {
+            let (service, method) = labels_at(method);
+            audit.write(service, method, code);
+        }
         // OpenTelemetry's RPC conventions: the numeric code, and an error
         // status for the codes that mean the server failed (a client's
         // mistake is not the server span's error). Set on the exported span

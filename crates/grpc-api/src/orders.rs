@@ -4,6 +4,7 @@
 use storage::{FoundOrder as _, OrderRepository};
 use tonic::{Request, Response, Status};
 
+use crate::audit::Trail;
 use crate::proto::order_service_server::OrderService;
 use crate::proto::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
@@ -29,12 +30,14 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
+        let trail = Trail::of(&request);
         let new = convert::new_order_from_wire(request.into_inner())?;
         let created = self
             .orders
             .create_order(new)
             .await
             .map_err(status::storage)?;
+        trail.order(created.order.id());
         Ok(Response::new(EncodedOrder::new(&created.order)))
     }
 
@@ -82,8 +85,10 @@ impl<R: OrderRepository> OrderService for OrderApi<R> {
         &self,
         request: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<EncodedOrder>, Status> {
+        let trail = Trail::of(&request);
         let request = request.into_inner();
         let id = convert::order_id_from_wire(&request.order_id)?;
+        trail.order(id);
         let next = convert::order_status_from_wire(request.status)?;
         let order = self
             .orders

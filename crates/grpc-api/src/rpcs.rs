@@ -1,8 +1,11 @@
 //! The one table of the RPCs served: each method's path, whether it
-//! streams, whether it needs the token, whether it ever ends by itself.
+//! streams, whether it needs the token, the scope it needs, whether it ever
+//! ends by itself.
 //! Every layer reads it (metrics labels, auth, load-shedding budgets, the
 //! end of endless streams at shutdown); a test checks it against the
 //! proto's descriptors, so a method added to the proto without a row fails.
+
+use crate::auth::Scope;
 
 /// One RPC served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,10 @@ pub struct Rpc {
     /// <token>` (`AuthLayer`): every RPC that changes state, and
     /// SubscribeEvents, whose answers carry user ids.
     pub guarded: bool,
+    /// The scope a principal needs to call it when credentials are
+    /// configured (`crate::auth`); `None`: health and reflection, open to
+    /// every caller and never rate limited.
+    pub scope: Option<Scope>,
     /// A server stream that never ends by itself (a health Watch, a
     /// subscription): ended with UNAVAILABLE at shutdown
     /// (`EndWatchesLayer`), or it would hold the graceful shutdown for its
@@ -28,16 +35,17 @@ pub struct Rpc {
 }
 
 macro_rules! rpc {
-    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal) => {
-        rpc!($service, $method, streaming: $streaming, guarded: $guarded, endless: false)
+    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal, scope: $scope:expr) => {
+        rpc!($service, $method, streaming: $streaming, guarded: $guarded, scope: $scope, endless: false)
     };
-    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal, endless: $endless:literal) => {
+    ($service:literal, $method:literal, streaming: $streaming:literal, guarded: $guarded:literal, scope: $scope:expr, endless: $endless:literal) => {
         Rpc {
             service: $service,
             method: $method,
             path: concat!("/", $service, "/", $method),
             streaming: $streaming,
             guarded: $guarded,
+            scope: $scope,
             endless: $endless,
         }
     };
@@ -45,24 +53,24 @@ macro_rules! rpc {
 
 /// Every method served.
 pub const RPCS: [Rpc; 18] = [
-    rpc!("orderflow.v1.OrderService", "CreateOrder", streaming: false, guarded: true),
-    rpc!("orderflow.v1.OrderService", "GetOrder", streaming: false, guarded: false),
-    rpc!("orderflow.v1.OrderService", "ListOrders", streaming: false, guarded: false),
-    rpc!("orderflow.v1.OrderService", "UpdateOrderStatus", streaming: false, guarded: true),
-    rpc!("orderflow.v1.CatalogService", "UpsertProduct", streaming: false, guarded: true),
-    rpc!("orderflow.v1.CatalogService", "GetProduct", streaming: false, guarded: false),
-    rpc!("orderflow.v1.CatalogService", "GetPrimaryWarehouse", streaming: false, guarded: false),
-    rpc!("orderflow.v1.EventService", "PublishEvents", streaming: true, guarded: true),
-    rpc!("orderflow.v1.EventService", "PublishEvent", streaming: false, guarded: true),
-    rpc!("orderflow.v1.EventService", "GetPipelineStats", streaming: false, guarded: false),
-    rpc!("orderflow.v1.EventService", "PublishEventBatch", streaming: false, guarded: true),
-    rpc!("orderflow.v1.EventService", "StreamEventBatches", streaming: true, guarded: true),
-    rpc!("orderflow.v1.EventService", "SubscribeEvents", streaming: true, guarded: true, endless: true),
-    rpc!("grpc.health.v1.Health", "Check", streaming: false, guarded: false),
-    rpc!("grpc.health.v1.Health", "Watch", streaming: true, guarded: false, endless: true),
-    rpc!("grpc.health.v1.Health", "List", streaming: false, guarded: false),
-    rpc!("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false),
-    rpc!("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false),
+    rpc!("orderflow.v1.OrderService", "CreateOrder", streaming: false, guarded: true, scope: Some(Scope::OrdersWrite)),
+    rpc!("orderflow.v1.OrderService", "GetOrder", streaming: false, guarded: false, scope: Some(Scope::OrdersRead)),
+    rpc!("orderflow.v1.OrderService", "ListOrders", streaming: false, guarded: false, scope: Some(Scope::OrdersRead)),
+    rpc!("orderflow.v1.OrderService", "UpdateOrderStatus", streaming: false, guarded: true, scope: Some(Scope::OrdersWrite)),
+    rpc!("orderflow.v1.CatalogService", "UpsertProduct", streaming: false, guarded: true, scope: Some(Scope::CatalogWrite)),
+    rpc!("orderflow.v1.CatalogService", "GetProduct", streaming: false, guarded: false, scope: Some(Scope::CatalogRead)),
+    rpc!("orderflow.v1.CatalogService", "GetPrimaryWarehouse", streaming: false, guarded: false, scope: Some(Scope::CatalogRead)),
+    rpc!("orderflow.v1.EventService", "PublishEvents", streaming: true, guarded: true, scope: Some(Scope::EventsPublish)),
+    rpc!("orderflow.v1.EventService", "PublishEvent", streaming: false, guarded: true, scope: Some(Scope::EventsPublish)),
+    rpc!("orderflow.v1.EventService", "GetPipelineStats", streaming: false, guarded: false, scope: Some(Scope::EventsRead)),
+    rpc!("orderflow.v1.EventService", "PublishEventBatch", streaming: false, guarded: true, scope: Some(Scope::EventsPublish)),
+    rpc!("orderflow.v1.EventService", "StreamEventBatches", streaming: true, guarded: true, scope: Some(Scope::EventsPublish)),
+    rpc!("orderflow.v1.EventService", "SubscribeEvents", streaming: true, guarded: true, scope: Some(Scope::EventsRead), endless: true),
+    rpc!("grpc.health.v1.Health", "Check", streaming: false, guarded: false, scope: None),
+    rpc!("grpc.health.v1.Health", "Watch", streaming: true, guarded: false, scope: None, endless: true),
+    rpc!("grpc.health.v1.Health", "List", streaming: false, guarded: false, scope: None),
+    rpc!("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false, scope: None),
+    rpc!("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", streaming: true, guarded: false, scope: None),
 ];
 
 /// The index in [`RPCS`] of the RPC at `path`.

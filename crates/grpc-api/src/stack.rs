@@ -2,7 +2,8 @@
 //! place and in its one order, so the binary and the in-process tests
 //! cannot drift apart. Outermost first:
 //!
-//! 1. [`MetricsLayer`]: every RPC counted and timed, whatever answers it;
+//! 1. [`MetricsLayer`]: every RPC counted and timed, whatever answers it
+//!    (and each mutation audited, when principals are configured);
 //! 2. the caller's connection layer (the binary's idle-connection tracking;
 //!    `Identity` in process);
 //! 3. [`MetadataLimitLayer`]: oversized metadata answered
@@ -10,25 +11,27 @@
 //! 4. [`LoadShedLayer`]: past the concurrency budget, OVERLOADED at once;
 //! 5. panic catching: a handler that panics answers INTERNAL
 //!    ([`crate::panic_response`]) and the connection lives on;
-//! 6. [`AuthLayer`]: mutations need the bearer token;
+//! 6. [`AuthLayer`]: each call's credential, scope and rate;
 //! 7. [`DeadlineLayer`]: `grpc-timeout` enforced in the server;
 //! 8. [`DecodeErrorLayer`]: undecodable requests are INVALID_ARGUMENT;
 //! 9. [`EndWatchesLayer`]: open health watches end at shutdown.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use http::Response;
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::auth::{Authority, Credentials};
 use crate::{
     AuthLayer, DeadlineLayer, DecodeErrorLayer, EndWatchesLayer, LoadShedLayer, MetadataLimitLayer,
     MetricsLayer,
 };
 
 /// What the stack's layers are set to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StackConfig {
     /// Most metadata bytes a request may carry.
     pub max_metadata_bytes: usize,
@@ -36,8 +39,20 @@ pub struct StackConfig {
     pub max_concurrent_requests: usize,
     /// Most streams open.
     pub max_open_streams: usize,
-    /// The bearer token mutations need; `None`: no auth.
-    pub auth_token: Option<String>,
+    /// Who may call what (`crate::auth`).
+    pub authority: Arc<Authority>,
+}
+
+impl Default for StackConfig {
+    /// No limits worth the name, and no auth.
+    fn default() -> Self {
+        Self {
+            max_metadata_bytes: 0,
+            max_concurrent_requests: 0,
+            max_open_streams: 0,
+            authority: Authority::new(Credentials::default()),
+        }
+    }
 }
 
 /// The panic handler's type.
@@ -74,7 +89,7 @@ pub fn layers<C>(
 ) -> Layers<C> {
     let panic: PanicHandler = crate::panic_response;
     ServiceBuilder::new()
-        .layer(MetricsLayer::new())
+        .layer(MetricsLayer::new().auditing(config.authority.current().names_principals()))
         .layer(connection)
         .layer(MetadataLimitLayer::new(config.max_metadata_bytes))
         .layer(LoadShedLayer::new(
@@ -82,7 +97,7 @@ pub fn layers<C>(
             config.max_open_streams,
         ))
         .layer(CatchPanicLayer::custom(panic))
-        .layer(AuthLayer::new(config.auth_token.as_deref()))
+        .layer(AuthLayer::new(Arc::clone(&config.authority)))
         .layer(DeadlineLayer)
         .layer(DecodeErrorLayer)
         .layer(EndWatchesLayer::new(stopping))

@@ -128,7 +128,8 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
-    /// The bearer token, for a server started with ORDERFLOW_AUTH_TOKEN.
+    /// The bearer token or JWT sent with every call (ORDERFLOW_AUTH_TOKEN's,
+    /// a principal's, or a JWT).
     #[arg(long)]
     token: Option<String>,
     /// For an `https://` target: the PEM CA that signed the server's

@@ -143,8 +143,10 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Sends `authorization: Bearer <token>` with every request (a server
-    /// started with `ORDERFLOW_AUTH_TOKEN` requires it).
+    /// Sends `authorization: Bearer <token>` with every request: the
+    /// server's `ORDERFLOW_AUTH_TOKEN`, a principal's token, or a JWT (a
+    /// JWT is sent as it is; the server verifies it once and then
+    /// remembers it until it expires).
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self

@@ -134,9 +134,18 @@ reasons! {
     PositionExpired = "POSITION_EXPIRED" => FailedPrecondition,
     /// UNIMPLEMENTED: this server runs without acknowledged ingest.
     AcknowledgedIngestDisabled = "ACKNOWLEDGED_INGEST_DISABLED" => Unimplemented,
-    /// UNAUTHENTICATED: the `authorization: Bearer <token>` metadata is
-    /// missing or wrong.
+    /// UNAUTHENTICATED: the credential is missing, unknown, expired or
+    /// badly signed (`authorization: Bearer <token or JWT>`, or a client
+    /// certificate naming a principal). The message says which, never
+    /// quoting the credential.
     Unauthenticated = "UNAUTHENTICATED" => Unauthenticated,
+    /// PERMISSION_DENIED: the principal is known but lacks the scope the
+    /// RPC needs; metadata `scope` names it, `principal` the caller.
+    MissingScope = "MISSING_SCOPE" => PermissionDenied,
+    /// RESOURCE_EXHAUSTED, with `RetryInfo`: the principal is over its
+    /// configured rate; metadata `principal` and `rate`. Retry after the
+    /// delay.
+    RateLimited = "RATE_LIMITED" => ResourceExhausted,
     /// DEADLINE_EXCEEDED: the request's `grpc-timeout` ran out in the server.
     DeadlineExceeded = "DEADLINE_EXCEEDED" => DeadlineExceeded,
     /// DEADLINE_EXCEEDED: a client stream sent nothing for the server's

@@ -104,7 +104,7 @@ pub enum EventsCommand {
         #[arg(long = "action")]
         actions: Vec<String>,
         /// The server to follow (default: this configuration's `--listen`,
-        /// on loopback). Sends `--auth-token` when one is set.
+        /// on loopback). Sends `--client-token` (else `--auth-token`).
         #[arg(long)]
         server: Option<String>,
     },
@@ -126,7 +126,7 @@ pub enum DeadLettersCommand {
     /// letters once the server has acknowledged it.
     Replay {
         /// The server to replay into (default: this configuration's
-        /// `--listen`, on loopback). Sends `--auth-token` when one is set.
+        /// `--listen`, on loopback). Sends `--client-token` (else `--auth-token`).
         #[arg(long)]
         server: Option<String>,
         /// Letters per batch (1..=10,000).
@@ -185,6 +185,28 @@ pub struct Settings {
     /// disables auth.
     #[arg(long, env = "ORDERFLOW_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// The bearer token or JWT this binary's client commands send (`health`,
+    /// `events follow`, `dead-letters replay`); default: `--auth-token`.
+    #[arg(long, env = "ORDERFLOW_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// Principals, each with its token's SHA-256, scopes, and optionally a
+    /// rate and a client-certificate name (a TOML file; README "Credentials
+    /// and scopes"). With it (or `--jwt-jwks`), every RPC but health and
+    /// reflection needs a credential holding its scope. Reloaded on SIGHUP
+    /// and when it changes.
+    #[arg(long, env = "ORDERFLOW_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+    /// A JWK set file: bearer JWTs signed by one of its keys name a
+    /// principal (`sub`) and its scopes (`scope`). Reloaded like
+    /// `--credentials`.
+    #[arg(long, env = "ORDERFLOW_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// The only JWT issuer (`iss`) accepted.
+    #[arg(long, env = "ORDERFLOW_JWT_ISSUER", requires = "jwt_jwks")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) a JWT must name.
+    #[arg(long, env = "ORDERFLOW_JWT_AUDIENCE", requires = "jwt_jwks")]
+    pub jwt_audience: Option<String>,
     /// OTLP trace endpoint (`http://host:4317`, or `https://` for TLS
     /// checked against the system's roots; a bare `host:port` means plain
     /// http); unset disables trace export.
@@ -381,6 +403,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The credential the client commands send: `--client-token`, else
+    /// `--auth-token`.
+    pub fn client_token(&self) -> Option<&str> {
+        self.client_token.as_deref().or(self.auth_token.as_deref())
+    }
+
     /// Whether anything reads the OpenTelemetry span a request builds: the
     /// OTLP exporter, or the JSON log lines' trace and span ids. Without
     /// either, requests get a plain `tracing` span and no OpenTelemetry work.

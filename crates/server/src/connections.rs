@@ -280,18 +280,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // Over TLS, tonic wraps the connection's information.
-        let extensions = request.extensions();
-        let info = extensions.get::<ConnectionInfo>().or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<ConnectionInfo>>()
-                .map(TlsConnectInfo::get_ref)
-        });
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Over TLS, tonic wraps the connection's information, with the
+        // client's certificates under mutual TLS: handed on to the auth
+        // layer, which knows nothing of this crate's types.
+        let tls = request.extensions().get::<TlsConnectInfo<ConnectionInfo>>();
+        let peer = tls.and_then(TlsConnectInfo::peer_certs);
+        let info = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .or_else(|| tls.map(TlsConnectInfo::get_ref));
         let guard = info.map(|info| {
             info.activity.started();
             InProgress(Arc::clone(&info.activity))
         });
+        if let Some(chain) = peer {
+            request
+                .extensions_mut()
+                .insert(grpc_api::auth::PeerCertificates(chain));
+        }
         let work = self.inner.call(request);
         Box::pin(async move {
             let response = work.await?;

@@ -1,6 +1,6 @@
 //! The `orderflow` binary's wiring, as a library so its integration tests
 //! can drive the same pieces: configuration ([`config`]), telemetry, serving
-//! ([`serve`]), the stall [`watchdog`], the operator commands ([`events_cli`])
+//! ([`serve`]), the credentials files ([`credentials`]), the stall [`watchdog`], the operator commands ([`events_cli`])
 //! and the adapters that let the transform engine write to the database
 //! ([`sinks`]). The only
 //! crate that knows the whole graph, and the only library using `anyhow`
@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod dead_letters_cli;
 pub mod events_cli;
 pub mod nats_log;

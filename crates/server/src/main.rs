@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = server.unwrap_or_else(|| {
                 format!("http://{}", server::probe::loopback(cli.settings.listen))
             });
-            events_cli::follow(&server, cli.settings.auth_token.as_deref(), after, actions).await
+            events_cli::follow(&server, cli.settings.client_token(), after, actions).await
         }
         Some(Command::DeadLetters(DeadLettersCommand::List { limit })) => {
             let db = serve::connect(&cli.settings, Open::ReadOnly).await?;
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = server.unwrap_or_else(|| {
                 format!("http://{}", server::probe::loopback(cli.settings.listen))
             });
-            dead_letters_cli::replay(&db, &server, cli.settings.auth_token.as_deref(), batch).await
+            dead_letters_cli::replay(&db, &server, cli.settings.client_token(), batch).await
         }
         Some(Command::DeadLetters(DeadLettersCommand::Purge { before })) => {
             let db = serve::connect(&cli.settings, Open::CreateIfMissing).await?;

@@ -17,7 +17,8 @@ use crate::config::Settings;
 /// Checks `service` on the server `settings` describe (its `--listen`
 /// address, reached on loopback when it listens on every interface; over
 /// TLS when `--tls-cert` is set, trusting `ca`, and presenting `identity`,
-/// a certificate and key file, when `--tls-client-ca` asks clients for one).
+/// a certificate and key file, when `--tls-client-ca` asks clients for one;
+/// with `--client-token`, sent as the bearer token).
 pub async fn check(
     settings: &Settings,
     service: &str,
@@ -58,10 +59,18 @@ pub async fn check(
         .connect()
         .await
         .with_context(|| format!("cannot reach {address}"))?;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    // Health needs no credential here; a proxy in front may.
+    if let Some(token) = settings.client_token() {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("--client-token: not valid metadata (visible ASCII only)")?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let answer = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
+        .check(request)
         .await
         .with_context(|| format!("health check of {service:?} failed"))?
         .into_inner();

@@ -11,6 +11,7 @@ use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -44,9 +45,16 @@ pub fn otlp_endpoint(raw: &str) -> String {
     }
 }
 
-/// Installs logging and, if configured, trace export.
+/// The target of the audit trail's lines (`grpc_api::audit`).
+const AUDIT: &str = "audit";
+
+/// Installs logging (and the audit trail) and, if configured, trace export.
 pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The audit trail is not a log level's to silence.
+    if let Ok(audit) = format!("{AUDIT}=info").parse() {
+        filter = filter.add_directive(audit);
+    }
     let fmt = match settings.log_format {
         // Colours only for a person at a terminal: escape codes in a log
         // file are noise, and styling every span's fields costs each request.
@@ -118,9 +126,20 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
             .with_tracer(provider.tracer("orderflow"))
             .with_filter(tracing_subscriber::filter::DynFilterFn::new(in_a_trace))
     });
+    // The audit trail: one JSON line per event of target `audit`, whatever
+    // the log format, and not repeated in the log itself.
+    let audit = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|event| event.target() == AUDIT));
+    let fmt = fmt.with_filter(filter_fn(|event| event.target() != AUDIT));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
+        .with(audit)
         .with(otel)
         .try_init()
         .context("cannot install the log subscriber")?;
@@ -281,6 +300,26 @@ pub const METRICS: &[Metric] = &[
         "orderflow_grpc_request_duration_seconds",
         Kind::Histogram,
         "gRPC request latency in seconds, from the request until its status is known",
+    ),
+    metric(
+        "orderflow_auth_refused_total",
+        Kind::Counter,
+        "calls refused by auth, by reason (UNAUTHENTICATED, MISSING_SCOPE, RATE_LIMITED)",
+    ),
+    metric(
+        "orderflow_rate_limited_total",
+        Kind::Counter,
+        "calls refused because their principal was over its rate, by principal",
+    ),
+    metric(
+        "orderflow_jwt_verifications_total",
+        Kind::Counter,
+        "JWT signatures checked (a token is checked once, then remembered until it expires)",
+    ),
+    metric(
+        "orderflow_credentials_reloads_total",
+        Kind::Counter,
+        "reloads of the credentials files (SIGHUP or a change), by result (ok, error: the previous set stays)",
     ),
     metric(
         "orderflow_grpc_shed_total",

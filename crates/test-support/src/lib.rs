@@ -2,7 +2,8 @@
 //! ([`LEGACY_EVENTS`], [`TWELVE_STEPS`]), and with the `db` feature the
 //! test databases ([`TestDb`]: a temp SQLite file, or a PostgreSQL schema of
 //! its own dropped afterwards) and [`backend_tests!`], which runs one suite
-//! on both backends.
+//! on both backends; with `tls` test certificate authorities, with `jwt`
+//! test signing keys and tokens.
 //!
 //! Only ever a dev-dependency: `scripts/check-architecture.sh` checks the
 //! normal graph, which never contains it.
@@ -18,6 +19,10 @@ mod tls;
 
 #[cfg(feature = "tls")]
 pub use tls::{Issued, TestCa};
+
+/// Test JWTs (the `jwt` feature).
+#[cfg(feature = "jwt")]
+pub mod jwt;
 
 /// Every `.rs` file under the `src/` of every workspace crate, for checks
 /// over the sources (module docs, emitted metric names). `crates` is the

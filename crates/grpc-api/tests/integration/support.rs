@@ -86,7 +86,16 @@ impl InProcess {
                 }),
             max_concurrent_requests: max_concurrent,
             max_open_streams: max_streams,
-            auth_token: auth.map(str::to_owned),
+            authority: grpc_api::auth::Authority::new(
+                grpc_api::auth::Credentials::build(
+                    &grpc_api::auth::Sources {
+                        token: auth,
+                        ..Default::default()
+                    },
+                    &grpc_api::auth::Credentials::default(),
+                )
+                .unwrap(),
+            ),
         };
         let router = tonic::transport::Server::builder()
             .layer(grpc_api::layers(

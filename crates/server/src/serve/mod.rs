@@ -34,6 +34,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut wired = wiring::wire(&settings, &started.db, started.pipeline, health).await?;
 
+    let (authority, watch) = started.authority;
+    let reloading = tokio::spawn(watch.run());
     let forgetting = tokio::spawn(jobs::forget_old_write_ids(started.db.clone()));
     let expiring = match settings.event_retention {
         Retention::Keep(keep) => {
@@ -78,6 +80,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = wiring::spawn_server(
         &settings,
         started.tls,
+        authority,
         &started.db,
         health_service,
         wired.services,
@@ -96,6 +99,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     monitor.abort();
     forgetting.abort();
+    reloading.abort();
     if let Some(expiring) = &expiring {
         expiring.abort();
     }

@@ -1,11 +1,13 @@
 //! Start-up: what must hold before anything serves. Settings read and
-//! checked (the pipeline file, TLS files, the metrics listener, the gRPC
-//! listener), then the database connected, retrying only an unreachable
+//! checked (the pipeline file, TLS files, the credentials files, the
+//! metrics listener, the gRPC listener), then the database connected, retrying only an unreachable
 //! one.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use grpc_api::auth::Authority;
 use storage::{Database, StorageError, StoreConfig};
 use tokio::net::TcpListener;
 use transform_engine::PipelineSpec;
@@ -16,6 +18,8 @@ use crate::config::Settings;
 pub(super) struct Started {
     pub(super) pipeline: PipelineSpec,
     pub(super) tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Who may call what, and the watch that reloads it.
+    pub(super) authority: (Arc<Authority>, crate::credentials::Watch),
     pub(super) listener: TcpListener,
     pub(super) db: Database,
     /// One server per SQLite database, held until the process ends
@@ -31,6 +35,7 @@ pub(super) async fn start(settings: &Settings) -> anyhow::Result<Started> {
     };
     // Read before anything starts: a bad file fails at once, naming it.
     let tls = crate::tls::server(settings, *settings.handshake_timeout)?;
+    let authority = crate::credentials::Files::new(settings).load()?;
     crate::telemetry::metrics(settings.metrics_listen)?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -42,6 +47,7 @@ pub(super) async fn start(settings: &Settings) -> anyhow::Result<Started> {
     Ok(Started {
         pipeline,
         tls,
+        authority,
         listener,
         db,
         _hold: hold,

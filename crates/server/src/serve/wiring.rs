@@ -176,6 +176,7 @@ pub(super) async fn wire(
 pub(super) fn spawn_server(
     settings: &Settings,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    authority: std::sync::Arc<grpc_api::auth::Authority>,
     db: &Database,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -223,7 +224,7 @@ pub(super) fn spawn_server(
                 max_metadata_bytes: settings.max_metadata_bytes,
                 max_concurrent_requests: settings.max_concurrent_requests,
                 max_open_streams: settings.max_open_streams,
-                auth_token: settings.auth_token.clone(),
+                authority,
             },
             ActivityLayer,
             stopping,
