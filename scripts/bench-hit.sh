@@ -11,7 +11,10 @@
 # GetOrder/Health throughput. The server (release build, SQLite, default
 # settings: RUST_LOG=info, so each request gets its span) runs on CPU 0,
 # h2load on CPU 1. Extra server settings can be passed as ENV=VALUE
-# arguments.
+# arguments; BEARER=credential (a token or a JWT) sends
+# `authorization: Bearer <credential>` on every request (seeding included),
+# for a server with principals. Every GetOrder must answer OK (checked on
+# the server's /metrics: h2load counts a gRPC error as a success).
 #
 # Usage: scripts/bench-hit.sh [REQUESTS] [ROUNDS] [ENV=VALUE...]
 #        (defaults 30000 and 9: short alternating rounds, whose median
@@ -38,15 +41,22 @@ lg=$bin_dir/loadgen
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
+metrics_port=$(free_port)
+auth_header=()
+token_arg=()
+if [ -n "${BEARER:-}" ]; then
+    auth_header=(-H "authorization: Bearer $BEARER")
+    token_arg=(--token "$BEARER")
+fi
 env DATABASE_URL="$scratch/hit.db" ORDERFLOW_LISTEN="127.0.0.1:$port" \
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$(free_port)" "$@" \
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$metrics_port" "$@" \
     taskset -c 0 "$bin" >"$scratch/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
 done
-taskset -c 1 "$lg" --target "http://127.0.0.1:$port" --workload get-hit --seed-orders 100 \
+taskset -c 1 "$lg" --target "http://127.0.0.1:$port" "${token_arg[@]}" --workload get-hit --seed-orders 100 \
     --write-bodies "$scratch/bodies" >/dev/null
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
@@ -54,7 +64,7 @@ run() { # STREAMS BODY PATH NAME
     local before after
     before=$(cpu_ticks)
     taskset -c 1 h2load -n "$requests" -c 1 -m "$1" -d "$scratch/bodies/$2" \
-        -H 'content-type: application/grpc' -H 'te: trailers' \
+        -H 'content-type: application/grpc' -H 'te: trailers' "${auth_header[@]}" \
         --log-file "$scratch/requests.log" "http://127.0.0.1:$port/$3" >"$scratch/h2load.out"
     after=$(cpu_ticks)
     grep -q "$requests succeeded" "$scratch/h2load.out" || {
@@ -83,6 +93,14 @@ for streams in 16 64; do
         run "$streams" get-order.bin orderflow.v1.OrderService/GetOrder GetOrder
     done
 done | tee "$scratch/runs.tsv"
+# h2load counts HTTP status 200 as success; the gRPC status is in the
+# trailers. Every GetOrder must have answered OK.
+not_ok=$(curl -s "http://127.0.0.1:$metrics_port/metrics" |
+    awk '/^orderflow_grpc_requests_total/ && /method="GetOrder"/ && !/code="OK"/ { n += $NF } END { print n + 0 }')
+[ "$not_ok" = 0 ] || {
+    echo "$not_ok GetOrder requests did not answer OK (see the server's log: $scratch/server.log)" >&2
+    exit 1
+}
 python3 - "$scratch/runs.tsv" <<'EOF'
 import statistics, sys
 runs = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]

@@ -12,6 +12,7 @@
     reason = "tests fail loudly; clippy's allow-*-in-tests does not reach tests/ (rust-clippy#13981)"
 )]
 
+mod auth;
 mod backup;
 mod catalog;
 mod dead_letters;

@@ -171,13 +171,13 @@ async fn postgres_verify_full_serves_with_the_right_ca_and_fails_fast_with_anoth
 
 /// A CA, and a server certificate from it for `localhost` and 127.0.0.1,
 /// written as files the binary reads.
-struct Files {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+pub struct Files {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
 }
 
 impl Files {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("orderflow test CA");
         let server = ca.server(&["localhost", "127.0.0.1"]);
@@ -187,12 +187,12 @@ impl Files {
         Self { dir, ca }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
     /// Writes `issued`'s certificate and key as `NAME.crt` and `NAME.key`.
-    fn write(&self, name: &str, issued: &test_support::Issued) {
+    pub fn write(&self, name: &str, issued: &test_support::Issued) {
         std::fs::write(
             self.dir.path().join(format!("{name}.crt")),
             &issued.cert_pem,
@@ -220,7 +220,7 @@ fn health(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// The port of a started server.
-fn port(server: &Server) -> u16 {
+pub fn port(server: &Server) -> u16 {
     server.address.rsplit(':').next().unwrap().parse().unwrap()
 }
 
@@ -242,7 +242,7 @@ async fn answered(client: orderflow_proto::ClientBuilder) -> Result<(), String> 
     }
 }
 
-fn trusting(ca_pem: &str) -> ClientTlsConfig {
+pub fn trusting(ca_pem: &str) -> ClientTlsConfig {
     ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost")
