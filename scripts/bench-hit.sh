@@ -101,6 +101,9 @@ not_ok=$(curl -s "http://127.0.0.1:$metrics_port/metrics" |
     echo "$not_ok GetOrder requests did not answer OK (see the server's log: $scratch/server.log)" >&2
     exit 1
 }
+# With a JWT: how many signatures the server checked (its cache makes it one).
+curl -s "http://127.0.0.1:$metrics_port/metrics" |
+    awk '/^orderflow_jwt_verifications_total / { print "jwt_verifications\t" $2 }'
 python3 - "$scratch/runs.tsv" <<'EOF'
 import statistics, sys
 runs = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]

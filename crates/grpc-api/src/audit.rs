@@ -56,7 +56,7 @@ impl Audit {
             producer_id = touched.producer_id.as_deref(),
             first_sequence = touched.first_sequence,
             last_sequence = touched.last_sequence,
-            events = touched.events,
+            events = (touched.events > 0).then_some(touched.events),
             "mutation"
         );
     }

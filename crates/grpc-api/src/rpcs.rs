@@ -114,4 +114,23 @@ mod tests {
             .count();
         assert_eq!(ours, orderflow, "a row names a method the proto lacks");
     }
+
+    /// Every orderflow RPC needs a scope, the standard services none; an
+    /// RPC the shared token guards changes state or reads user data
+    /// (SubscribeEvents), and every RPC whose scope changes state is
+    /// guarded, so the two modes of auth agree on what a write is.
+    #[test]
+    fn scopes_cover_every_rpc_and_agree_with_the_guarded_column() {
+        for rpc in &RPCS {
+            let ours = rpc.service.starts_with("orderflow.");
+            assert_eq!(rpc.scope.is_some(), ours, "{}", rpc.path);
+            if let Some(scope) = rpc.scope {
+                if scope.mutates() {
+                    assert!(rpc.guarded, "{} writes but is not guarded", rpc.path);
+                } else {
+                    assert_eq!(rpc.guarded, rpc.method == "SubscribeEvents", "{}", rpc.path);
+                }
+            }
+        }
+    }
 }

@@ -41,7 +41,10 @@ pub struct JwtRules {
 #[derive(Debug)]
 pub struct Jwks {
     keys: Vec<Key>,
-    cache: scc::HashCache<Box<str>, Verified>,
+    /// foldhash: a token is hashed on every call, and SipHash over a
+    /// 700-byte JWT costs a cached call more than the rest of auth. Flooding
+    /// it needs tokens that verify, so DoS resistance buys nothing here.
+    cache: scc::HashCache<Box<str>, Verified, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]
@@ -189,7 +192,11 @@ impl Jwks {
         }
         Ok(Self {
             keys,
-            cache: scc::HashCache::with_capacity(0, CACHE_CAPACITY),
+            cache: scc::HashCache::with_capacity_and_hasher(
+                0,
+                CACHE_CAPACITY,
+                foldhash::fast::RandomState::default(),
+            ),
         })
     }
 
@@ -202,12 +209,8 @@ impl Jwks {
     /// it expires. `principals` gives a subject the rate of the principal of
     /// its name.
     pub fn verify(&self, token: &str, principals: &Principals) -> Result<Arc<Principal>, Refused> {
-        let now = now();
-        if let Some(found) = self.cache.read_sync(token, |_, verified| {
-            (now <= verified.expires.saturating_add(LEEWAY_SECONDS))
-                .then(|| Arc::clone(&verified.principal))
-        }) {
-            return found.ok_or(Refused::Expired);
+        if let Some(found) = self.remembered(token) {
+            return found;
         }
         metrics::counter!("orderflow_jwt_verifications_total").increment(1);
         let header = jsonwebtoken::decode_header(token).map_err(|e| refused(e.kind()))?;
@@ -242,6 +245,19 @@ impl Jwks {
             },
         );
         Ok(principal)
+    }
+
+    /// The principal of `token` if it was verified before: `None` if it
+    /// was not, an error if it has expired since.
+    pub fn remembered(&self, token: &str) -> Option<Result<Arc<Principal>, Refused>> {
+        let now = now();
+        self.cache.read_sync(token, |_, verified| {
+            if now <= verified.expires.saturating_add(LEEWAY_SECONDS) {
+                Ok(Arc::clone(&verified.principal))
+            } else {
+                Err(Refused::Expired)
+            }
+        })
     }
 
     /// How many verified tokens are remembered (for tests of the cache).

@@ -98,6 +98,15 @@ fn admit<B>(credentials: &Credentials, rpc: &Rpc, request: &Request<B>) -> Resul
                 return Ok(());
             };
             let principal = match bearer(request) {
+                // A JWT verified before: its cache entry, without hashing
+                // it for the principals' digests first.
+                Some(token)
+                    if let Some(jwks) = jwks
+                        && looks_like_jwt(token)
+                        && let Some(remembered) = jwks.remembered(token) =>
+                {
+                    remembered.map_err(|refused| unauthenticated(&refused.to_string()))?
+                }
                 Some(token) => match principals.by_token(token) {
                     Some(principal) => Arc::clone(principal),
                     None => match jwks {
