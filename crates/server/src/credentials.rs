@@ -136,11 +136,9 @@ pub struct Watch {
 
 impl Watch {
     /// Runs until the task is aborted. Without files there is nothing to
-    /// watch, and it returns at once.
+    /// reload, and SIGHUP only says so (rather than end the process, its
+    /// default).
     pub async fn run(mut self) {
-        if !self.files.watched() {
-            return;
-        }
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(signal) => Some(signal),
@@ -149,6 +147,15 @@ impl Watch {
                 None
             }
         };
+        if !self.files.watched() {
+            while let Some(signal) = hangup.as_mut() {
+                if signal.recv().await.is_none() {
+                    break;
+                }
+                tracing::info!("SIGHUP: no credentials files are configured; nothing to reload");
+            }
+            return;
+        }
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -748,3 +748,87 @@ async fn a_client_certificate_names_its_principal_under_mutual_tls() {
         Expect::Unauthenticated,
     );
 }
+
+/// The credentials file reloads as the JWK set does: a principal added to
+/// it can call within a second; a version with a mistake keeps the one in
+/// force and logs the error naming the entry; SIGHUP reloads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_file_reloads_on_change_and_on_sighup() {
+    let db = TestDb::sqlite().await;
+    let setup = Setup::start(&db, &[KEY_A], "", &[]).await;
+    let path = setup.dir.path().join("credentials.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let newcomer = mint();
+    let client = setup.client(Some(&newcomer)).await;
+    let stats = || {
+        let mut events = client.events();
+        async move { events.get_pipeline_stats(()).await.map(drop) }
+    };
+    assert_eq!(stats().await.unwrap_err().code(), Code::Unauthenticated);
+
+    let written = Instant::now();
+    std::fs::write(
+        &path,
+        format!(
+            "{original}[[principals]]\nname = \"newcomer\"\ntoken_sha256 = \"{}\"\nscopes = [\"events:read\"]\n",
+            hex_sha256(&newcomer)
+        ),
+    )
+    .unwrap();
+    while stats().await.is_err() {
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "the new principal was not accepted within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A mistake: the whole file is refused, and the set in force stays.
+    let broken = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("events:read\"]\n", "events:raed\"]\n");
+    std::fs::write(&path, broken).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let error = loop {
+        if let Some(line) = setup
+            .server
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("credentials not reloaded"))
+        {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error for a broken credentials file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        error.contains("ORDERFLOW_CREDENTIALS") && error.contains("events:raed"),
+        "{error}"
+    );
+    stats().await.unwrap();
+
+    // SIGHUP reloads even with nothing changed, and says so.
+    std::fs::write(&path, &original).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    setup.server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !setup
+        .server
+        .logs()
+        .iter()
+        .any(|l| l.contains("credentials reloaded") && l.contains("SIGHUP"))
+    {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stats().await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "the newcomer is gone again"
+    );
+    // The connection that was refused, allowed, and refused again is the
+    // same one throughout: a reload drops none.
+}

@@ -127,8 +127,16 @@ impl Server {
 
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`HUP`, `TERM`) without waiting.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit status.
