@@ -1,7 +1,7 @@
 //! A full disk, for real: the database on a small tmpfs mounted by the test
 //! (as root), filled to the last byte. SQLite's file lives there; on
 //! PostgreSQL a tablespace does, and the test schema's tables are created in
-//! it. Writes are refused with
+//! it, on a cluster made for the test. Writes are refused with
 //! RESOURCE_EXHAUSTED `STORAGE_FULL` and nothing refused is acknowledged;
 //! reads and subscriptions go on; the process stays up; once space returns
 //! the same writes succeed without a restart, and every acknowledged event
@@ -114,26 +114,20 @@ fn psql(base: &str, sql: &str) {
     assert!(status.success(), "psql: {sql}");
 }
 
-/// PostgreSQL: a tablespace on the tmpfs, and a schema whose tables the
-/// server creates there (`default_tablespace` in the URL's options).
+/// PostgreSQL: a cluster of the test's own (its data directory on the
+/// ordinary disk), with a tablespace on the tmpfs in which the server
+/// creates its tables (`default_tablespace` in the URL's options).
 ///
-/// Opt-in (`ORDERFLOW_FULL_DISK_POSTGRES=1`): it puts a tablespace of the
-/// shared PostgreSQL server on a file system the test unmounts. Should the
-/// test die between the two, the server is left with relations whose files
-/// are gone, and its checkpoints fail until they are dropped (seen once
-/// while writing this test: the checkpointer PANICked and recovery needed
-/// the tablespace directories made again by hand). CI's database is shared
-/// by every suite, so CI does not take that risk; run it by hand.
+/// Not the shared server: a tablespace whose files vanish (a test killed
+/// between filling the disk and cleaning up) leaves a server whose
+/// checkpoints fail until the relations are dropped by hand; seen once
+/// while this test was written, when it used the shared server. A
+/// throw-away cluster takes that risk alone, so the test runs in CI.
 pub async fn postgres_full_disk() {
-    if std::env::var("ORDERFLOW_FULL_DISK_POSTGRES").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIPPED: the PostgreSQL full-disk test runs only with ORDERFLOW_FULL_DISK_POSTGRES=1 \
-             (it mounts a tablespace of the shared server on a tmpfs)"
-        );
-        return;
-    }
-    let Some(base) = test_support::postgres_url() else {
-        return;
+    let required = std::env::var("ORDERFLOW_REQUIRE_POSTGRES").as_deref() == Ok("1");
+    let skip = |why: String| {
+        assert!(!required, "the PostgreSQL full-disk test cannot run: {why}");
+        eprintln!("SKIPPED: the PostgreSQL full-disk test: {why}");
     };
     let Some(uid) = Command::new("id")
         .args(["-u", "postgres"])
@@ -142,56 +136,107 @@ pub async fn postgres_full_disk() {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     else {
-        eprintln!("SKIPPED: no local postgres user to own a tablespace on a tmpfs");
-        return;
+        return skip("no local postgres user to run a cluster and own a tablespace".into());
     };
     let Some(tmpfs) = Tmpfs::mount(24, &format!(",uid={uid},mode=0700")) else {
-        return;
+        return skip("no tmpfs".into());
     };
-    let name = format!("orderflow_full_{}", std::process::id());
+    // Dropped (stopped) before the tmpfs is unmounted.
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(why) => return skip(why),
+    };
+    let base = cluster.url();
     psql(
         &base,
         &format!(
-            "CREATE TABLESPACE {name} LOCATION '{}'",
+            "CREATE TABLESPACE full_disk LOCATION '{}'",
             tmpfs.path().display()
         ),
     );
-    psql(&base, &format!("CREATE SCHEMA {name}"));
-    // Dropped before the tmpfs is unmounted, even if the test fails.
-    let _dropped = DropOnExit {
-        base: base.clone(),
-        name: name.clone(),
-    };
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!(
-        "{base}{separator}options=-c%20search_path%3D{name}%20-c%20default_tablespace%3D{name}&application_name={name}"
-    );
+    let url = format!("{base}?options=-c%20default_tablespace%3Dfull_disk");
     full_disk(&url, tmpfs.path()).await;
 }
 
-/// The test's schema and tablespace, dropped when it ends. A dropped
-/// table's first file stays until the next checkpoint, so the tablespace is
-/// dropped after one.
-struct DropOnExit {
-    base: String,
-    name: String,
+/// A PostgreSQL cluster made for one test: `initdb` into a temporary
+/// directory as the `postgres` user, serving on a free loopback port;
+/// stopped (immediately) and deleted when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
 }
 
-impl Drop for DropOnExit {
+impl Cluster {
+    fn start() -> Result<Self, String> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("no /usr/lib/postgresql: {e}"))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .ok_or("no initdb under /usr/lib/postgresql")?;
+        let dir = tempfile::tempdir().unwrap();
+        as_root("chown", &["postgres:", &dir.path().display().to_string()])?;
+        let data = dir.path().join("data").display().to_string();
+        as_postgres(
+            &bin.join("initdb"),
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
+            dir.path().display()
+        );
+        let log = dir.path().join("log").display().to_string();
+        let cluster = Self { dir, bin, port };
+        as_postgres(
+            &cluster.bin.join("pg_ctl"),
+            &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+        )?;
+        Ok(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
     fn drop(&mut self) {
-        let name = &self.name;
-        // One statement per `-c`: DROP TABLESPACE runs outside a
-        // transaction block.
-        let dropped = Command::new("psql")
-            .args(["-q", "-v", "ON_ERROR_STOP=1", &self.base])
-            .args(["-c", &format!("DROP SCHEMA IF EXISTS {name} CASCADE")])
-            .args(["-c", "CHECKPOINT"])
-            .args(["-c", &format!("DROP TABLESPACE IF EXISTS {name}")])
-            .env("PGOPTIONS", "-c client_min_messages=warning")
-            .status();
-        if !matches!(dropped, Ok(status) if status.success()) {
-            eprintln!("could not drop the full-disk test's schema and tablespace {name}");
-        }
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
+fn as_root(program: &str, args: &[&str]) -> Result<(), String> {
+    run(Command::new(program).args(args))
+}
+
+/// `program ARGS` as the `postgres` user (initdb refuses root).
+fn as_postgres(program: &Path, args: &[&str]) -> Result<(), String> {
+    run(Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 
