@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Resident memory of the real server while producers offer acknowledged
-# batches far faster than it can take them: 16 streams of 1,000-event
-# batches, 8 in flight each (128,000 events offered at any moment), against
-# a backlog bound of 20,000 (`ORDERFLOW_LOG_MAX_BACKLOG`) on the SQLite
-# default; server on CPU 0, load on CPU 1. Every 5 s it samples the
+# Resident memory of the real server while producers offer events far
+# faster than it can take them, on one ingest RPC (WORKLOAD):
+#   stream-batches (default)  16 StreamEventBatches streams of 1,000-event
+#                             batches, 8 in flight each (128,000 events
+#                             offered at any moment);
+#   publish                   16 PublishEvents streams of 1,000 events each
+#                             (each gathered into log batches, up to 32 of
+#                             them on their way per stream);
+#   publish-batch             128 callers of unary PublishEventBatch with
+#                             1,000 events each (128,000 offered);
+#   publish-one               512 callers of unary PublishEvent;
+# against a backlog bound of 20,000 (`ORDERFLOW_LOG_MAX_BACKLOG`) on the
+# SQLite default; server on CPU 0, load on CPU 1. Every 5 s it samples the
 # server's RSS (/proc) and `orderflow_log_backlog` (/metrics), then says
 # whether memory stayed flat (max - min after the first 10 s, within
 # FLAT_MB, default 8) and the backlog within its bound. Exits non-zero if
 # either fails. Prints a Markdown table for docs/benchmarks.md.
 #
-# Usage: scripts/overload-log-memory.sh [SECONDS]   (default 60)
+# Usage: [WORKLOAD=...] scripts/overload-log-memory.sh [SECONDS]   (default 60)
 #   BIN_DIR=dir: run that directory's `orderflow` and `loadgen` instead of
 #   building this tree's (to compare two builds).
 set -euo pipefail
@@ -38,8 +46,16 @@ done
 rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$PID/status"; }
 backlog() { curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^orderflow_log_backlog / { print $2 }'; }
 idle=$(rss)
+workload=${WORKLOAD:-stream-batches}
+case $workload in
+stream-batches) shape=(--concurrency 16 --batch 1000 --window 8) ;;
+publish) shape=(--concurrency 16 --batch 1000) ;;
+publish-batch) shape=(--concurrency 128 --batch 1000) ;;
+publish-one) shape=(--concurrency 512) ;;
+*) echo "unknown WORKLOAD $workload" >&2; exit 2 ;;
+esac
 DATABASE_URL="$scratch/db" taskset -c 1 "$bin_dir/loadgen" --target "http://127.0.0.1:$port" --json \
-    --duration "${seconds}s" --workload stream-batches --concurrency 16 --batch 1000 --window 8 >"$scratch/load.json" &
+    --duration "${seconds}s" --workload "$workload" "${shape[@]}" >"$scratch/load.json" &
 LOAD=$!
 echo "| t (s) | RSS (MB) | orderflow_log_backlog |"
 echo "|---|---|---|"
@@ -60,7 +76,7 @@ LOAD=
 rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["events_per_second"]))' "$scratch/load.json")
 spread=$(printf '%s\n' "${samples[@]}" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.1f", hi - lo }')
 echo
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, ${seconds} s, release build: $rate events/s acknowledged;"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, ${seconds} s, release build, $workload (${shape[*]}): $rate events/s accepted;"
 echo "RSS spread after 10 s: $spread MB (flat within $flat_mb MB: $(awk -v s="$spread" -v f="$flat_mb" 'BEGIN { print (s <= f) ? "yes" : "no" }'));"
 echo "highest backlog sampled: $highest (bound $bound: $(awk -v h="$highest" -v b="$bound" 'BEGIN { print (h <= b) ? "within" : "EXCEEDED" }'))."
 awk -v s="$spread" -v f="$flat_mb" -v h="$highest" -v b="$bound" 'BEGIN { exit !(s <= f && h <= b) }'

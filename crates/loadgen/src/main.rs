@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use orderflow_proto::Client;
-use orderflow_proto::proto::{CreateOrderRequest, Event, GetOrderRequest, OrderLine};
+use orderflow_proto::proto::{CreateOrderRequest, Event, EventBatch, GetOrderRequest, OrderLine};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -36,6 +36,11 @@ enum Workload {
     Create,
     /// PublishEvents streams of `--batch` events.
     Publish,
+    /// Unary PublishEvent, one event a call.
+    PublishOne,
+    /// Unary PublishEventBatch, `--batch` events a call, without a producer
+    /// id (so a batch refused for a full backlog needs no sequence care).
+    PublishBatch,
     /// A weighted mix of the others, per request (`--mix`).
     Mix,
     /// Acknowledged ingest: a StreamEventBatches stream per worker
@@ -89,6 +94,8 @@ enum Call {
     GetOrder,
     Create,
     Publish,
+    PublishOne,
+    PublishBatch,
 }
 
 impl Call {
@@ -99,6 +106,8 @@ impl Call {
             Workload::GetHit | Workload::GetMiss => Some(Self::GetOrder),
             Workload::Create => Some(Self::Create),
             Workload::Publish => Some(Self::Publish),
+            Workload::PublishOne => Some(Self::PublishOne),
+            Workload::PublishBatch => Some(Self::PublishBatch),
             Workload::Mix
             | Workload::StreamBatches
             | Workload::Coherence
@@ -790,6 +799,23 @@ async fn run_worker(
                     outcome.events += reply.into_inner().accepted;
                 })
             }
+            Call::PublishOne => events
+                .publish_event(event(format!("load-{worker}-{n}"), n))
+                .await
+                .map(|reply| outcome.events += u64::from(reply.into_inner().accepted)),
+            Call::PublishBatch => events
+                .publish_event_batch(EventBatch {
+                    producer_id: String::new(),
+                    sequence: 1,
+                    events: (0..batch as u64)
+                        .map(|i| {
+                            let n = n * batch as u64 + i;
+                            event(format!("load-{worker}-{n}"), n)
+                        })
+                        .collect(),
+                })
+                .await
+                .map(|reply| outcome.events += reply.into_inner().accepted),
         };
         let micros = u64::try_from(started.elapsed().as_micros())
             .unwrap_or(u64::MAX)
