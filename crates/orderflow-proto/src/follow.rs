@@ -122,7 +122,12 @@ impl Follow {
 /// and transport failures (which carry no orderflow reason).
 fn retryable(status: &Status) -> bool {
     match reason(status) {
-        Some(Reason::DatabaseUnavailable | Reason::ShuttingDown | Reason::Overloaded) => true,
+        Some(
+            Reason::DatabaseUnavailable
+            | Reason::ShuttingDown
+            | Reason::Overloaded
+            | Reason::RateLimited,
+        ) => true,
         Some(_) => false,
         None => matches!(
             status.code(),
@@ -166,5 +171,13 @@ mod tests {
             "INVALID_FIELD"
         )));
         assert!(!retryable(&tonic::Status::unauthenticated("no token")));
+        assert!(retryable(&with_reason(
+            tonic::Code::ResourceExhausted,
+            "RATE_LIMITED"
+        )));
+        assert!(!retryable(&with_reason(
+            tonic::Code::PermissionDenied,
+            "MISSING_SCOPE"
+        )));
     }
 }

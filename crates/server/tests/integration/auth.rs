@@ -832,3 +832,53 @@ async fn the_credentials_file_reloads_on_change_and_on_sighup() {
     // The connection that was refused, allowed, and refused again is the
     // same one throughout: a reload drops none.
 }
+
+/// `orderflow events follow` sends `ORDERFLOW_CLIENT_TOKEN`: with a JWT
+/// holding `events:read` it prints the stored events; without a credential
+/// it ends at once, non-zero, saying why, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_sends_the_client_token() {
+    use std::io::BufRead as _;
+    let db = TestDb::sqlite().await;
+    let setup = Setup::start(&db, &[KEY_A], "", &[]).await;
+    let publisher = setup.client(Some(setup.token("only-events:publish"))).await;
+    publisher.events().publish_event(event(77)).await.unwrap();
+    let follow = |token: Option<&str>| {
+        let mut command = std::process::Command::new(crate::support::binary());
+        command
+            .env_clear()
+            .env("DATABASE_URL", db.url())
+            .env("RUST_LOG", "warn")
+            .args(["events", "follow", "--server", &setup.server.address])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(token) = token {
+            command.env("ORDERFLOW_CLIENT_TOKEN", token);
+        }
+        command.spawn().unwrap()
+    };
+
+    let reader = KEY_A.sign(&claims("follower", "events:read"));
+    let mut following = follow(Some(&reader));
+    let stdout = following.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let line = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stored event");
+    let _ = following.kill();
+    let _ = following.wait();
+    assert!(line.contains(&event(77).event_id), "{line}");
+
+    let refused = follow(None).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no credential"), "{stderr}");
+}
