@@ -134,7 +134,7 @@ fn admit<B>(credentials: &Credentials, rpc: &Rpc, request: &Request<B>) -> Resul
                 return Err(status::error(
                     Reason::MissingScope,
                     format!(
-                        "principal {:?} lacks scope {scope:?}, which {} needs",
+                        "principal {:?} lacks scope \"{scope}\", which {} needs",
                         principal.name(),
                         rpc.method
                     ),

@@ -190,6 +190,13 @@ fn check(method: &str, case: &str, result: Result<(), Status>, expect: Expect) {
                 info.metadata.get("scope").map(String::as_str),
                 Some(scope.as_str())
             );
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("lacks scope \"{scope}\"")),
+                "{case} / {method}: {}",
+                status.message()
+            );
         }
         (expect, result) => panic!("{case} / {method}: expected {expect:?}, got {result:?}"),
     }
