@@ -68,11 +68,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if let Some(rpc) = crate::rpcs::find(request.uri().path()) {
-            let credentials = self.authority.current.load();
-            if let Err(status) = admit(&credentials, rpc, &request) {
-                return short_circuit(status);
-            }
+        let credentials = self.authority.current.load();
+        // Without auth, not even the RPC is looked up.
+        if !matches!(credentials.mode, Mode::Open)
+            && let Some(rpc) = crate::rpcs::find(request.uri().path())
+            && let Err(status) = admit(&credentials, rpc, &request)
+        {
+            return short_circuit(status);
         }
         Box::pin(self.inner.call(request))
     }
