@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use grpc_api::auth::{Authority, Credentials, JwtRules, Sources};
+use grpc_api::auth::{Authority, Credentials, File, JwtRules, Sources};
 
 use crate::config::Settings;
 
@@ -82,7 +82,7 @@ impl Files {
     pub fn load(&self) -> anyhow::Result<(Arc<Authority>, Watch)> {
         let texts = self.read()?;
         let credentials = Credentials::build(&self.sources(&texts), &Credentials::default())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.setting_of(&e.to_string())))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", setting(e.file())))?;
         if credentials.names_principals() {
             let (principals, keys) = credentials.counts();
             tracing::info!(
@@ -114,14 +114,6 @@ impl Files {
                 seen: texts,
             },
         ))
-    }
-
-    fn setting_of(&self, error: &str) -> &'static str {
-        if error.starts_with("JWK set") {
-            "--jwt-jwks / ORDERFLOW_JWT_JWKS"
-        } else {
-            "--credentials / ORDERFLOW_CREDENTIALS"
-        }
     }
 }
 
@@ -201,10 +193,17 @@ impl Watch {
                 tracing::info!(trigger, principals, keys, "credentials reloaded");
             }
             Err(error) => {
-                let setting = self.files.setting_of(&error.to_string());
-                fail(trigger, &format!("{setting}: {error}"));
+                fail(trigger, &format!("{}: {error}", setting(error.file())));
             }
         }
+    }
+}
+
+/// The setting that names `file`.
+fn setting(file: File) -> &'static str {
+    match file {
+        File::Credentials => "--credentials / ORDERFLOW_CREDENTIALS",
+        File::Jwks => "--jwt-jwks / ORDERFLOW_JWT_JWKS",
     }
 }
 

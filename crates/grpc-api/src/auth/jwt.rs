@@ -261,6 +261,7 @@ impl Jwks {
     }
 
     /// How many verified tokens are remembered (for tests of the cache).
+    #[cfg(test)]
     pub fn cached(&self) -> usize {
         self.cache.len()
     }

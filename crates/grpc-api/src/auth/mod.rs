@@ -38,14 +38,39 @@ use principals::Principals;
 pub const AUTH_TOKEN_PRINCIPAL: &str = "auth-token";
 
 /// A credentials file or JWK set that cannot be used: what is wrong, naming
-/// the entry (never a token).
+/// the entry (never a token), and which file it is in.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthConfigError(String);
+#[error("{message}")]
+pub struct AuthConfigError {
+    message: String,
+    file: File,
+}
+
+/// The file an [`AuthConfigError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum File {
+    /// The credentials file (`ORDERFLOW_CREDENTIALS`).
+    Credentials,
+    /// The JWK set (`ORDERFLOW_JWT_JWKS`).
+    Jwks,
+}
 
 impl AuthConfigError {
     fn new(message: String) -> Self {
-        Self(message)
+        Self {
+            message,
+            file: File::Credentials,
+        }
+    }
+
+    fn in_file(mut self, file: File) -> Self {
+        self.file = file;
+        self
+    }
+
+    /// The file the error is about.
+    pub fn file(&self) -> File {
+        self.file
     }
 }
 
@@ -97,18 +122,17 @@ impl Credentials {
             _ => &empty,
         };
         let mut principals = match sources.credentials {
-            Some(text) => Principals::parse(text, before)
-                .map_err(|e| AuthConfigError::new(format!("credentials: {e}")))?,
+            Some(text) => Principals::parse(text, before)?,
             None => Principals::default(),
         };
         if let Some(token) = sources.token {
-            principals.add_token(AUTH_TOKEN_PRINCIPAL, token);
+            principals.add_token(AUTH_TOKEN_PRINCIPAL, token)?;
         }
         let jwks = sources
             .jwks
             .map(|text| Jwks::parse(text, &sources.rules))
             .transpose()
-            .map_err(|e| AuthConfigError::new(format!("JWK set: {e}")))?;
+            .map_err(|e| e.in_file(File::Jwks))?;
         Ok(Self {
             mode: Mode::Principals { principals, jwks },
         })
@@ -126,16 +150,6 @@ impl Credentials {
                 (principals.len(), jwks.as_ref().map_or(0, Jwks::len))
             }
             _ => (0, 0),
-        }
-    }
-
-    /// How many verified JWTs this version remembers.
-    pub fn cached_tokens(&self) -> usize {
-        match &self.mode {
-            Mode::Principals {
-                jwks: Some(jwks), ..
-            } => jwks.cached(),
-            _ => 0,
         }
     }
 }

@@ -185,11 +185,17 @@ impl Principals {
     }
 
     /// Adds the `ORDERFLOW_AUTH_TOKEN` token as principal `name`, with every
-    /// scope.
-    pub(super) fn add_token(&mut self, name: &str, token: &str) {
+    /// scope; refused if the file names a principal `name` too.
+    pub(super) fn add_token(&mut self, name: &str, token: &str) -> Result<(), AuthConfigError> {
+        if self.all.iter().any(|p| &*p.name == name) {
+            return Err(AuthConfigError::new(format!(
+                "principal {name:?} is ORDERFLOW_AUTH_TOKEN's while that is set; rename it"
+            )));
+        }
         let principal = Arc::new(Principal::new(Arc::from(name), Scopes::all(), None));
         self.by_token.push((digest(token), Arc::clone(&principal)));
         self.all.push(principal);
+        Ok(())
     }
 
     /// How many principals there are.
@@ -343,6 +349,23 @@ mod tests {
                 "{text:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn the_auth_token_joins_as_a_principal_of_its_own_name_only() {
+        let file = format!(
+            "[[principals]]\nname = \"auth-token\"\ntoken_sha256 = \"{}\"\n",
+            hex("t")
+        );
+        let mut taken = Principals::parse(&file, &Principals::default()).unwrap();
+        let error = taken
+            .add_token("auth-token", "shared")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rename it"), "{error}");
+        let mut free = Principals::default();
+        free.add_token("auth-token", "shared").unwrap();
+        assert_eq!(&**free.by_token("shared").unwrap().name(), "auth-token");
     }
 
     #[test]
