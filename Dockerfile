@@ -31,6 +31,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
+# Cargo's [env] (LIBSQLITE3_FLAGS) must shape the cooked dependencies too, or
+# the build after `COPY . .` compiles SQLite again.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json --package server --bin orderflow
 COPY . .
 RUN cargo build --release --locked --package server --bin orderflow

@@ -32,6 +32,7 @@ copy_sources "$scratch/planner"
 
 echo "== builder: cargo chef cook --release (dependencies only, from recipe.json)"
 cp "$scratch/planner/recipe.json" "$scratch/builder/"
+cp -r "$scratch/planner/.cargo" "$scratch/builder/" # the Dockerfile's `COPY .cargo .cargo`
 (cd "$scratch/builder" && cargo chef cook --release --locked --recipe-path recipe.json --package server --bin orderflow)
 
 echo "== builder: full sources, release build"

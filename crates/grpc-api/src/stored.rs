@@ -10,6 +10,8 @@
 //! what `convert::event_to_wire` would have built (a test holds the two
 //! together over the stored-event fixture).
 
+mod compact;
+
 use std::borrow::Cow;
 
 use bytes::BufMut;
@@ -18,7 +20,7 @@ use serde::Deserialize;
 
 /// The stored form of an event, borrowed from its JSON (unknown fields are
 /// an error, as for `domain::Event`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredJson<'a> {
     #[serde(borrow, default)]
@@ -36,7 +38,7 @@ struct StoredJson<'a> {
 }
 
 /// One attribute; the stored form is a JSON object, read as its entries.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Attribute<'a>(Cow<'a, str>, Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
@@ -63,7 +65,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
 }
 
 /// The attributes object.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Attributes<'a>(Vec<Attribute<'a>>);
 
 /// A stored event read for the wire.
@@ -79,10 +81,13 @@ pub(crate) struct Stored<'a> {
 pub(crate) struct Unreadable(String);
 
 impl<'a> Stored<'a> {
-    /// Reads the stored JSON `text`.
+    /// Reads the stored JSON `text`: the compact form by hand
+    /// (`compact`), anything else through serde_json.
     pub(crate) fn parse(text: &'a str) -> Result<Self, Unreadable> {
-        let json: StoredJson<'a> =
-            serde_json::from_str(text).map_err(|e| Unreadable(e.to_string()))?;
+        let json = match compact::read(text) {
+            Some(json) => json,
+            None => serde_json::from_str(text).map_err(|e| Unreadable(e.to_string()))?,
+        };
         let occurred_at = match &json.occurred_at {
             Some(text) => {
                 let at = domain::Timestamp::parse(text).map_err(|e| Unreadable(e.to_string()))?;
