@@ -40,6 +40,8 @@ const _: () = assert!(EVENTS_PER_BATCH <= transform_engine::MAX_BATCH_EVENTS);
 pub struct EventApi {
     ingest: Ingest,
     log: Option<(LogIngest, Option<Duration>)>,
+    /// Why events go elsewhere: this process does not take them at all.
+    elsewhere: Option<String>,
     stream_idle: Duration,
     feed: crate::subscribe::Feed,
 }
@@ -56,6 +58,7 @@ impl EventApi {
         Self {
             ingest,
             log: None,
+            elsewhere: None,
             stream_idle: Self::DEFAULT_STREAM_IDLE_TIMEOUT,
             feed: crate::subscribe::Feed::new(store),
         }
@@ -81,6 +84,24 @@ impl EventApi {
         self
     }
 
+    /// Takes no events, for `why`: every ingest RPC answers UNAVAILABLE
+    /// `EVENT_LOG_UNAVAILABLE` with it (a replica that does not hold the
+    /// database event log's lease; it still serves subscriptions).
+    #[must_use]
+    pub fn elsewhere(mut self, why: String) -> Self {
+        self.log = None;
+        self.elsewhere = Some(why);
+        self
+    }
+
+    /// UNAVAILABLE if this process takes no events.
+    fn takes_events(&self) -> Result<(), Status> {
+        match &self.elsewhere {
+            None => Ok(()),
+            Some(why) => Err(status::error(Reason::EventLogUnavailable, why.clone()).status()),
+        }
+    }
+
     /// Offers events of PublishEvent(s), together: through the event log
     /// when one is attached (durable once the returned [`Pending`] says
     /// so), waiting for room in its backlog as the overflow policy says
@@ -89,6 +110,7 @@ impl EventApi {
     /// policy when the backlog stays full. Without a log, into the engine's
     /// queues, one by one.
     async fn offer(&self, events: Vec<domain::Event>) -> Result<Offered, Status> {
+        self.takes_events()?;
         let Some((log, _)) = &self.log else {
             let mut admissions = Vec::with_capacity(events.len());
             for event in events {
@@ -119,6 +141,7 @@ impl EventApi {
     }
 
     fn log(&self) -> Result<&(LogIngest, Option<Duration>), Status> {
+        self.takes_events()?;
         self.log.as_ref().ok_or_else(|| {
             status::error(
                 Reason::AcknowledgedIngestDisabled,

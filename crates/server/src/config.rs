@@ -251,6 +251,13 @@ pub struct Settings {
     /// stream all replicas share; see `ORDERFLOW_NATS_STREAM`).
     #[arg(long, env = "ORDERFLOW_EVENT_LOG", default_value = "database", value_parser = event_log)]
     pub event_log: EventLogKind,
+    /// How long a process waits at start for the database event log's
+    /// consumer lease while another process holds it (PostgreSQL: one
+    /// process at a time consumes the database log). Past it, start-up
+    /// fails naming the holder. Covers a restart that overlaps the old
+    /// process's drain.
+    #[arg(long, env = "ORDERFLOW_EVENT_LOG_LEASE_WAIT", default_value = "30s", value_parser = duration)]
+    pub event_log_lease_wait: Duration,
     /// The JetStream stream (created if missing) when `--event-log` is NATS;
     /// its subject is `orderflow.events.<stream>`.
     #[arg(

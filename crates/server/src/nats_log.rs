@@ -455,6 +455,9 @@ impl EventLog for NatsLog {
 
     async fn commit(
         &self,
+        // JetStream's positions are its stream sequences, not a cursor:
+        // each message's batch is checked against `log_applied` instead.
+        _after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
@@ -491,7 +494,7 @@ impl EventLog for NatsLog {
                 }
                 Ok(())
             }
-            Ok(LogCommit::AlreadyCommitted) => {
+            Ok(LogCommit::AlreadyCommitted | LogCommit::Moved { .. }) => {
                 // Another replica committed some of these meanwhile:
                 // nothing was stored; let JetStream deliver them again, and
                 // `read` sorts the applied from the rest.

@@ -5,7 +5,8 @@
 
 use domain::{DeadLetter, Event, WriteId};
 use storage::{
-    Database, DeadLetterStore as _, EventStore as _, LogAppend, NewLogBatch, StorageError,
+    Database, DeadLetterStore as _, EventStore as _, LogAppend, LogCommit, NewLogBatch,
+    StorageError,
 };
 use transform_engine::{
     Appended, Damage, DeadLetterSink, EventLog, EventSink, LogBatch, LogRecord, SinkError,
@@ -139,6 +140,7 @@ impl EventLog for DatabaseLog {
 
     async fn commit(
         &self,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
@@ -148,11 +150,23 @@ impl EventLog for DatabaseLog {
             Output::Database => events,
             Output::Blackhole => &[],
         };
-        self.db
-            .commit_log(CONSUMER, through, events, letters, damaged)
+        match self
+            .db
+            .commit_log(CONSUMER, after, through, events, letters, damaged)
             .await
-            .map(drop)
-            .map_err(sink_error)
+        {
+            Ok(LogCommit::Committed | LogCommit::AlreadyCommitted) => Ok(()),
+            // Not for this process to fix: it keeps trying (nothing was
+            // stored), and its lease, lost to the other process, ends it.
+            Ok(LogCommit::Moved { cursor }) => Err(SinkError {
+                message: format!(
+                    "the event log's cursor is at {cursor}, not at {after}: another process \
+                     consumes this log; nothing stored"
+                ),
+                kind: SinkErrorKind::Unavailable,
+            }),
+            Err(error) => Err(sink_error(error)),
+        }
     }
 
     async fn cursor(&self) -> Result<i64, SinkError> {

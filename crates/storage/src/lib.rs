@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod failpoint;
 mod feed;
+mod lease;
 mod listen;
 mod log;
 pub mod migrate;
@@ -34,6 +35,7 @@ pub use dead_letters::{LabelledBatch, ReasonCount};
 pub use error::{Conflict, StorageError};
 pub use events::{DeadLetterStore, EventStore, StoredDeadLetter, StoredEvent};
 pub use feed::{EVENTS_STORED_CHANNEL, Expired, StoredSignal};
+pub use lease::{Claim, LEASE_CLASS, LogLease};
 pub use listen::{ListenerState, listen_for_order_changes};
 pub use log::{
     DamagedLogRow, LogAppend, LogCommit, LogDamage, LogEntry, NewLogBatch, ProducerRecord,

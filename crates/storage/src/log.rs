@@ -117,6 +117,12 @@ pub enum LogCommit {
     Committed,
     /// The cursor was already at or past the range: nothing stored again.
     AlreadyCommitted,
+    /// The cursor is inside the range, or before it: another consumer
+    /// committed part of it (or the log was rewound). Nothing stored.
+    Moved {
+        /// Where the cursor is.
+        cursor: i64,
+    },
 }
 
 // `None` as NULL, as `NewEventRow`: one multi-row INSERT on SQLite.
@@ -402,14 +408,18 @@ impl Database {
         .await
     }
 
-    /// Commits `consumer`'s outputs for the log up to `through`, with the
-    /// cursor, in one transaction, and deletes the log rows it passed; the
-    /// `damaged` positions (with their decode errors) are first copied, as
-    /// they are, to `damaged_log_rows`.
+    /// Commits `consumer`'s outputs for the log after `after` up to
+    /// `through`, with the cursor, in one transaction, and deletes the log
+    /// rows it passed; the `damaged` positions (with their decode errors)
+    /// are first copied, as they are, to `damaged_log_rows`.
     /// Idempotent: a range the cursor already covers stores nothing.
+    /// Fenced: a cursor that is neither there yet nor at `after` (someone
+    /// else committed part of the range) stores nothing and answers
+    /// [`LogCommit::Moved`].
     pub async fn commit_log(
         &self,
         consumer: &str,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
@@ -462,8 +472,12 @@ impl Database {
                             .await
                             .optional()?;
                     }
-                    if cursor.is_some_and(|cursor| cursor >= through) {
+                    let cursor = cursor.unwrap_or(0);
+                    if cursor >= through {
                         return Ok(LogCommit::AlreadyCommitted);
+                    }
+                    if cursor != after {
+                        return Ok(LogCommit::Moved { cursor });
                     }
                     for chunk in chunked(event_rows) {
                         c.insert_rows(chunk).await?;

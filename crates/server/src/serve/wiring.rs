@@ -10,7 +10,7 @@ use grpc_api::proto::catalog_service_server::CatalogServiceServer;
 use grpc_api::proto::event_service_server::EventServiceServer;
 use grpc_api::proto::order_service_server::OrderServiceServer;
 use grpc_api::{CatalogApi, EventApi, OrderApi, StackConfig};
-use storage::{Backend, CacheConfig, CachedOrders, Database, ListenerState, StoreConfig};
+use storage::{Backend, CacheConfig, CachedOrders, Claim, Database, ListenerState, StoreConfig};
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -111,17 +111,55 @@ pub(super) async fn wire(
         ..LogConfig::default()
     };
     let mut event_log = None;
+    let mut elsewhere = None;
     let log = match &settings.event_log {
-        EventLogKind::Database => engine
-            .attach_log(
-                Arc::new(DatabaseLog {
-                    db: db.clone(),
-                    output: settings.event_sink,
-                }),
-                log_config,
-            )
-            .await
-            .context("cannot open the event log")?,
+        EventLogKind::Database => {
+            // One process at a time consumes the database log (storage's
+            // `lease` module says why). This one waits its turn; if another
+            // process still holds it, this one takes no events, and if
+            // another ever takes the lease from it, it stops.
+            match db
+                .claim_log_lease(*settings.event_log_lease_wait)
+                .await
+                .context("ORDERFLOW_EVENT_LOG=database: cannot take the event log's lease")?
+            {
+                Claim::Held(mut lease) => {
+                    tokio::spawn(async move {
+                        let holder = lease.lost().await;
+                        tracing::error!(
+                            %holder,
+                            "another process took the database event log's consumer lease; exiting, so that one process consumes the log"
+                        );
+                        std::process::exit(1);
+                    });
+                    Some(
+                        engine
+                            .attach_log(
+                                Arc::new(DatabaseLog {
+                                    db: db.clone(),
+                                    output: settings.event_sink,
+                                }),
+                                log_config,
+                            )
+                            .await
+                            .context("cannot open the event log")?,
+                    )
+                }
+                Claim::Elsewhere(holder) => {
+                    tracing::warn!(
+                        %holder,
+                        waited = ?*settings.event_log_lease_wait,
+                        "another process consumes the database event log; this one takes no events until restarted (several replicas that take events need ORDERFLOW_EVENT_LOG=nats://...)"
+                    );
+                    elsewhere = Some(format!(
+                        "this replica takes no events: another process consumes the database \
+                         event log ({holder}). Send events to that process; replicas that share \
+                         the work need ORDERFLOW_EVENT_LOG=nats://..."
+                    ));
+                    None
+                }
+            }
+        }
         EventLogKind::Nats(url) => {
             let nats = Arc::new(
                 NatsLog::open(
@@ -141,10 +179,12 @@ pub(super) async fn wire(
                 .with_context(|| format!("--event-log / ORDERFLOW_EVENT_LOG ({url})"))?,
             );
             event_log = Some(Arc::clone(&nats));
-            engine
-                .attach_log(nats, log_config)
-                .await
-                .context("cannot open the JetStream event log")?
+            Some(
+                engine
+                    .attach_log(nats, log_config)
+                    .await
+                    .context("cannot open the JetStream event log")?,
+            )
         }
     };
     // A unary acknowledged publish waits for room as long as the policy
@@ -154,9 +194,13 @@ pub(super) async fn wire(
         OverflowPolicy::BlockTimeout(wait) => Some(wait),
         OverflowPolicy::DropNewest | OverflowPolicy::DeadLetter => Some(Duration::ZERO),
     };
-    let events = EventApi::new(engine.ingest(), db.clone())
-        .with_log(log, log_wait)
+    let mut events = EventApi::new(engine.ingest(), db.clone())
         .with_stream_idle_timeout(*settings.stream_idle_timeout);
+    events = match (log, elsewhere) {
+        (Some(log), _) => events.with_log(log, log_wait),
+        (None, Some(why)) => events.elsewhere(why),
+        (None, None) => events,
+    };
     Ok(Wired {
         health,
         orders: orders.clone(),

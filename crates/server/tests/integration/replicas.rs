@@ -6,8 +6,11 @@
 use std::time::{Duration, Instant};
 
 use orderflow_proto::OrderClient;
-use orderflow_proto::proto::{GetOrderRequest, Order, OrderStatus, UpdateOrderStatusRequest};
+use orderflow_proto::proto::{
+    Event, EventBatch, GetOrderRequest, Order, OrderStatus, UpdateOrderStatusRequest,
+};
 use test_support::TestDb;
+use tonic::Code;
 
 use crate::proxy::{Mode, Proxy};
 use crate::support::Server;
@@ -121,8 +124,16 @@ async fn writes_through_one_replica_are_read_through_the_others_and_a_cut_feed_b
     let a = Server::start(&db, &[]);
     // B's change feed goes through the proxy; its queries do not.
     let feed = proxy.url(db.url());
-    let b = Server::start(&db, &[("ORDERFLOW_CACHE_FEED_URL", &feed)]);
-    let c = Server::start(&db, &[]);
+    // B and C find A holding the event log's lease: they serve orders and
+    // take no events, at once (the wait is for restarts).
+    let b = Server::start(
+        &db,
+        &[
+            ("ORDERFLOW_CACHE_FEED_URL", &feed),
+            ("ORDERFLOW_EVENT_LOG_LEASE_WAIT", "0s"),
+        ],
+    );
+    let c = Server::start(&db, &[("ORDERFLOW_EVENT_LOG_LEASE_WAIT", "0s")]);
     for server in [&a, &b, &c] {
         wait_health(server, "order-cache", 1).await;
     }
@@ -145,4 +156,93 @@ async fn writes_through_one_replica_are_read_through_the_others_and_a_cut_feed_b
         wait_health(&b, "order-cache", 1).await;
         walk(&mut writer, &mut readers, &format!("back-{mode:?}")).await;
     }
+}
+
+fn batch(producer: &str, sequence: u64) -> EventBatch {
+    EventBatch {
+        producer_id: producer.to_owned(),
+        sequence,
+        events: (0..100)
+            .map(|n| Event {
+                event_id: format!("{producer}-{sequence}-{n}"),
+                user_id: format!("u-{n}"),
+                action: "purchase".into(),
+                ..Event::default()
+            })
+            .collect(),
+    }
+}
+
+/// One process at a time consumes the database event log. A second
+/// replica that finds it held takes no events (UNAVAILABLE, saying why)
+/// instead of consuming it too, which stored batches twice; a third that
+/// waits for it takes over when the holder is killed, and processes what
+/// the holder acknowledged and left, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_event_log_has_one_consumer_at_a_time() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    // A commits its outputs slowly, so that it dies with a backlog.
+    let a = Server::start(&db, &[("FAILPOINTS", "storage-log-commit=sleep(1500)")]);
+    let b = Server::start(&db, &[("ORDERFLOW_EVENT_LOG_LEASE_WAIT", "1s")]);
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("WARN")
+                && l.contains("another process consumes the database event log")),
+        "B says why it takes no events"
+    );
+    let mut from_b = b.events().await;
+    let refused = from_b.publish_event_batch(batch("b", 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("another process consumes the database event log"),
+        "{refused:?}"
+    );
+    let unary = from_b
+        .publish_event(batch("b", 2).events.remove(0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unary.code(),
+        Code::Unavailable,
+        "not queued in memory either: {unary:?}"
+    );
+
+    let mut to_a = a.events().await;
+    for sequence in 1..=5 {
+        let ack = to_a
+            .publish_event_batch(batch("a", sequence))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((ack.accepted, ack.duplicate), (100, false));
+    }
+    let url = db.url().to_owned();
+    let c = std::thread::spawn(move || {
+        Server::start_url(&url, &[("ORDERFLOW_EVENT_LOG_LEASE_WAIT", "60s")])
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!c.is_finished(), "C waits while A holds the lease");
+    a.kill();
+    let c = tokio::task::spawn_blocking(move || c.join().unwrap())
+        .await
+        .unwrap();
+    let stats = crate::support::drained(&mut c.events().await, Duration::from_secs(60)).await;
+    let seen = crate::support::stored_event_ids(&db);
+    for sequence in 1..=5 {
+        for n in 0..100 {
+            let id = format!("a-{sequence}-{n}");
+            assert_eq!(
+                seen.get(&id),
+                Some(&1),
+                "{id} stored once; C's stats: {stats:?}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 500, "nothing but A's events");
+    drop(b);
 }

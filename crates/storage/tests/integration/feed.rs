@@ -69,7 +69,9 @@ async fn positions_follow_commit_order_when_transactions_overlap() {
     .await
     .unwrap();
     let start = db.read_log(0, 1).await.unwrap()[0].position;
-    db.commit_log("held", start, &[], &[], &[]).await.unwrap();
+    db.commit_log("held", 0, start, &[], &[], &[])
+        .await
+        .unwrap();
     db.append_log(&[NewLogBatch {
         producer: None,
         events: &first,
@@ -92,7 +94,7 @@ async fn positions_follow_commit_order_when_transactions_overlap() {
     let held = {
         let db = storage::Database::clone(&db);
         tokio::spawn(async move {
-            db.commit_log("held", through, &events("held", 50), &[], &[])
+            db.commit_log("held", start, through, &events("held", 50), &[], &[])
                 .await
         })
     };

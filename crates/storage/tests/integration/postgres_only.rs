@@ -7,7 +7,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use domain::OrderId;
-use storage::{Database, OrderRepository, StorageError, StoreConfig};
+use storage::{Claim, Database, OrderRepository, StorageError, StoreConfig};
 
 use test_support::{postgres_url, schema_url};
 
@@ -317,4 +317,95 @@ async fn concurrent_lookups_share_statements_and_each_gets_its_own_order() {
         batches < ids,
         "{batches} statements for {ids} ids: concurrent lookups were not batched"
     );
+}
+
+/// One process at a time holds the database event log's consumer lease: a
+/// second claim waits, then fails naming the holder; another schema is
+/// another lease; the holder's end frees it for a waiting claim; and a
+/// holder whose session is ended while someone else takes the lock learns
+/// that it lost the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_event_log_lease_is_held_by_one_process_at_a_time() {
+    let Some(base) = postgres_url() else { return };
+    let schema = format!("orderflow_test_lease_{}", rand::random::<u64>());
+    let other = format!("{schema}_other");
+    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}; CREATE SCHEMA {other}"))
+        .await
+        .unwrap();
+    let open = |schema: &str| Database::connect(StoreConfig::new(schema_url(&base, schema)));
+    let (first, second) = (open(&schema).await.unwrap(), open(&schema).await.unwrap());
+
+    let Claim::Held(held) = first.claim_log_lease(Duration::from_secs(5)).await.unwrap() else {
+        panic!("the first claim takes the lease");
+    };
+    let started = Instant::now();
+    let Claim::Elsewhere(holder) = second
+        .claim_log_lease(Duration::from_millis(600))
+        .await
+        .unwrap()
+    else {
+        panic!("the lease is held");
+    };
+    assert!(started.elapsed() >= Duration::from_millis(600), "it waited");
+    assert!(
+        holder.contains(&schema) && holder.contains("backend pid"),
+        "names the holder (its application_name): {holder}"
+    );
+    let elsewhere = open(&other).await.unwrap();
+    let other_lease = tokio::time::timeout(
+        Duration::from_secs(2),
+        elsewhere.claim_log_lease(Duration::ZERO),
+    )
+    .await
+    .expect("another schema's lease is free")
+    .unwrap();
+    assert!(matches!(other_lease, Claim::Held(_)), "{other_lease:?}");
+
+    // The holder lets go: a waiting claim takes it.
+    let waiting = {
+        let second = second.clone();
+        tokio::spawn(async move { second.claim_log_lease(Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "still held");
+    drop(held);
+    let Claim::Held(mut taken) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("taken once the holder let go")
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("taken once the holder let go");
+    };
+    assert!(!taken.is_lost());
+
+    // Its session ended (a network cut, an operator) while another
+    // session takes the lock: the holder learns it lost the lease.
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
+               AND l.classid = {}::int4::oid AND l.objid = hashtext('{schema}')::oid; \
+             SELECT pg_advisory_lock({}, hashtext('{schema}'))",
+            storage::LEASE_CLASS,
+            storage::LEASE_CLASS
+        ))
+        .await
+        .unwrap();
+    let holder = tokio::time::timeout(Duration::from_secs(10), taken.lost())
+        .await
+        .expect("the loss is noticed within a few heartbeats");
+    assert!(taken.is_lost());
+    assert!(holder.contains("backend pid"), "{holder}");
+
+    drop(admin);
+    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP SCHEMA {other} CASCADE"
+        ))
+        .await
+        .unwrap();
 }

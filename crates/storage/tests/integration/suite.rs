@@ -736,13 +736,13 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
     let through = entries[1].position;
     let outputs = &read[..3];
     assert_eq!(
-        db.commit_log("c", through, outputs, &[], &[])
+        db.commit_log("c", 0, through, outputs, &[], &[])
             .await
             .unwrap(),
         LogCommit::Committed
     );
     assert_eq!(
-        db.commit_log("c", through, outputs, &[], &[])
+        db.commit_log("c", 0, through, outputs, &[], &[])
             .await
             .unwrap(),
         LogCommit::AlreadyCommitted,
@@ -754,6 +754,27 @@ pub async fn event_log_is_exactly_once_per_producer_and_per_commit(db: &TestDb) 
     let rest = db.read_log(0, 10).await.unwrap();
     assert_eq!(rest.len(), 2, "the committed rows were deleted");
     assert!(rest.iter().all(|e| e.position > through));
+
+    // A commit that starts anywhere but the cursor (another consumer
+    // committed part of its range) stores nothing.
+    let last = rest[1].position;
+    assert_eq!(
+        db.commit_log("c", 0, last, &read[3..], &[], &[])
+            .await
+            .unwrap(),
+        LogCommit::Moved { cursor: through },
+        "a commit over a range the cursor is inside of is fenced off"
+    );
+    assert_eq!(db.read_events(None, 100).await.unwrap().len(), 3);
+    assert_eq!(db.log_cursor("c").await.unwrap(), through);
+    assert_eq!(
+        db.commit_log("c", through, last, &read[3..], &[], &[])
+            .await
+            .unwrap(),
+        LogCommit::Committed,
+        "from the cursor, it commits"
+    );
+    assert_eq!(db.read_events(None, 100).await.unwrap().len(), read.len());
 }
 
 /// No gaps: batch k of a producer failed (never stored), k+1 is refused
@@ -873,7 +894,7 @@ pub async fn concurrent_repeats_of_a_log_commit_store_once(db: &TestDb) {
         .map(|_| {
             let db = storage::Database::clone(db);
             let events = events.clone();
-            tokio::spawn(async move { db.commit_log("c", through, &events, &[], &[]).await })
+            tokio::spawn(async move { db.commit_log("c", 0, through, &events, &[], &[]).await })
         })
         .collect();
     let mut committed = 0;
@@ -901,7 +922,7 @@ pub async fn concurrent_repeats_of_a_log_commit_store_once(db: &TestDb) {
         .map(|_| {
             let db = storage::Database::clone(db);
             let events = events.clone();
-            tokio::spawn(async move { db.commit_log("c", next, &events, &[], &[]).await })
+            tokio::spawn(async move { db.commit_log("c", through, next, &events, &[], &[]).await })
         })
         .collect();
     let mut committed = 0;
@@ -969,9 +990,16 @@ pub async fn a_damaged_log_row_is_read_as_such_and_moved_aside(db: &TestDb) {
     );
     assert!(entries[1].events.is_empty());
 
-    db.commit_log("c", bad, &events[..1], &[], &[(bad, damage.error.clone())])
-        .await
-        .unwrap();
+    db.commit_log(
+        "c",
+        0,
+        bad,
+        &events[..1],
+        &[],
+        &[(bad, damage.error.clone())],
+    )
+    .await
+    .unwrap();
     assert!(
         db.read_log(0, 10).await.unwrap().is_empty(),
         "the log moved on"

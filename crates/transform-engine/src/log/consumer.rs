@@ -137,7 +137,7 @@ impl<L: EventLog> Consumer<L> {
         loop {
             match self
                 .log
-                .commit(through, &out.kept, &out.dead, &damaged)
+                .commit(self.cursor, through, &out.kept, &out.dead, &damaged)
                 .await
             {
                 Ok(()) => break,

@@ -112,6 +112,7 @@ impl EventLog for MemoryLog {
 
     async fn commit(
         &self,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
@@ -128,9 +129,12 @@ impl EventLog for MemoryLog {
                 kind: SinkErrorKind::Rejected,
             });
         }
-        self.with(|s| {
+        let moved = self.with(|s| {
             if s.cursor >= through {
-                return;
+                return None;
+            }
+            if s.cursor != after {
+                return Some(s.cursor);
             }
             s.events.extend_from_slice(events);
             s.letters.extend_from_slice(letters);
@@ -139,8 +143,15 @@ impl EventLog for MemoryLog {
             while s.records.front().is_some_and(|r| r.position <= through) {
                 s.records.pop_front();
             }
+            None
         });
-        Ok(())
+        match moved {
+            None => Ok(()),
+            Some(cursor) => Err(SinkError {
+                message: format!("the cursor is at {cursor}, not at {after}"),
+                kind: SinkErrorKind::Unavailable,
+            }),
+        }
     }
 
     async fn cursor(&self) -> Result<i64, SinkError> {

@@ -156,13 +156,17 @@ pub trait EventLog: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LogRecord>, SinkError>> + Send;
 
-    /// Commits the outputs of the log up to `through` with the cursor,
-    /// atomically; a range the cursor already covers stores nothing.
+    /// Commits the outputs of the log after `after` (the cursor this
+    /// consumer last committed or read at start) up to `through` with the
+    /// cursor, atomically; a range the cursor already covers stores
+    /// nothing, and so does one whose cursor is elsewhere (a log another
+    /// process consumes too): then an error, since nothing landed.
     /// `damaged` are the positions in the range that could not be decoded,
     /// with their errors: the log keeps them aside (the database log in
     /// `damaged_log_rows`) in the same commit.
     fn commit(
         &self,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],

@@ -583,6 +583,7 @@ impl transform_engine::EventLog for Watched {
 
     async fn commit(
         &self,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[domain::DeadLetter],
@@ -591,7 +592,9 @@ impl transform_engine::EventLog for Watched {
         if let Ok(permit) = self.gate.acquire().await {
             permit.forget();
         }
-        self.log.commit(through, events, letters, damaged).await
+        self.log
+            .commit(after, through, events, letters, damaged)
+            .await
     }
 
     async fn cursor(&self) -> Result<i64, transform_engine::SinkError> {

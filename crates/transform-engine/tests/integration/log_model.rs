@@ -167,6 +167,7 @@ impl EventLog for ModelLog {
 
     async fn commit(
         &self,
+        after: i64,
         through: i64,
         events: &[Event],
         letters: &[DeadLetter],
@@ -181,6 +182,7 @@ impl EventLog for ModelLog {
         if d.cursor >= through {
             return Ok(());
         }
+        assert_eq!(d.cursor, after, "a commit starts from the cursor");
         d.outputs.extend(events.iter().map(id_of));
         d.cursor = through;
         while d.records.front().is_some_and(|r| r.position <= through) {
