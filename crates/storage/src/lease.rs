@@ -58,6 +58,9 @@ pub enum Claim {
 pub struct LogLease {
     lost: watch::Receiver<Option<String>>,
     keeper: Option<tokio::task::JoinHandle<()>>,
+    /// A lease nobody can take (SQLite's) keeps its sender here: a
+    /// closed channel would read as lost.
+    _kept: Option<watch::Sender<Option<String>>>,
 }
 
 impl LogLease {
@@ -93,8 +96,12 @@ impl Database {
     /// to reach the database are retried within the same wait.
     pub async fn claim_log_lease(&self, wait: Duration) -> Result<Claim, StorageError> {
         if self.backend() == Backend::Sqlite {
-            let (_, lost) = watch::channel(None);
-            return Ok(Claim::Held(LogLease { lost, keeper: None }));
+            let (kept, lost) = watch::channel(None);
+            return Ok(Claim::Held(LogLease {
+                lost,
+                keeper: None,
+                _kept: Some(kept),
+            }));
         }
         let postgres = Postgres::new(&self.config().url);
         let deadline = Instant::now() + wait;
@@ -107,9 +114,10 @@ impl Database {
                     return Ok(Claim::Held(LogLease {
                         lost,
                         keeper: Some(keeper),
+                        _kept: None,
                     }));
                 }
-                Ok(Locked::Taken(holder)) => {
+                Ok(Locked::Taken(holder, _)) => {
                     if Instant::now() >= deadline {
                         return Ok(Claim::Elsewhere(holder));
                     }
@@ -135,6 +143,8 @@ impl Database {
 struct Session {
     client: tokio_postgres::Client,
     driver: tokio::task::JoinHandle<()>,
+    /// Its backend's pid (`pg_backend_pid()`).
+    pid: i32,
 }
 
 impl Drop for Session {
@@ -146,8 +156,8 @@ impl Drop for Session {
 enum Locked {
     /// The lock is this session's.
     Held(Session),
-    /// Another session holds it: who.
-    Taken(String),
+    /// Another session holds it: who, and its backend's pid if known.
+    Taken(String, Option<i32>),
 }
 
 /// One attempt: a new connection, `pg_try_advisory_lock`.
@@ -159,11 +169,15 @@ async fn try_lock(postgres: &Postgres) -> Result<Locked, StorageError> {
                 tracing::debug!(%error, "event log lease connection ended");
             }
         });
-        let session = Session { client, driver };
+        let mut session = Session {
+            client,
+            driver,
+            pid: 0,
+        };
         let row = session
             .client
             .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), pg_backend_pid()",
                 &[&LEASE_CLASS],
             )
             .await
@@ -171,18 +185,22 @@ async fn try_lock(postgres: &Postgres) -> Result<Locked, StorageError> {
         let held: bool = row
             .try_get(0)
             .map_err(|e| StorageError::Internal(e.to_string()))?;
+        session.pid = row
+            .try_get(1)
+            .map_err(|e| StorageError::Internal(e.to_string()))?;
         if held {
             return Ok(Locked::Held(session));
         }
-        Ok(Locked::Taken(holder(&session.client).await))
+        let (holder, pid) = holder(&session.client).await;
+        Ok(Locked::Taken(holder, pid))
     };
     tokio::time::timeout(ANSWER, attempt)
         .await
         .map_err(|_| StorageError::Unavailable(format!("no answer within {ANSWER:?}")))?
 }
 
-/// Who holds the lock, as PostgreSQL knows the session.
-async fn holder(client: &tokio_postgres::Client) -> String {
+/// Who holds the lock, as PostgreSQL knows the session, and its pid.
+async fn holder(client: &tokio_postgres::Client) -> (String, Option<i32>) {
     // A two-part key is kept as classid and objid, with objsubid 2.
     let row = client
         .query_opt(
@@ -200,15 +218,16 @@ async fn holder(client: &tokio_postgres::Client) -> String {
             let name: Option<String> = row.try_get(0).ok().flatten();
             let address: Option<String> = row.try_get(1).ok().flatten();
             let pid: Option<i32> = row.try_get(2).ok();
-            format!(
+            let holder = format!(
                 "application {:?}, from {}, backend pid {}",
                 name.unwrap_or_default(),
                 address.unwrap_or_else(|| "a local socket".to_owned()),
                 pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
-            )
+            );
+            (holder, pid)
         }
-        Ok(None) => "a session that has just let go of it".to_owned(),
-        Err(error) => format!("unknown: {error}"),
+        Ok(None) => ("a session that has just let go of it".to_owned(), None),
+        Err(error) => (format!("unknown: {error}"), None),
     }
 }
 
@@ -230,7 +249,19 @@ async fn keep(postgres: Postgres, mut session: Session, lost: watch::Sender<Opti
                     tracing::info!("event log lease taken again");
                     break session;
                 }
-                Ok(Locked::Taken(holder)) => {
+                // The session this process holds it by is alive on the
+                // database's side (a connection cut in between, not
+                // closed): nobody else can take the lock meanwhile.
+                Ok(Locked::Taken(_, Some(pid))) if pid == session.pid => {
+                    let alive =
+                        tokio::time::timeout(ANSWER, session.client.simple_query("SELECT 1")).await;
+                    if matches!(alive, Ok(Ok(_))) {
+                        tracing::info!("the event log lease's connection answers again");
+                        break session;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                Ok(Locked::Taken(holder, _)) => {
                     tracing::error!(%holder, "the event log's consumer lease was taken by another process");
                     let _ = lost.send(Some(holder));
                     return;

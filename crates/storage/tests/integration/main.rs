@@ -41,4 +41,5 @@ test_support::backend_tests!(
     storing_events_wakes_subscribers,
     idle_producers_are_forgotten_and_start_afresh,
     retention_removes_a_prefix_in_bounded_steps,
+    the_event_log_lease_is_held_until_lost,
 );

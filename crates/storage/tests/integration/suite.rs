@@ -1049,3 +1049,21 @@ pub async fn log_rows_from_before_the_binary_form_still_read(db: &TestDb) {
         assert!(refused.is_err(), "body {body}, data {data}: {refused:?}");
     }
 }
+
+/// A lease nobody else holds is taken at once and does not read as lost
+/// (SQLite's, which nobody else can hold, too). Between processes:
+/// `postgres_only`.
+pub async fn the_event_log_lease_is_held_until_lost(db: &TestDb) {
+    let storage::Claim::Held(mut lease) =
+        db.claim_log_lease(std::time::Duration::ZERO).await.unwrap()
+    else {
+        panic!("nobody else holds the lease");
+    };
+    assert!(!lease.is_lost());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), lease.lost())
+            .await
+            .is_err(),
+        "not lost"
+    );
+}
