@@ -16,8 +16,10 @@
 #      Target >= 0.9.
 # Prints a Markdown table for docs/benchmarks.md.
 #
-# Usage: scripts/bench-subscribe.sh [SECONDS_PER_RUN] [CATCH_UP_EVENTS]
-#        (defaults 10 and 200000; needs a local PostgreSQL for its rows)
+# Usage: [INGEST_ROUNDS=N] scripts/bench-subscribe.sh [SECONDS_PER_RUN] [CATCH_UP_EVENTS]
+#        (defaults 10 and 200000; needs a local PostgreSQL for its rows;
+#        INGEST_ROUNDS, default 1, alternates figures 3 and 4 with their
+#        baseline that many times and reports medians)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -138,13 +140,24 @@ ingest() { # DB ENV... -> acknowledged events/s, with SUBSCRIBERS subscribers fo
     json "$run" events_per_second
 }
 
-echo "ingest with and without 4 subscribers (SQLite)..." >&2
-alone=$(ingest "$scratch/ingest.db")
-followed=$(SUBSCRIBERS=4 ingest "$scratch/ingest.db")
-alone_again=$(ingest "$scratch/ingest.db")
-echo "ingest with and without retention removing (SQLite)..." >&2
-retained=$(ingest "$scratch/ingest.db" ORDERFLOW_EVENT_RETENTION=2s)
-baseline=$(awk -v a="$alone" -v b="$alone_again" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { printf "%.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# Rounds alternate the three runs (none, 4 subscribers, retention), so a
+# drift of the machine's speed lands on all three; each figure is the
+# median of its rounds.
+rounds=${INGEST_ROUNDS:-1}
+alones=() followeds=() retaineds=()
+for round in $(seq 1 "$rounds"); do
+    echo "ingest: alone, with 4 subscribers, with retention removing (SQLite), round $round of $rounds..." >&2
+    alones+=("$(ingest "$scratch/ingest.db")")
+    followeds+=("$(SUBSCRIBERS=4 ingest "$scratch/ingest.db")")
+    retaineds+=("$(ingest "$scratch/ingest.db" ORDERFLOW_EVENT_RETENTION=2s)")
+done
+# One more baseline after the last round: each measured run has one before
+# and after it.
+alones+=("$(ingest "$scratch/ingest.db")")
+baseline=$(echo "${alones[@]}" | median)
+followed=$(echo "${followeds[@]}" | median)
+retained=$(echo "${retaineds[@]}" | median)
 
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1), ${secs} s per run.
@@ -155,6 +168,6 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1)
 | the same, a full client (\`orderflow_proto::Follow\`, every event decoded: its own core is the limit) | ${sqlite_follow%.*} events/s | as above | $(ratio "$sqlite_follow" "$sqlite_shell") |
 $pg_row
 | live tail at half the ingest capacity ($half PublishEvents/s of 100), lag from stored_at to arrival | p50 $(json "$tail_run" lag_p50_us) us, p99 $(json "$tail_run" lag_p99_us) us | target p99 50,000 us | |
-| acknowledged ingest with 4 live subscribers (twelve steps, SQLite) | ${followed%.*} events/s | none: $alone, then $alone_again events/s | $(ratio "$followed" "$baseline") |
-| acknowledged ingest while retention (2 s) removes | ${retained%.*} events/s | retention off (as above) | $(ratio "$retained" "$baseline") |
+| acknowledged ingest with 4 live subscribers (twelve steps, SQLite), median of $rounds | ${followed%.*} events/s | none, median of $((rounds + 1)): $baseline events/s (runs: ${alones[*]%.*}) | $(ratio "$followed" "$baseline") |
+| acknowledged ingest while retention (2 s) removes, median of $rounds | ${retained%.*} events/s | retention off (as above) | $(ratio "$retained" "$baseline") |
 TABLE

@@ -87,9 +87,9 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = events, treat_none_as_default_value = false)]
 pub(crate) struct NewEventRow {
-    event_id: Option<String>,
-    body: String,
-    received_at: Stamp,
+    pub(crate) event_id: Option<String>,
+    pub(crate) body: String,
+    pub(crate) received_at: Stamp,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -245,6 +245,11 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
+    /// The instant.
+    pub(crate) fn at(&self) -> NaiveDateTime {
+        self.at
+    }
+
     /// Now, to the microsecond (what PostgreSQL keeps).
     pub(crate) fn now() -> Self {
         let at = Utc::now().trunc_subsecs(6).naive_utc();
@@ -282,6 +287,19 @@ pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
     event
         .to_json()
         .map_err(|e| StorageError::Internal(e.to_string()))
+}
+
+/// `rows` in the pieces one insert takes each: PostgreSQL takes them as
+/// arrays, in one statement however many (`feed.rs`); SQLite as VALUES
+/// lists within its parameter limit.
+pub(crate) fn event_chunks(
+    rows: Vec<NewEventRow>,
+    backend: crate::Backend,
+) -> Vec<Vec<NewEventRow>> {
+    match backend {
+        crate::Backend::Postgres if !rows.is_empty() => vec![rows],
+        _ => crate::db::chunked(rows),
+    }
 }
 
 /// The rows that store `events`, stamped now.

@@ -28,7 +28,7 @@
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
@@ -77,10 +77,28 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
             .bind::<Text, _>(EVENTS_STORED_CHANNEL)
             .execute(self)
             .await?;
-        diesel::insert_into(events::table)
-            .values(rows)
-            .execute(self)
-            .await
+        // Three arrays, one statement whatever the rows: its text never
+        // changes, so it is parsed and planned once per connection, where
+        // a VALUES list is a new statement of three parameters a row.
+        // `WITH ORDINALITY ... ORDER BY` keeps the rows' order, so their
+        // ids follow it.
+        let mut event_ids = Vec::with_capacity(rows.len());
+        let mut bodies = Vec::with_capacity(rows.len());
+        let mut stamps = Vec::with_capacity(rows.len());
+        for row in rows {
+            event_ids.push(row.event_id);
+            bodies.push(row.body);
+            stamps.push(row.received_at.at());
+        }
+        diesel::sql_query(
+            "INSERT INTO events (event_id, body, received_at) \
+             SELECT e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n) ORDER BY n",
+        )
+        .bind::<Array<Nullable<Text>>, _>(event_ids)
+        .bind::<Array<Text>, _>(bodies)
+        .bind::<Array<Timestamp>, _>(stamps)
+        .execute(self)
+        .await
     }
 }
 
