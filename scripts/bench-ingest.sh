@@ -6,7 +6,9 @@
 #      shell's `.import` in one transaction (synchronous=FULL, WAL) into a
 #      table of the events table's columns and index;
 #   3. and 4., the same on PostgreSQL, against `psql \copy` into the real
-#      events table of a fresh schema;
+#      events table of a fresh schema, and against a binary COPY of the
+#      same rows (`\copy ... WITH (FORMAT binary)`, the file written by
+#      COPY TO itself);
 #   5. the same workload into the `blackhole` sink (SQLite log), server on
 #      one core: the front end (decode, validate, log, pipeline) alone.
 # The server is pinned to CPU 0 and the load to CPU 1. Prints a Markdown
@@ -98,6 +100,15 @@ start=$(now)
 PGOPTIONS="-c search_path=${schema}_copy" psql -q "$pg" -c "\\copy events(event_id, body, received_at) FROM '$scratch/pg.csv' CSV"
 pg_copy=$(awk -v r="$pg_rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }')
 
+echo "PostgreSQL: binary COPY of the same rows..." >&2
+# The same rows in PostgreSQL's binary COPY format (written by COPY TO
+# itself), loaded into an empty events table: the binary loader.
+psql -q "$pg" -c "\\copy (SELECT event_id, body, received_at FROM $schema.events) TO '$scratch/pg.bin' WITH (FORMAT binary)"
+PGOPTIONS="-c search_path=${schema}_copy -c client_min_messages=warning" psql -q "$pg" -c "TRUNCATE events"
+start=$(now)
+PGOPTIONS="-c search_path=${schema}_copy" psql -q "$pg" -c "\\copy events(event_id, body, received_at) FROM '$scratch/pg.bin' WITH (FORMAT binary)"
+pg_binary=$(awk -v r="$pg_rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }')
+
 echo "blackhole (SQLite log, server on one core)..." >&2
 start_server "$scratch/blackhole.db" ORDERFLOW_EVENT_SINK=blackhole
 blackhole_run=$(DATABASE_URL="$scratch/blackhole.db" taskset -c 1 "$lg" --target "$ADDR" --json --duration "${secs}s" \
@@ -123,6 +134,7 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1)
 |---|---|---|---|
 | durable StreamEventBatches, SQLite (verified: $(json "$sqlite_run" verified_events) events stored once) | ${sqlite_rate%.*} | \`sqlite3 .import\`, one transaction: $sqlite_copy rows/s | $(ratio "$sqlite_rate" "$sqlite_copy") |
 | durable StreamEventBatches, PostgreSQL (verified: $(json "$pg_run" verified_events)) | ${pg_rate%.*} | \`psql \\copy\`: $pg_copy rows/s | $(ratio "$pg_rate" "$pg_copy") |
+| the same, against a binary COPY loader of the same rows | ${pg_rate%.*} | \`psql \\copy ... FROM ... (FORMAT binary)\`: $pg_binary rows/s | $(ratio "$pg_rate" "$pg_binary") |
 $blackhole_row
 
 Batch latency p50/p99 (us): SQLite $(json "$sqlite_run" p50_us)/$(json "$sqlite_run" p99_us), PostgreSQL $(json "$pg_run" p50_us)/$(json "$pg_run" p99_us), blackhole $(json "$blackhole_run" p50_us)/$(json "$blackhole_run" p99_us).

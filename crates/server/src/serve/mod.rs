@@ -97,7 +97,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
+    // Over before NOT_SERVING is set: `abort` takes effect at the monitor's
+    // next await, and a monitor already on another worker, flipping the
+    // services back to SERVING after a slow ping, would otherwise set
+    // SERVING after this sets NOT_SERVING, for the whole shutdown delay.
     monitor.abort();
+    let _ = monitor.await;
     forgetting.abort();
     reloading.abort();
     if let Some(expiring) = &expiring {
@@ -129,7 +134,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             "grace period over; closing the remaining connections"
         ),
     }
-    let _ = monitor.await;
     drop(watchdog);
     let engine =
         Arc::into_inner(wired.engine).context("the pipeline is still shared at shutdown")?;
