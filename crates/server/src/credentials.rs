@@ -127,18 +127,22 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Runs until the task is aborted. Without files there is nothing to
-    /// reload, and SIGHUP only says so (rather than end the process, its
-    /// default).
-    pub async fn run(mut self) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+    /// The watch, to run until the task is aborted. Without files there is
+    /// nothing to reload, and SIGHUP only says so (rather than end the
+    /// process, its default). The SIGHUP handler is installed by this call,
+    /// before the server announces itself, not when the task first runs.
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(signal) => Some(signal),
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for SIGHUP; credentials reload on file changes only");
                 None
             }
         };
+        self.watch(hangup)
+    }
+
+    async fn watch(mut self, mut hangup: Option<tokio::signal::unix::Signal>) {
         if !self.files.watched() {
             while let Some(signal) = hangup.as_mut() {
                 if signal.recv().await.is_none() {

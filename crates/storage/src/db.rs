@@ -783,10 +783,16 @@ const ROWS_PER_INSERT: usize = 1_000;
 /// chunk with the capacity of all the rows after it, memory quadratic in
 /// the rows (a 20 MB import took 1.7 GB).
 pub(crate) fn chunked<R>(rows: Vec<R>) -> Vec<Vec<R>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
+    chunked_by(rows, ROWS_PER_INSERT)
+}
+
+/// `rows` in owned chunks of at most `size` (at least 1), as [`chunked`].
+pub(crate) fn chunked_by<R>(rows: Vec<R>, size: usize) -> Vec<Vec<R>> {
+    let size = size.max(1);
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(size));
     let mut rows = rows.into_iter();
     loop {
-        let chunk: Vec<R> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        let chunk: Vec<R> = rows.by_ref().take(size).collect();
         if chunk.is_empty() {
             return chunks;
         }

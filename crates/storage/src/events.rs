@@ -289,16 +289,21 @@ pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
         .map_err(|e| StorageError::Internal(e.to_string()))
 }
 
+/// Most events in one array insert on PostgreSQL: bounds the statement's
+/// bind buffer (~1.5 MB at this size) whatever the log's bound lets one
+/// commit hold.
+const EVENTS_PER_ARRAY_INSERT: usize = 10_000;
+
 /// `rows` in the pieces one insert takes each: PostgreSQL takes them as
-/// arrays, in one statement however many (`feed.rs`); SQLite as VALUES
-/// lists within its parameter limit.
+/// arrays (`feed.rs`), up to [`EVENTS_PER_ARRAY_INSERT`] a statement;
+/// SQLite as VALUES lists within its parameter limit.
 pub(crate) fn event_chunks(
     rows: Vec<NewEventRow>,
     backend: crate::Backend,
 ) -> Vec<Vec<NewEventRow>> {
     match backend {
-        crate::Backend::Postgres if !rows.is_empty() => vec![rows],
-        _ => crate::db::chunked(rows),
+        crate::Backend::Postgres => crate::db::chunked_by(rows, EVENTS_PER_ARRAY_INSERT),
+        crate::Backend::Sqlite => crate::db::chunked(rows),
     }
 }
 

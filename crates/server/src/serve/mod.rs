@@ -30,6 +30,9 @@ use monitor::{CACHE_COHERENCE, LIVENESS, SERVICES};
 
 /// Serves until a signal, then shuts down; see the module documentation.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Before anything announces the server: until a handler is installed,
+    // SIGTERM's default action ends the process at once, with no drain.
+    let shutdown = shutdown_signal()?;
     let started = startup::start(&settings).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut wired = wiring::wire(&settings, &started.db, started.pipeline, health).await?;
@@ -95,7 +98,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     tracing::info!(%address, metrics = %settings.metrics_listen, backend = ?started.db.backend(), tls, "serving gRPC");
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: NOT_SERVING, finishing in-flight RPCs");
     // Over before NOT_SERVING is set: `abort` takes effect at the monitor's
     // next await, and a monitor already on another worker, flipping the
@@ -147,24 +150,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that comes in between is
+/// kept, and ends the wait at once.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        () = terminate => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

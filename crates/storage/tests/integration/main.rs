@@ -42,4 +42,5 @@ test_support::backend_tests!(
     idle_producers_are_forgotten_and_start_afresh,
     retention_removes_a_prefix_in_bounded_steps,
     the_event_log_lease_is_held_until_lost,
+    a_large_log_commit_stores_every_event_in_order,
 );

@@ -1067,3 +1067,39 @@ pub async fn the_event_log_lease_is_held_until_lost(db: &TestDb) {
         "not lost"
     );
 }
+
+/// A commit of more events than one insert takes (PostgreSQL: 10,000 an
+/// array statement; SQLite: 1,000 a VALUES list) stores them all, in
+/// order, once.
+pub async fn a_large_log_commit_stores_every_event_in_order(db: &TestDb) {
+    let template = Event::from_json(LEGACY.lines().next().unwrap()).unwrap();
+    let events: Vec<Event> = (0..25_001)
+        .map(|n| {
+            let mut event = template.clone();
+            event.event_id =
+                (n % 3 != 0).then(|| domain::EventId::parse(format!("large-{n}")).unwrap());
+            event
+        })
+        .collect();
+    db.append_log(&[NewLogBatch {
+        producer: None,
+        events: &events[..1],
+    }])
+    .await
+    .unwrap();
+    let through = db.read_log(0, 1).await.unwrap()[0].position;
+    assert_eq!(
+        db.commit_log("c", 0, through, &events, &[], &[])
+            .await
+            .unwrap(),
+        LogCommit::Committed
+    );
+    let stored = db.read_events(None, 30_000).await.unwrap();
+    assert_eq!(stored.len(), events.len());
+    assert!(stored.windows(2).all(|w| w[0].position < w[1].position));
+    let read: Vec<Event> = stored
+        .iter()
+        .map(|s| Event::from_json(&s.json).unwrap())
+        .collect();
+    assert_eq!(read, events, "in order, unchanged");
+}
