@@ -883,13 +883,7 @@ pub async fn concurrent_repeats_of_a_log_commit_store_once(db: &TestDb) {
             event
         })
         .collect();
-    db.append_log(&[NewLogBatch {
-        producer: None,
-        events: &events[..1],
-    }])
-    .await
-    .unwrap();
-    let through = db.read_log(0, 1).await.unwrap()[0].position;
+    let through = first_log_position(db, &events[..1]).await;
     let attempts: Vec<_> = (0..6)
         .map(|_| {
             let db = storage::Database::clone(db);
@@ -1068,6 +1062,17 @@ pub async fn the_event_log_lease_is_held_until_lost(db: &TestDb) {
     );
 }
 
+/// Appends `events` as the log's first batch; its position.
+async fn first_log_position(db: &TestDb, events: &[Event]) -> i64 {
+    db.append_log(&[NewLogBatch {
+        producer: None,
+        events,
+    }])
+    .await
+    .unwrap();
+    db.read_log(0, 1).await.unwrap()[0].position
+}
+
 /// A commit of more events than one insert takes (PostgreSQL: 10,000 an
 /// array statement; SQLite: 1,000 a VALUES list) stores them all, in
 /// order, once.
@@ -1081,13 +1086,7 @@ pub async fn a_large_log_commit_stores_every_event_in_order(db: &TestDb) {
             event
         })
         .collect();
-    db.append_log(&[NewLogBatch {
-        producer: None,
-        events: &events[..1],
-    }])
-    .await
-    .unwrap();
-    let through = db.read_log(0, 1).await.unwrap()[0].position;
+    let through = first_log_position(db, &events[..1]).await;
     assert_eq!(
         db.commit_log("c", 0, through, &events, &[], &[])
             .await
