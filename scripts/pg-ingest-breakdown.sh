@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Where durable PostgreSQL ingest spends its time (issue 30: "profile
+# first"). Two measurements, same run:
+#   1. CPU by process while durable StreamEventBatches runs through the
+#      twelve-step pipeline into PostgreSQL (server on CPU 0, load on CPU
+#      1, as scripts/bench-ingest.sh): the server, loadgen, PostgreSQL's
+#      backends, its WAL writer and the rest, and how much of the two
+#      cores nobody used;
+#   2. PostgreSQL's own cost of storing the same rows, each way alone on an
+#      empty events table, rounds alternated: binary COPY (what a bulk
+#      loader would send), and the statement the server sends
+#      (`INSERT ... SELECT FROM unnest(...) WITH ORDINALITY ... ORDER BY n`,
+#      storage/src/feed.rs) over the same rows in pieces of 10,000.
+# Prints a Markdown table for docs/benchmarks.md.
+#
+# Usage: scripts/pg-ingest-breakdown.sh [SECONDS] [ROUNDS]   (defaults 10, 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+rounds=${2:-3}
+root=$PWD
+scratch=$(mktemp -d)
+pg=postgres://postgres@127.0.0.1:5432/test
+schema=ingest_breakdown_$$
+trap 'kill "${PID:-}" 2>/dev/null || true; PGOPTIONS="-c client_min_messages=warning" psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE; DROP SCHEMA IF EXISTS ${schema}_load CASCADE" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+[ "$secs" -ge 6 ] || { echo "SECONDS must be at least 6" >&2; exit 2; }
+
+cargo build --quiet --release -p server -p loadgen
+bin=$root/target/release/orderflow
+lg=$root/target/release/loadgen
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+
+psql -q "$pg" -c "CREATE SCHEMA $schema; CREATE SCHEMA ${schema}_load" >/dev/null
+url="$pg?options=-c%20search_path%3D$schema"
+port=$(free_port)
+env DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$(free_port)" \
+    ORDERFLOW_PIPELINE="$root/crates/test-support/data/twelve-steps.toml" RUST_LOG=warn \
+    taskset -c 0 "$bin" >"$scratch/server.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+done
+
+# CPU seconds per process from /proc over the run's middle, in cores.
+cat >"$scratch/cpu.py" <<'PY'
+import os, sys, time
+window, server, loadgen_name = float(sys.argv[1]), sys.argv[2], "loadgen"
+tick = os.sysconf("SC_CLK_TCK")
+def snapshot():
+    seen = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        used = int(fields[11]) + int(fields[12])
+        if pid == server:
+            group = "orderflow (the server)"
+        elif comm == loadgen_name:
+            group = "loadgen"
+        elif cmd.startswith("postgres: ") and "walwriter" in cmd:
+            group = "PostgreSQL WAL writer"
+        elif cmd.startswith("postgres: ") and "127.0.0.1" in cmd:
+            group = "PostgreSQL backends (the server's connections)"
+        elif cmd.startswith("postgres: ") or comm == "postgres":
+            group = "PostgreSQL, other processes"
+        else:
+            group = "everything else"
+        seen[pid] = (group, used)
+    return seen
+def idle():
+    return int(open("/proc/stat").readline().split()[4])
+a, ia = snapshot(), idle()
+time.sleep(window)
+b, ib = snapshot(), idle()
+groups = {}
+for pid, (group, used) in b.items():
+    groups[group] = groups.get(group, 0) + used - a.get(pid, (group, used))[1]
+for group, used in sorted(groups.items(), key=lambda g: -g[1]):
+    print(f"| {group} | {used / tick / window:.2f} |")
+print(f"| idle (of {os.cpu_count()} cores) | {(ib - ia) / tick / window:.2f} |")
+PY
+(sleep 2; python3 "$scratch/cpu.py" $((secs - 4)) "$PID" >"$scratch/cpu.md") &
+SAMPLER=$!
+run=$(DATABASE_URL=$url taskset -c 1 "$lg" --target "http://127.0.0.1:$port" --json --duration "${secs}s" \
+    --workload stream-batches --concurrency 4 --batch 1000 --window 8)
+wait "$SAMPLER"
+kill -TERM "$PID"
+wait "$PID" || true
+PID=
+rate=$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["events_per_second"]))' "$run")
+
+echo "PostgreSQL alone: the same rows, binary COPY against the server's array insert..." >&2
+rows=$(psql -qtA "$pg" -c "SELECT count(*) FROM $schema.events")
+psql -q "$pg" -c "\\copy (SELECT event_id, body, received_at FROM $schema.events ORDER BY id) TO '$scratch/rows.bin' WITH (FORMAT binary)"
+DATABASE_URL="$pg?options=-c%20search_path%3D${schema}_load" "$bin" migrate >/dev/null
+load() { PGOPTIONS="-c search_path=${schema}_load -c client_min_messages=warning" psql -q "$pg" "$@"; }
+# The pieces the server would send: 10,000 rows each, as three arrays,
+# kept uncompressed (reading them back costs a copy, not a decompression).
+load -c "CREATE TABLE pieces (piece BIGINT, e TEXT[], b TEXT[], r TIMESTAMP[])" \
+    -c "ALTER TABLE pieces ALTER e SET STORAGE EXTERNAL, ALTER b SET STORAGE EXTERNAL, ALTER r SET STORAGE EXTERNAL" \
+    -c "INSERT INTO pieces SELECT (id - 1) / 10000, array_agg(event_id ORDER BY id), array_agg(body ORDER BY id), array_agg(received_at ORDER BY id) FROM (SELECT row_number() OVER (ORDER BY id) AS id, event_id, body, received_at FROM $schema.events) numbered GROUP BY 1"
+timed() { # label, then psql arguments: prints rows/s
+    load -c "TRUNCATE events" -c "CHECKPOINT"
+    local start
+    start=$(now)
+    load "$@"
+    awk -v r="$rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }'
+}
+copies=()
+inserts=()
+for _ in $(seq 1 "$rounds"); do
+    copies+=("$(timed -c "\\copy events(event_id, body, received_at) FROM '$scratch/rows.bin' WITH (FORMAT binary)")")
+    # One statement a piece, as the server sends them.
+    inserts+=("$(timed -c "DO \$\$ DECLARE p RECORD; BEGIN FOR p IN SELECT * FROM pieces ORDER BY piece LOOP INSERT INTO events (event_id, body, received_at) SELECT t.e, t.b, t.r FROM unnest(p.e, p.b, p.r) WITH ORDINALITY AS t(e, b, r, n) ORDER BY t.n; END LOOP; END \$\$")")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+copy=$(median "${copies[@]}")
+insert=$(median "${inserts[@]}")
+
+cat <<TABLE
+Measured $(date -u +%Y-%m-%d) on $(nproc) cores, ${secs} s of durable StreamEventBatches into PostgreSQL (server on CPU 0, load on CPU 1; 4 streams x 1,000-event batches, window 8, the twelve-step pipeline): $rate events/s.
+
+CPU used over the run's middle $((secs - 4)) s, in cores:
+
+| process | cores |
+|---|---|
+$(cat "$scratch/cpu.md")
+
+PostgreSQL alone storing the same $rows rows into an empty events table (median of $rounds alternated rounds; each from a checkpoint):
+
+| how | rows/s | rounds |
+|---|---|---|
+| binary COPY (\`psql \\copy ... (FORMAT binary)\`) | $copy | ${copies[*]} |
+| the server's statement, one a piece: arrays of 10,000, \`unnest ... WITH ORDINALITY ... ORDER BY n\` | $insert | ${inserts[*]} |
+| ratio, the server's statement / binary COPY | $(awk -v a="$insert" -v b="$copy" 'BEGIN { printf "%.2f", a / b }') | |
+TABLE
