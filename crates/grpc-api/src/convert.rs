@@ -168,7 +168,13 @@ pub fn product_to_wire(product: &Product) -> proto::Product {
 
 /// An event from the wire, validated; on a stream or in a batch, `index`
 /// names it in errors (`events[3].user_id`).
-pub fn event_from_wire(event: wire::Event, index: Option<usize>) -> Parsed<Event> {
+pub fn event_from_wire(mut event: wire::Event, index: Option<usize>) -> Parsed<Event> {
+    event_from_wire_mut(&mut event, index)
+}
+
+/// [`event_from_wire`], taking the fields out of `event` (its action and
+/// attribute list keep their room, for the next event read into it).
+pub fn event_from_wire_mut(event: &mut wire::Event, index: Option<usize>) -> Parsed<Event> {
     // Full field names are spelled out only for an error: this runs for
     // every event of every batch.
     let field = |name: &str| match index {
@@ -187,13 +193,17 @@ pub fn event_from_wire(event: wire::Event, index: Option<usize>) -> Parsed<Event
     };
     let event_id = match event.event_id.as_str() {
         "" => None,
-        _ => Some(EventId::parse_field("event_id", event.event_id).map_err(named)?),
+        _ => Some(
+            EventId::parse_field("event_id", std::mem::take(&mut event.event_id)).map_err(named)?,
+        ),
     };
-    let user_id = UserId::parse_field("user_id", event.user_id).map_err(named)?;
+    let user_id =
+        UserId::parse_field("user_id", std::mem::take(&mut event.user_id)).map_err(named)?;
     let action =
         Action::parse(&event.action).map_err(|e| invalid(&field("action"), strip(&e, "action")))?;
     let occurred_at = event
         .occurred_at
+        .take()
         .map(|at| {
             let nanos = u32::try_from(at.nanos)
                 .map_err(|_| invalid(&field("occurred_at"), "nanos out of range"))?;
@@ -203,12 +213,12 @@ pub fn event_from_wire(event: wire::Event, index: Option<usize>) -> Parsed<Event
                 .ok_or_else(|| invalid(&field("occurred_at"), "outside years 1..=9999"))
         })
         .transpose()?;
-    let entries = event.attributes.into_iter().map(|e| (e.key, e.value));
+    let entries = event.attributes.drain(..).map(|e| (e.key, e.value));
     let attributes = Attributes::from_client("attributes", entries).map_err(named)?;
     let mut out = Event::new(user_id, action);
     out.event_id = event_id;
     out.occurred_at = occurred_at;
-    out.amount_cents = event.amount_cents.map(Cents::new);
+    out.amount_cents = event.amount_cents.take().map(Cents::new);
     out.attributes = attributes;
     Ok(out)
 }
@@ -262,7 +272,7 @@ pub fn event_batch_from_wire(batch: wire::EventBatch) -> Parsed<LogBatch> {
     if batch.sequence == 0 {
         return Err(invalid("sequence", "must be at least 1"));
     }
-    match batch.events.len() {
+    match batch.events.received() {
         0 => return Err(invalid("events", "a batch needs at least one event")),
         n if n > MAX_BATCH_EVENTS => {
             return Err(invalid(
@@ -272,13 +282,8 @@ pub fn event_batch_from_wire(batch: wire::EventBatch) -> Parsed<LogBatch> {
         }
         _ => {}
     }
-    // Sized up front: the domain's `Event` is larger than the wire's, so a
-    // collect could not reuse the batch's allocation and would grow by
-    // doubling instead.
-    let mut events = Vec::with_capacity(batch.events.len());
-    for (i, event) in batch.events.into_iter().enumerate() {
-        events.push(event_from_wire(event, Some(i))?);
-    }
+    // Converted as they were decoded (`wire::BatchEvents`).
+    let events = batch.events.into_events()?;
     let producer = (!batch.producer_id.is_empty()).then_some((batch.producer_id, batch.sequence));
     Ok(LogBatch { producer, events })
 }

@@ -1,7 +1,14 @@
 //! `orderflow.v1.Event` and `orderflow.v1.EventBatch` as the servers decode
 //! them: the same fields and the same bytes on the wire as
-//! `orderflow_proto::proto::{Event, EventBatch}`, with one difference. The
-//! attributes map arrives as its entries, in order, not as a `HashMap`:
+//! `orderflow_proto::proto::{Event, EventBatch}`, with two differences.
+//!
+//! A batch's events become domain events as they are read
+//! ([`BatchEvents`]), not a list of wire events converted afterwards: a
+//! batch is read once, and no wire event outlives its conversion. The
+//! outcome is what the two passes gave, refusals and decode errors alike
+//! (a proptest in this module holds the two together).
+//!
+//! The attributes map arrives as its entries, in order, not as a `HashMap`:
 //! every event's attributes become a sorted list anyway
 //! (`domain::Attributes`), and hashing each key into a map on the way
 //! there was a tenth of the cost of decoding a batch (docs/benchmarks.md).
@@ -17,13 +24,17 @@
 //!
 //! `build.rs` makes the generated servers take these types; clients keep
 //! `orderflow_proto`'s. prost's derive, and prost's own field decoders in
-//! [`AttributesEntry`], do the decoding, so malformed input fails exactly
-//! as it does for the client's types, message and field named in the
-//! error.
+//! [`AttributesEntry`] and [`EventBatch`], do the decoding, so malformed
+//! input fails exactly as it does for the client's types, message and
+//! field named in the error.
 
 use bytes::{Buf, BufMut, Bytes};
 use domain::ArcStr;
 use prost::encoding::{self, DecodeContext, WireType};
+use tonic::Status;
+use transform_engine::MAX_BATCH_EVENTS;
+
+use crate::convert;
 
 /// `orderflow.v1.Event`, as the servers decode it.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -154,28 +165,178 @@ fn merge_text(
     Ok(())
 }
 
-/// `orderflow.v1.EventBatch`, as the servers decode it.
-#[derive(Clone, PartialEq, prost::Message)]
+/// `orderflow.v1.EventBatch`, as the servers decode it: each event becomes
+/// a [`domain::Event`] as soon as it is read ([`BatchEvents`]), so a batch
+/// goes from the request's bytes to the domain's events in one pass, with
+/// no list of wire events between.
+#[derive(Debug, Default)]
 pub struct EventBatch {
     /// Field 1.
-    #[prost(string, tag = "1")]
     pub producer_id: String,
     /// Field 2.
-    #[prost(uint64, tag = "2")]
     pub sequence: u64,
-    /// Field 3.
-    #[prost(message, repeated, tag = "3")]
-    pub events: Vec<Event>,
+    /// Field 3, converted as it arrives.
+    pub events: BatchEvents,
+}
+
+/// The events of an [`EventBatch`], converted as they are decoded.
+///
+/// Each event is read into one reused [`Event`] (whose buffers keep their
+/// room from one event to the next) and converted by
+/// [`convert::event_from_wire_mut`], naming `events[i]` in an error. After
+/// the first event that does not convert, or past `MAX_BATCH_EVENTS`, the
+/// rest are only read: the batch is refused whole either way, and malformed
+/// protobuf anywhere in it still fails the decode, as when every event was
+/// read before any was converted.
+#[derive(Debug, Default)]
+pub struct BatchEvents {
+    /// The events converted so far, in order.
+    converted: Vec<domain::Event>,
+    /// Events read.
+    received: usize,
+    /// The first event that did not convert: INVALID_ARGUMENT naming it.
+    invalid: Option<Status>,
+    /// Where each event is read.
+    scratch: Event,
+}
+
+impl BatchEvents {
+    /// How many events the batch held.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// The events, or the error of the first that did not convert. (A
+    /// batch past `MAX_BATCH_EVENTS` is refused before this is asked.)
+    pub fn into_events(self) -> Result<Vec<domain::Event>, Status> {
+        match self.invalid {
+            Some(invalid) => Err(invalid),
+            None => Ok(self.converted),
+        }
+    }
+
+    /// Reads one event, length-delimited, and converts it.
+    fn merge_one(
+        &mut self,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        self.scratch.reset();
+        let before = buf.remaining();
+        encoding::message::merge(wire_type, &mut self.scratch, buf, ctx)?;
+        let index = self.received;
+        if index == 0 {
+            // Room for as many more events as the first one's size says
+            // fit in the rest of the message (within the batch limit), so
+            // the list is not regrown, event by event, while it fills.
+            let size = before.saturating_sub(buf.remaining()).max(1);
+            self.converted
+                .reserve((buf.remaining() / size + 1).min(MAX_BATCH_EVENTS));
+        }
+        self.received += 1;
+        if self.invalid.is_none() && index < MAX_BATCH_EVENTS {
+            match convert::event_from_wire_mut(&mut self.scratch, Some(index)) {
+                Ok(event) => self.converted.push(event),
+                Err(invalid) => {
+                    self.invalid = Some(invalid);
+                    self.converted = Vec::new();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Event {
+    /// Empty, as decoded from no bytes, keeping the buffers' room.
+    fn reset(&mut self) {
+        self.event_id.clear();
+        self.user_id.clear();
+        self.action.clear();
+        self.occurred_at = None;
+        self.amount_cents = None;
+        self.attributes.clear();
+    }
+}
+
+impl prost::Message for EventBatch {
+    /// The servers never send a batch; this writes the events converted
+    /// (all of them, for a valid batch) as a client would send them.
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.producer_id.is_empty() {
+            encoding::string::encode(1, &self.producer_id, buf);
+        }
+        if self.sequence != 0 {
+            encoding::uint64::encode(2, &self.sequence, buf);
+        }
+        for event in &self.events.converted {
+            encoding::message::encode(3, &convert::event_to_wire(event), buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Errors name the field as prost's derive does.
+        let named = |name: &'static str| {
+            move |mut error: prost::DecodeError| {
+                error.push("EventBatch", name);
+                error
+            }
+        };
+        match tag {
+            1 => encoding::string::merge(wire_type, &mut self.producer_id, buf, ctx)
+                .map_err(named("producer_id")),
+            2 => encoding::uint64::merge(wire_type, &mut self.sequence, buf, ctx)
+                .map_err(named("sequence")),
+            3 => self
+                .events
+                .merge_one(wire_type, buf, ctx)
+                .map_err(named("events")),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let producer = if self.producer_id.is_empty() {
+            0
+        } else {
+            encoding::string::encoded_len(1, &self.producer_id)
+        };
+        let sequence = if self.sequence == 0 {
+            0
+        } else {
+            encoding::uint64::encoded_len(2, &self.sequence)
+        };
+        let events: usize = self
+            .events
+            .converted
+            .iter()
+            .map(|event| encoding::message::encoded_len(3, &convert::event_to_wire(event)))
+            .sum();
+        producer + sequence + events
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
+    use proptest::prelude::*;
     use prost::Message;
+    use transform_engine::LogBatch;
 
     use super::*;
-    use crate::proto;
+    use crate::{proto, status};
 
     fn client_event() -> proto::Event {
         proto::Event {
@@ -194,36 +355,137 @@ mod tests {
         }
     }
 
+    /// What the servers make of a batch's bytes: the decode error, or the
+    /// batch's fields and its conversion (events, or the refusal's code,
+    /// message and details).
+    type Outcome = Result<(String, u64, Result<LogBatch, (tonic::Code, String, Bytes)>), String>;
+
+    fn refusal(status: &Status) -> (tonic::Code, String, Bytes) {
+        (
+            status.code(),
+            status.message().to_owned(),
+            status.details().to_vec().into(),
+        )
+    }
+
+    /// Decoded as one pass, converted (this module).
+    fn one_pass(bytes: impl Buf) -> Outcome {
+        let batch = EventBatch::decode(bytes).map_err(|e| e.to_string())?;
+        let (producer, sequence) = (batch.producer_id.clone(), batch.sequence);
+        let converted = convert::event_batch_from_wire(batch).map_err(|s| refusal(&s));
+        Ok((producer, sequence, converted))
+    }
+
+    /// The batch as the servers decoded it before: every event into a list
+    /// of wire events first, then each converted, in order.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WholeBatch {
+        #[prost(string, tag = "1")]
+        producer_id: String,
+        #[prost(uint64, tag = "2")]
+        sequence: u64,
+        #[prost(message, repeated, tag = "3")]
+        events: Vec<Event>,
+    }
+
+    fn two_passes(bytes: impl Buf) -> Outcome {
+        // prost names the message in its errors; the name is the servers'.
+        let batch = WholeBatch::decode(bytes)
+            .map_err(|e| e.to_string().replace("WholeBatch", "EventBatch"))?;
+        let convert = |batch: WholeBatch| {
+            let invalid = |field: &str, reason: String| Err(status::invalid_field(field, reason));
+            let chars = batch.producer_id.chars().count();
+            if chars > 128 {
+                return invalid("producer_id", format!("{chars} characters, at most 128"));
+            }
+            if batch.sequence == 0 {
+                return invalid("sequence", "must be at least 1".to_owned());
+            }
+            match batch.events.len() {
+                0 => return invalid("events", "a batch needs at least one event".to_owned()),
+                n if n > MAX_BATCH_EVENTS => {
+                    return invalid(
+                        "events",
+                        format!("{n} events, at most {MAX_BATCH_EVENTS} per batch"),
+                    );
+                }
+                _ => {}
+            }
+            let mut events = Vec::new();
+            for (i, event) in batch.events.into_iter().enumerate() {
+                events.push(convert::event_from_wire(event, Some(i))?);
+            }
+            let producer =
+                (!batch.producer_id.is_empty()).then_some((batch.producer_id, batch.sequence));
+            Ok(LogBatch { producer, events })
+        };
+        let (producer, sequence) = (batch.producer_id.clone(), batch.sequence);
+        Ok((producer, sequence, convert(batch).map_err(|s| refusal(&s))))
+    }
+
     #[test]
-    fn a_clients_batch_decodes_to_the_same_fields() {
+    fn a_clients_batch_decodes_to_the_domains_events() {
         let sent = proto::EventBatch {
             producer_id: "p-1".into(),
             sequence: 7,
-            events: vec![client_event(), proto::Event::default()],
+            events: vec![client_event(), {
+                let mut second = client_event();
+                second.event_id = String::new();
+                second.occurred_at = None;
+                second.amount_cents = None;
+                second.attributes.clear();
+                second
+            }],
         };
-        let got = EventBatch::decode(sent.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(got.producer_id, "p-1");
-        assert_eq!(got.sequence, 7);
-        assert_eq!(got.events.len(), 2);
-        let (event, client) = (&got.events[0], &sent.events[0]);
-        assert_eq!(event.event_id, client.event_id);
-        assert_eq!(event.user_id, client.user_id);
-        assert_eq!(event.action, client.action);
-        assert_eq!(event.occurred_at, client.occurred_at);
-        assert_eq!(event.amount_cents, client.amount_cents);
-        let mut entries: Vec<(String, String)> = event
-            .attributes
-            .iter()
-            .map(|e| (e.key.to_string(), e.value.to_string()))
-            .collect();
-        entries.sort();
-        let mut expected: Vec<(String, String)> = client.attributes.clone().into_iter().collect();
-        expected.sort();
-        assert_eq!(entries, expected);
-        assert_eq!(got.events[1], Event::default());
-        // And back: what the servers decode encodes to what a client reads.
-        let again = proto::EventBatch::decode(got.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(again, sent);
+        let bytes = sent.encode_to_vec();
+        let batch = EventBatch::decode(bytes.as_slice()).unwrap();
+        assert_eq!(batch.events.received(), 2);
+        let got = convert::event_batch_from_wire(batch).unwrap();
+        assert_eq!(got.producer, Some(("p-1".to_owned(), 7)));
+        let event = &got.events[0];
+        assert_eq!(event.event_id.as_ref().unwrap().as_str(), "evt-1");
+        assert_eq!(event.user_id.as_str(), "u-1");
+        assert_eq!(event.action, domain::Action::Purchase);
+        assert_eq!(event.amount_cents, Some(domain::Cents::new(-1_299)));
+        assert_eq!(event.attributes.get("country").map(|v| &**v), Some("DE"));
+        assert_eq!(event.attributes.get("").map(|v| &**v), Some("empty key"));
+        assert!(got.events[1].event_id.is_none() && got.events[1].attributes.is_empty());
+        // The same as reading every event first and converting them after.
+        let Ok((_, _, Ok(before))) = two_passes(bytes.as_slice()) else {
+            panic!("the batch is valid")
+        };
+        assert_eq!(got, before);
+        // And back: a valid batch encodes to what its client sent.
+        let decoded = EventBatch::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            proto::EventBatch::decode(decoded.encode_to_vec().as_slice()).unwrap(),
+            sent
+        );
+    }
+
+    #[test]
+    fn the_first_invalid_event_is_named_and_later_malformed_bytes_still_fail() {
+        let mut bad = client_event();
+        bad.user_id = String::new();
+        let mut batch = proto::EventBatch {
+            producer_id: "p-1".into(),
+            sequence: 1,
+            events: vec![client_event(), bad.clone(), bad],
+        };
+        let refused = one_pass(batch.encode_to_vec().as_slice())
+            .unwrap()
+            .2
+            .unwrap_err();
+        assert_eq!(refused.0, tonic::Code::InvalidArgument);
+        assert!(refused.1.contains("events[1].user_id"), "{}", refused.1);
+        // Bytes that do not decode after the invalid event: a decode error,
+        // as when every event was read first.
+        batch.events.truncate(2);
+        let mut bytes = batch.encode_to_vec();
+        bytes.extend_from_slice(&[0x1a, 0x05, 0x0a]);
+        let error = one_pass(bytes.as_slice()).unwrap_err();
+        assert_eq!(Err(error.clone()), two_passes(bytes.as_slice()));
+        assert!(error.contains("EventBatch.events"), "{error}");
     }
 
     #[test]
@@ -235,11 +497,11 @@ mod tests {
             events: vec![client_event(), client_event()],
         }
         .encode_to_vec();
-        let whole = EventBatch::decode(bytes.as_slice()).unwrap();
+        let whole = one_pass(bytes.as_slice());
+        assert!(matches!(whole, Ok((_, _, Ok(_)))), "{whole:?}");
         for at in 0..bytes.len() {
             let (first, second) = bytes.split_at(at);
-            let split = EventBatch::decode(first.chain(second)).unwrap();
-            assert_eq!(split, whole, "split at byte {at}");
+            assert_eq!(one_pass(first.chain(second)), whole, "split at byte {at}");
         }
         // Truncated anywhere, whole or split: an error, as prost's own types.
         for len in 0..bytes.len() {
@@ -248,6 +510,97 @@ mod tests {
             assert_eq!(EventBatch::decode(truncated).map(drop), theirs, "{len}");
             let (first, second) = truncated.split_at(len / 2);
             assert_eq!(EventBatch::decode(first.chain(second)).map(drop), theirs);
+        }
+    }
+
+    /// Text for a field: valid, empty, too long, with NUL or control
+    /// characters, or one of a few known values.
+    fn text(known: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(known).prop_map(str::to_owned),
+            2 => "[a-z0-9-]{1,12}",
+            1 => Just(String::new()),
+            1 => "[a-z]{129,140}",
+            1 => "[a-z]{0,3}\\x00[a-z]{0,3}",
+            1 => "[ -~\\t\\n]{0,8}",
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = proto::Event> {
+        (
+            text(&["evt-1", "evt-2"]),
+            text(&["u-1", "u-2"]),
+            text(&["purchase", "login", "logout", "refund", "view"]),
+            proptest::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| {
+                prost_types::Timestamp {
+                    seconds: seconds % 400_000_000_000,
+                    nanos,
+                }
+            })),
+            proptest::option::of(any::<i64>()),
+            proptest::collection::hash_map(
+                text(&["country", "device", ""]),
+                text(&["DE", ""]),
+                0..4,
+            ),
+        )
+            .prop_map(
+                |(event_id, user_id, action, occurred_at, amount_cents, attributes)| proto::Event {
+                    event_id,
+                    user_id,
+                    action,
+                    occurred_at,
+                    amount_cents,
+                    attributes,
+                },
+            )
+    }
+
+    fn batch_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            text(&["p-1", ""]),
+            prop_oneof![Just(0u64), 1..5u64, Just(u64::MAX)],
+            proptest::collection::vec(event(), 0..6),
+        )
+            .prop_map(|(producer_id, sequence, events)| {
+                proto::EventBatch {
+                    producer_id,
+                    sequence,
+                    events,
+                }
+                .encode_to_vec()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Decoding and converting in one pass gives what decoding every
+        /// event first and converting after gave: the same events, the same
+        /// refusal (code, message, details), the same decode error.
+        #[test]
+        fn one_pass_agrees_with_two(bytes in batch_bytes()) {
+            prop_assert_eq!(one_pass(bytes.as_slice()), two_passes(bytes.as_slice()));
+        }
+
+        /// The same for damaged bytes: one changed, dropped or cut off.
+        #[test]
+        fn one_pass_agrees_with_two_on_damaged_bytes(
+            bytes in batch_bytes(),
+            at in any::<proptest::sample::Index>(),
+            value in any::<u8>(),
+            how in 0..3u8,
+        ) {
+            let mut bytes = bytes;
+            if !bytes.is_empty() {
+                let at = at.index(bytes.len());
+                match how {
+                    0 => bytes[at] = value,
+                    1 => { bytes.remove(at); }
+                    _ => bytes.truncate(at),
+                }
+            }
+            prop_assert_eq!(one_pass(bytes.as_slice()), two_passes(bytes.as_slice()));
         }
     }
 
