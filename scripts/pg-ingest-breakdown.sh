@@ -43,49 +43,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-# CPU seconds per process from /proc over the run's middle, in cores.
-cat >"$scratch/cpu.py" <<'PY'
-import os, sys, time
-window, server, loadgen_name = float(sys.argv[1]), sys.argv[2], "loadgen"
-tick = os.sysconf("SC_CLK_TCK")
-def snapshot():
-    seen = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-            cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        used = int(fields[11]) + int(fields[12])
-        if pid == server:
-            group = "orderflow (the server)"
-        elif comm == loadgen_name:
-            group = "loadgen"
-        elif cmd.startswith("postgres: ") and "walwriter" in cmd:
-            group = "PostgreSQL WAL writer"
-        elif cmd.startswith("postgres: ") and "127.0.0.1" in cmd:
-            group = "PostgreSQL backends (the server's connections)"
-        elif cmd.startswith("postgres: ") or comm == "postgres":
-            group = "PostgreSQL, other processes"
-        else:
-            group = "everything else"
-        seen[pid] = (group, used)
-    return seen
-def idle():
-    return int(open("/proc/stat").readline().split()[4])
-a, ia = snapshot(), idle()
-time.sleep(window)
-b, ib = snapshot(), idle()
-groups = {}
-for pid, (group, used) in b.items():
-    groups[group] = groups.get(group, 0) + used - a.get(pid, (group, used))[1]
-for group, used in sorted(groups.items(), key=lambda g: -g[1]):
-    print(f"| {group} | {used / tick / window:.2f} |")
-print(f"| idle (of {os.cpu_count()} cores) | {(ib - ia) / tick / window:.2f} |")
-PY
-(sleep 2; python3 "$scratch/cpu.py" $((secs - 4)) "$PID" >"$scratch/cpu.md") &
+# CPU by process over the run's middle (scripts/cpu-by-process.py).
+(sleep 2; scripts/cpu-by-process.py $((secs - 4)) "$PID" >"$scratch/cpu.md") &
 SAMPLER=$!
 run=$(DATABASE_URL=$url taskset -c 1 "$lg" --target "http://127.0.0.1:$port" --json --duration "${secs}s" \
     --workload stream-batches --concurrency 4 --batch 1000 --window 8)
