@@ -289,24 +289,6 @@ pub(crate) fn json_of(event: &Event) -> Result<String, StorageError> {
         .map_err(|e| StorageError::Internal(e.to_string()))
 }
 
-/// Most events in one array insert on PostgreSQL: bounds the statement's
-/// bind buffer (~1.5 MB at this size) whatever the log's bound lets one
-/// commit hold.
-const EVENTS_PER_ARRAY_INSERT: usize = 10_000;
-
-/// `rows` in the pieces one insert takes each: PostgreSQL takes them as
-/// arrays (`feed.rs`), up to [`EVENTS_PER_ARRAY_INSERT`] a statement;
-/// SQLite as VALUES lists within its parameter limit.
-pub(crate) fn event_chunks(
-    rows: Vec<NewEventRow>,
-    backend: crate::Backend,
-) -> Vec<Vec<NewEventRow>> {
-    match backend {
-        crate::Backend::Postgres => crate::db::chunked_by(rows, EVENTS_PER_ARRAY_INSERT),
-        crate::Backend::Sqlite => crate::db::chunked(rows),
-    }
-}
-
 /// The rows that store `events`, stamped now.
 pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEventRow>, StorageError> {
     let received_at = Stamp::now();

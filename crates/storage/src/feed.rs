@@ -32,7 +32,9 @@ use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
-use crate::db::{Database, InsertRows, SqliteConn, with_conn, write_transaction};
+use crate::db::{
+    Database, InsertRows, SqliteConn, chunked, chunked_by, with_conn, write_transaction,
+};
 use crate::events::NewEventRow;
 use crate::schema::{events, events_expired};
 
@@ -68,8 +70,17 @@ impl StoredSignal {
     }
 }
 
+/// Most events in one array insert on PostgreSQL: bounds a statement's
+/// bind buffer (10,000 bodies) whatever the log's bound lets one commit
+/// hold.
+const EVENTS_PER_ARRAY_INSERT: usize = 10_000;
+
+/// Takes any number of rows, in the pieces its statement allows.
 impl InsertRows<NewEventRow> for AsyncPgConnection {
     async fn insert_rows(&mut self, rows: Vec<NewEventRow>) -> QueryResult<usize> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
         // Ordered after every earlier writer's commit (module docs), and
         // announced if this transaction commits.
         diesel::sql_query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
@@ -77,36 +88,52 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
             .bind::<Text, _>(EVENTS_STORED_CHANNEL)
             .execute(self)
             .await?;
-        // Three arrays, one statement whatever the rows: its text never
-        // changes, so it is parsed and planned once per connection, where
-        // a VALUES list is a new statement of three parameters a row.
-        // `WITH ORDINALITY ... ORDER BY` keeps the rows' order, so their
-        // ids follow it.
-        let mut event_ids = Vec::with_capacity(rows.len());
-        let mut bodies = Vec::with_capacity(rows.len());
-        let mut stamps = Vec::with_capacity(rows.len());
-        for row in rows {
-            event_ids.push(row.event_id);
-            bodies.push(row.body);
-            stamps.push(row.received_at.at());
+        let mut stored = 0;
+        for piece in chunked_by(rows, EVENTS_PER_ARRAY_INSERT) {
+            stored += insert_array(self, piece).await?;
         }
-        diesel::sql_query(
-            "INSERT INTO events (event_id, body, received_at) \
-             SELECT e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n) ORDER BY n",
-        )
-        .bind::<Array<Nullable<Text>>, _>(event_ids)
-        .bind::<Array<Text>, _>(bodies)
-        .bind::<Array<Timestamp>, _>(stamps)
-        .execute(self)
-        .await
+        Ok(stored)
     }
 }
 
+/// `rows` as one statement of three arrays: its text never changes, so it
+/// is parsed and planned once per connection, where a VALUES list is a new
+/// statement of three parameters a row. `WITH ORDINALITY ... ORDER BY`
+/// keeps the rows' order, so their ids follow it.
+async fn insert_array(conn: &mut AsyncPgConnection, rows: Vec<NewEventRow>) -> QueryResult<usize> {
+    let mut event_ids = Vec::with_capacity(rows.len());
+    let mut bodies = Vec::with_capacity(rows.len());
+    let mut stamps = Vec::with_capacity(rows.len());
+    for row in rows {
+        event_ids.push(row.event_id);
+        bodies.push(row.body);
+        stamps.push(row.received_at.at());
+    }
+    diesel::sql_query(
+        "INSERT INTO events (event_id, body, received_at) \
+         SELECT e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n) ORDER BY n",
+    )
+    .bind::<Array<Nullable<Text>>, _>(event_ids)
+    .bind::<Array<Text>, _>(bodies)
+    .bind::<Array<Timestamp>, _>(stamps)
+    .execute(conn)
+    .await
+}
+
+/// Takes any number of rows: VALUES lists within SQLite's parameter limit,
+/// in one blocking-pool hop.
 impl InsertRows<NewEventRow> for SqliteConn {
     async fn insert_rows(&mut self, rows: Vec<NewEventRow>) -> QueryResult<usize> {
         // One writer: ids are taken in commit order already.
         self.spawn_blocking(move |c| {
-            diesel::RunQueryDsl::execute(diesel::insert_into(events::table).values(rows), c)
+            let mut stored = 0;
+            for piece in chunked(rows) {
+                stored += diesel::RunQueryDsl::execute(
+                    diesel::insert_into(events::table).values(piece),
+                    c,
+                )?;
+            }
+            Ok(stored)
         })
         .await
     }

@@ -35,7 +35,7 @@ use domain::{DeadLetter, Event, SequenceVerdict};
 
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
-use crate::events::{dead_letter_rows, event_chunks, event_rows};
+use crate::events::{dead_letter_rows, event_rows};
 use crate::schema::{
     damaged_log_rows, event_log, log_applied, log_applied_batches, log_cursors, log_producers,
     log_producers_appended,
@@ -430,8 +430,7 @@ impl Database {
         let event_rows = event_rows(events)?;
         let letter_rows = dead_letter_rows(letters)?;
         let consumer = consumer.to_owned();
-        let backend = self.backend();
-        let serialise = backend == crate::Backend::Postgres;
+        let serialise = self.backend() == crate::Backend::Postgres;
         let stores_events = !event_rows.is_empty();
         // To its end: the consumer repeats a commit only once it knows the
         // last attempt is over, never beside it.
@@ -480,9 +479,7 @@ impl Database {
                     if cursor != after {
                         return Ok(LogCommit::Moved { cursor });
                     }
-                    for chunk in event_chunks(event_rows, backend) {
-                        c.insert_rows(chunk).await?;
-                    }
+                    c.insert_rows(event_rows).await?;
                     for chunk in chunked(letter_rows) {
                         c.insert_rows(chunk).await?;
                     }
@@ -747,7 +744,6 @@ impl Database {
         let sequences = sequences.to_vec();
         let now = chrono::Utc::now().timestamp_millis();
         let stores_events = !event_rows.is_empty();
-        let backend = self.backend();
         let result = self
             .write(move |mut conn| async move {
                 write_transaction!(&mut conn, |c| {
@@ -810,9 +806,7 @@ impl Database {
                         .execute(c)
                         .await?;
                     }
-                    for chunk in event_chunks(event_rows, backend) {
-                        c.insert_rows(chunk).await?;
-                    }
+                    c.insert_rows(event_rows).await?;
                     for chunk in chunked(letter_rows) {
                         c.insert_rows(chunk).await?;
                     }
