@@ -172,7 +172,7 @@ pub fn event_from_wire(mut event: wire::Event, index: Option<usize>) -> Parsed<E
     event_from_wire_mut(&mut event, index)
 }
 
-/// [`event_from_wire`], taking the fields out of `event` (its action and
+/// [`event_from_wire`], taking the fields out of `event` (its strings and
 /// attribute list keep their room, for the next event read into it).
 pub fn event_from_wire_mut(event: &mut wire::Event, index: Option<usize>) -> Parsed<Event> {
     // Full field names are spelled out only for an error: this runs for
@@ -191,14 +191,13 @@ pub fn event_from_wire_mut(event: &mut wire::Event, index: Option<usize>) -> Par
         }),
         other => status::domain(other),
     };
+    // The ids are copied out (inline in the domain's ids when short), so
+    // the wire event's strings keep their room for the next event.
     let event_id = match event.event_id.as_str() {
         "" => None,
-        _ => Some(
-            EventId::parse_field("event_id", std::mem::take(&mut event.event_id)).map_err(named)?,
-        ),
+        id => Some(EventId::parse_field("event_id", id).map_err(named)?),
     };
-    let user_id =
-        UserId::parse_field("user_id", std::mem::take(&mut event.user_id)).map_err(named)?;
+    let user_id = UserId::parse_field("user_id", event.user_id.as_str()).map_err(named)?;
     let action =
         Action::parse(&event.action).map_err(|e| invalid(&field("action"), strip(&e, "action")))?;
     let occurred_at = event

@@ -73,11 +73,13 @@ fn attributes_are_written_sorted() {
 
 #[test]
 fn attributes_from_an_iterator_are_sorted_and_the_last_value_wins() {
-    let attributes: Attributes = [("b", "1"), ("a", "2"), ("b", "3"), ("c", "4")]
-        .into_iter()
-        .collect();
-    let pairs: Vec<_> = attributes.iter().map(|(k, v)| (&**k, &**v)).collect();
-    assert_eq!(pairs, [("a", "2"), ("b", "3"), ("c", "4")]);
+    let entries = [("b", "1"), ("a", "2"), ("b", "3"), ("c", "4"), ("b", "5")];
+    let collected: Attributes = entries.into_iter().collect();
+    let from_client = Attributes::from_client("attributes", entries).unwrap();
+    for attributes in [collected, from_client] {
+        let pairs: Vec<_> = attributes.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(pairs, [("a", "2"), ("b", "5"), ("c", "4")]);
+    }
 }
 
 #[test]
