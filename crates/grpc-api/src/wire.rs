@@ -23,10 +23,12 @@
 //! `String`s copied again.
 //!
 //! `build.rs` makes the generated servers take these types; clients keep
-//! `orderflow_proto`'s. prost's derive, and prost's own field decoders in
-//! [`AttributesEntry`] and [`EventBatch`], do the decoding, so malformed
-//! input fails exactly as it does for the client's types, message and
-//! field named in the error.
+//! `orderflow_proto`'s. A batch's events in the shape clients send are read
+//! by a small reader of their own (`fast`), straight from the request's
+//! bytes; any other shape, and every malformed input, goes to prost's
+//! derive and prost's own field decoders in [`AttributesEntry`] and
+//! [`EventBatch`], so malformed input fails exactly as it does for the
+//! client's types, message and field named in the error.
 
 use bytes::{Buf, BufMut, Bytes};
 use domain::ArcStr;
@@ -198,6 +200,9 @@ pub struct BatchEvents {
     invalid: Option<Status>,
     /// Where each event is read.
     scratch: Event,
+    /// The batch's attribute keys and values seen lately, shared by the
+    /// events that repeat them.
+    texts: RecentTexts,
 }
 
 impl BatchEvents {
@@ -224,7 +229,18 @@ impl BatchEvents {
     ) -> Result<(), prost::DecodeError> {
         self.scratch.reset();
         let before = buf.remaining();
-        encoding::message::merge(wire_type, &mut self.scratch, buf, ctx)?;
+        let read = (wire_type == WireType::LengthDelimited)
+            .then(|| fast::event(buf.chunk(), &mut self.scratch, &mut self.texts))
+            .flatten();
+        match read {
+            Some(taken) => buf.advance(taken),
+            None => {
+                // Anything the fast reader does not take, prost reads from
+                // the same bytes, and words any error.
+                self.scratch.reset();
+                encoding::message::merge(wire_type, &mut self.scratch, buf, ctx)?;
+            }
+        }
         let index = self.received;
         if index == 0 {
             // Room for as many more events as the first one's size says
@@ -245,6 +261,146 @@ impl BatchEvents {
             }
         }
         Ok(())
+    }
+}
+
+/// A batch's recent attribute texts: keys (and many values) repeat from
+/// event to event, and a repeat costs a reference count, not an
+/// allocation. Kept per batch, so the events sharing a text are the ones
+/// processed, and dropped, together.
+#[derive(Debug, Default)]
+struct RecentTexts {
+    texts: Vec<ArcStr>,
+    /// Which one a new text replaces once all slots are taken.
+    next: usize,
+}
+
+impl RecentTexts {
+    /// How many texts are kept.
+    const SLOTS: usize = 16;
+    /// Longer texts are not kept (each is read once, whole).
+    const LONGEST: usize = 64;
+
+    fn get(&mut self, text: &str) -> ArcStr {
+        if text.is_empty() {
+            return ArcStr::new();
+        }
+        if text.len() > Self::LONGEST {
+            return ArcStr::from(text);
+        }
+        if let Some(seen) = self.texts.iter().find(|seen| seen.as_str() == text) {
+            return seen.clone();
+        }
+        let made = ArcStr::from(text);
+        if self.texts.len() < Self::SLOTS {
+            self.texts.push(made.clone());
+        } else if let Some(slot) = self.texts.get_mut(self.next) {
+            *slot = made.clone();
+            self.next = (self.next + 1) % Self::SLOTS;
+        }
+        made
+    }
+}
+
+/// One event read straight from the request's bytes, for the shape that
+/// clients send: the event whole in the buffer's current chunk, its fields
+/// the known ones, each with its wire type, `occurred_at` at most once and
+/// holding only its two fields, attribute entries only their key and value,
+/// every varint well formed and all text UTF-8. For that shape it gives
+/// what prost's decoding of [`Event`] gives (a later string or number
+/// replaces an earlier one, as there); for anything else it answers `None`
+/// and the event is read by prost, which also words every error. A
+/// proptest in this module holds the two readers to the same outcome.
+mod fast {
+    use super::{AttributesEntry, Event, RecentTexts};
+
+    /// Reads the length-delimited event at the front of `chunk` into
+    /// `event` (reset), returning the bytes it took.
+    pub(super) fn event(chunk: &[u8], event: &mut Event, texts: &mut RecentTexts) -> Option<usize> {
+        let mut rest = chunk;
+        let len = usize::try_from(varint(&mut rest)?).ok()?;
+        let header = chunk.len() - rest.len();
+        let mut body = rest.get(..len)?;
+        while !body.is_empty() {
+            // Keys as (field << 3) | wire type.
+            match varint(&mut body)? {
+                0x0a => string(&mut body, &mut event.event_id)?,
+                0x12 => string(&mut body, &mut event.user_id)?,
+                0x1a => string(&mut body, &mut event.action)?,
+                0x22 if event.occurred_at.is_none() => {
+                    event.occurred_at = Some(timestamp(field(&mut body)?)?);
+                }
+                // prost reads an int64 as the varint's bits.
+                0x28 => event.amount_cents = Some(varint(&mut body)?.cast_signed()),
+                0x32 => event.attributes.push(entry(field(&mut body)?, texts)?),
+                _ => return None,
+            }
+        }
+        Some(header + len)
+    }
+
+    fn timestamp(mut body: &[u8]) -> Option<prost_types::Timestamp> {
+        let mut at = prost_types::Timestamp::default();
+        while !body.is_empty() {
+            match varint(&mut body)? {
+                0x08 => at.seconds = varint(&mut body)?.cast_signed(),
+                // An int32 is the varint's low 32 bits, as prost reads it.
+                0x10 => at.nanos = varint(&mut body)? as i32,
+                _ => return None,
+            }
+        }
+        Some(at)
+    }
+
+    fn entry(mut body: &[u8], texts: &mut RecentTexts) -> Option<AttributesEntry> {
+        let (mut key, mut value) = ("", "");
+        while !body.is_empty() {
+            match varint(&mut body)? {
+                0x0a => key = text(&mut body)?,
+                0x12 => value = text(&mut body)?,
+                _ => return None,
+            }
+        }
+        Some(AttributesEntry {
+            key: texts.get(key),
+            value: texts.get(value),
+        })
+    }
+
+    fn string(bytes: &mut &[u8], into: &mut String) -> Option<()> {
+        let text = text(bytes)?;
+        into.clear();
+        into.push_str(text);
+        Some(())
+    }
+
+    fn text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(field(bytes)?).ok()
+    }
+
+    /// A length-delimited field's bytes.
+    fn field<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = usize::try_from(varint(bytes)?).ok()?;
+        let taken = bytes.get(..len)?;
+        *bytes = bytes.get(len..)?;
+        Some(taken)
+    }
+
+    /// A varint of at most ten bytes whose tenth is 0 or 1 (what prost
+    /// accepts).
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0;
+        for (i, &byte) in bytes.iter().enumerate().take(10) {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                if i == 9 && byte > 1 {
+                    return None;
+                }
+                *bytes = bytes.get(i + 1..)?;
+                return Some(value);
+            }
+        }
+        None
     }
 }
 
@@ -572,8 +728,142 @@ mod tests {
             })
     }
 
+    /// One field of an event as a client's encoder might write it, or not:
+    /// any order, repeated, unknown, the timestamp or an entry with an
+    /// extra field, a key spelled with a redundant varint byte.
+    #[derive(Debug, Clone)]
+    enum Field {
+        Text(u32, String),
+        Time {
+            seconds: Option<i64>,
+            nanos: Option<i32>,
+            extra: bool,
+        },
+        Amount(i64),
+        Entry {
+            key: String,
+            value: String,
+            extra: bool,
+        },
+        Unknown(u32, u64),
+        LongKey(u32, String),
+    }
+
+    fn field() -> impl Strategy<Value = Field> {
+        let texts = || text(&["evt-1", "u-1", "purchase", "country", "DE"]);
+        prop_oneof![
+            6 => (1..4u32, texts()).prop_map(|(tag, text)| Field::Text(tag, text)),
+            2 => (
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(any::<i32>()),
+                proptest::bool::weighted(0.2)
+            )
+                .prop_map(|(seconds, nanos, extra)| Field::Time { seconds, nanos, extra }),
+            2 => any::<i64>().prop_map(Field::Amount),
+            4 => (texts(), texts(), proptest::bool::weighted(0.1))
+                .prop_map(|(key, value, extra)| Field::Entry { key, value, extra }),
+            1 => (7..20u32, any::<u64>()).prop_map(|(tag, value)| Field::Unknown(tag, value)),
+            1 => (1..4u32, texts()).prop_map(|(tag, text)| Field::LongKey(tag, text)),
+        ]
+    }
+
+    fn raw_event(fields: &[Field]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for field in fields {
+            match field {
+                Field::Text(tag, text) => encoding::string::encode(*tag, text, &mut out),
+                Field::Time {
+                    seconds,
+                    nanos,
+                    extra,
+                } => {
+                    // Either part may be left out, as an encoder leaves out
+                    // a zero.
+                    let mut at = Vec::new();
+                    if let Some(seconds) = seconds {
+                        encoding::int64::encode(1, seconds, &mut at);
+                    }
+                    if let Some(nanos) = nanos {
+                        encoding::int32::encode(2, nanos, &mut at);
+                    }
+                    if *extra {
+                        encoding::uint32::encode(3, &1, &mut at);
+                    }
+                    encoding::bytes::encode(4, &at, &mut out);
+                }
+                Field::Amount(cents) => encoding::int64::encode(5, cents, &mut out),
+                Field::Entry { key, value, extra } => {
+                    let mut entry = Vec::new();
+                    encoding::string::encode(1, key, &mut entry);
+                    encoding::string::encode(2, value, &mut entry);
+                    if *extra {
+                        encoding::uint32::encode(3, &1, &mut entry);
+                    }
+                    encoding::bytes::encode(6, &entry, &mut out);
+                }
+                Field::Unknown(tag, value) => encoding::uint64::encode(*tag, value, &mut out),
+                Field::LongKey(tag, text) => {
+                    // The key's varint with a redundant continuation byte.
+                    out.extend_from_slice(&[(((tag << 3) | 2) as u8) | 0x80, 0x00]);
+                    encoding::encode_varint(text.len() as u64, &mut out);
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    fn raw_batch_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::collection::vec(field(), 0..10), 1..5).prop_map(
+            |events| {
+                let mut out = Vec::new();
+                encoding::string::encode(1, &"p-1".to_owned(), &mut out);
+                encoding::uint64::encode(2, &1, &mut out);
+                for fields in &events {
+                    encoding::bytes::encode(3, &raw_event(fields), &mut out);
+                }
+                out
+            },
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// What a client's encoder writes is read by the fast reader, which
+        /// gives what prost's decoding gives.
+        #[test]
+        fn a_clients_events_take_the_fast_reader(event in event()) {
+            let mut bytes = Vec::new();
+            encoding::message::encode(3, &event, &mut bytes);
+            let field = bytes.get(1..).unwrap();
+            let mut fast = Event::default();
+            let taken = fast::event(field, &mut fast, &mut RecentTexts::default());
+            prop_assert_eq!(taken, Some(field.len()));
+            prop_assert_eq!(fast, Event::decode_length_delimited(field).unwrap());
+        }
+
+        /// Events in any field order, with repeated, unknown or extra fields
+        /// and redundant varint bytes, whole or damaged: one pass (the fast
+        /// reader where it applies) agrees with prost reading every event
+        /// first.
+        #[test]
+        fn one_pass_agrees_with_two_on_events_in_any_shape(
+            bytes in raw_batch_bytes(),
+            at in any::<proptest::sample::Index>(),
+            value in any::<u8>(),
+            how in 0..4u8,
+        ) {
+            let mut bytes = bytes;
+            let at = at.index(bytes.len());
+            match how {
+                0 => bytes[at] = value,
+                1 => { bytes.remove(at); }
+                2 => bytes.truncate(at),
+                _ => {}
+            }
+            prop_assert_eq!(one_pass(bytes.as_slice()), two_passes(bytes.as_slice()));
+        }
 
         /// Decoding and converting in one pass gives what decoding every
         /// event first and converting after gave: the same events, the same
@@ -601,6 +891,29 @@ mod tests {
                 }
             }
             prop_assert_eq!(one_pass(bytes.as_slice()), two_passes(bytes.as_slice()));
+        }
+    }
+
+    #[test]
+    fn a_ten_byte_varint_is_read_as_prost_reads_it() {
+        // amount_cents as ten bytes: a tenth byte of 1 (a negative int64)
+        // is read; 2 overflows 64 bits and fails, whoever reads it.
+        for (last, readable) in [(0x01, true), (0x02, false)] {
+            let mut event = vec![0x12, 0x01, b'u', 0x1a, 0x01, b'v', 0x28];
+            event.extend_from_slice(&[0xff; 9]);
+            event.push(last);
+            let mut bytes = vec![0x10, 0x01];
+            encoding::bytes::encode(3, &event, &mut bytes);
+            let mut taken = Event::default();
+            let fast = fast::event(
+                bytes.get(3..).unwrap(),
+                &mut taken,
+                &mut RecentTexts::default(),
+            );
+            assert_eq!(fast.is_some(), readable);
+            let outcome = one_pass(bytes.as_slice());
+            assert_eq!(outcome, two_passes(bytes.as_slice()));
+            assert_eq!(outcome.is_ok(), readable, "{outcome:?}");
         }
     }
 
