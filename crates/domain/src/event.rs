@@ -302,14 +302,7 @@ impl Attributes {
                 .get_mut(index)
                 .map(|(_, v)| std::mem::replace(v, value.into())),
             Err(index) => {
-                // Pushed, then moved into place one swap at a time: a list
-                // holds a handful of entries, and `SmallVec::insert`'s
-                // shift is a `memmove` call per insert, which was 6% of
-                // the blackhole ingest path's samples (docs/benchmarks.md).
-                self.0.push((key, value.into()));
-                for at in (index + 1..self.0.len()).rev() {
-                    self.0.swap(at - 1, at);
-                }
+                self.0.insert(index, (key, value.into()));
                 None
             }
         }
