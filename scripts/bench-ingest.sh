@@ -116,10 +116,12 @@ blackhole_run=$(DATABASE_URL="$scratch/blackhole.db" taskset -c 1 "$lg" --target
 stop_server
 blackhole_rate=$(json "$blackhole_run" events_per_second)
 
-# The calibration for the blackhole row: the same twelve steps in process
-# (criterion's last run of `enum_event_major`, one thread; `cargo bench -p
-# transform-engine --bench pipeline`, which scripts/bench.sh runs first).
-estimate=$root/target/criterion/pipeline_12_steps/enum_event_major/new/estimates.json
+# The calibration for the blackhole row: the same twelve steps in process,
+# each batch's kept events handed off as the server's consumer hands its
+# outputs on (criterion's last run of `enum_event_major_handoff`, one
+# thread; `cargo bench -p transform-engine --bench pipeline`, which
+# scripts/bench.sh runs first).
+estimate=$root/target/criterion/pipeline_12_steps/enum_event_major_handoff/new/estimates.json
 inproc=$( [ -f "$estimate" ] && python3 -c 'import json,sys; print(int(10000 / (json.load(open(sys.argv[1]))["mean"]["point_estimate"] / 1e9)))' "$estimate" || echo 0)
 if [ "$inproc" -gt 0 ]; then
     blackhole_row="| StreamEventBatches into the blackhole sink (decode, validate, log, pipeline) | ${blackhole_rate%.*} | the same steps in process (criterion, one thread): $inproc events/s | $(ratio "$blackhole_rate" "$inproc") |"
