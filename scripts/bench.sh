@@ -5,9 +5,11 @@
 # against a baseline measured in the same run. The server is pinned to CPU 0
 # and the load to CPU 1, so the two do not fight over a core.
 #
-# Usage: scripts/bench.sh [SECONDS_PER_RUN]   (default 10; about 17 minutes in all, with
-#        scripts/bench-ingest.sh's rows; needs h2load from
-#        nghttp2-client, pgbench and a local PostgreSQL)
+# Usage: [PUBLISH_BEFORE=DIR] scripts/bench.sh [SECONDS_PER_RUN]
+#        (default 10; about 20 minutes in all, with scripts/bench-ingest.sh's
+#        and scripts/bench-jetstream.sh's rows, and 2 more with
+#        PUBLISH_BEFORE; needs h2load from nghttp2-client, pgbench, a local
+#        PostgreSQL and, for the JetStream rows, NATS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -136,6 +138,26 @@ dyn=$( [ -f "$dyn_estimate" ] && python3 -c 'import json,sys; print(int(10000 / 
 echo "acknowledged ingest (scripts/bench-ingest.sh)..." >&2
 ingest_table=$(scripts/bench-ingest.sh "$secs")
 
+# The JetStream log against JetStream alone, 1-3 replicas, acknowledged and
+# committed (its own script; needs NATS with JetStream, which
+# scripts/ensure-nats.sh starts if it is installed).
+if scripts/ensure-nats.sh >/dev/null 2>&1; then
+    echo "the JetStream log (scripts/bench-jetstream.sh)..." >&2
+    jetstream_table=$(scripts/bench-jetstream.sh "$secs")
+else
+    jetstream_table="(not measured: no NATS with JetStream at 127.0.0.1:4222)"
+fi
+
+# Durable unary PublishEvent against the in-memory build before it (issue
+# 30), alternated: only with PUBLISH_BEFORE=DIR, a directory holding that
+# build's `orderflow` (a build of 9ac9746^; see scripts/bench-publish-ab.sh).
+if [ -n "${PUBLISH_BEFORE:-}" ]; then
+    echo "unary PublishEvent vs the in-memory build (scripts/bench-publish-ab.sh)..." >&2
+    publish_ab=$(scripts/bench-publish-ab.sh "$PUBLISH_BEFORE" "$root/target/release" 3 "$secs" 64 | tail -1)
+else
+    publish_ab="(not measured: set PUBLISH_BEFORE to a directory with a build of 9ac9746^)"
+fi
+
 {
     echo
     echo "## End to end, scripts/bench.sh ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m); server on CPU 0, load on CPU 1, ${secs}s per run)"
@@ -175,6 +197,12 @@ ingest_table=$(scripts/bench-ingest.sh "$secs")
     echo "Acknowledged ingest (scripts/bench-ingest.sh, in this run):"
     echo
     echo "$ingest_table"
+    echo
+    echo "The JetStream log (scripts/bench-jetstream.sh, in this run):"
+    echo
+    echo "$jetstream_table"
+    echo
+    echo "Durable unary PublishEvent vs the in-memory build before it (scripts/bench-publish-ab.sh, 3 alternated rounds): $publish_ab"
     echo
     echo "Server resident memory around a 10x PublishEvents overload (40 streams vs 4; drop-newest):"
     echo "before $((before_kb / 1024)) MB, peak during $((peak_kb / 1024)) MB, 2 s after $((after_kb / 1024)) MB;"
