@@ -229,6 +229,8 @@ impl BatchEvents {
     ) -> Result<(), prost::DecodeError> {
         self.scratch.reset();
         let before = buf.remaining();
+        // A batch is a request's whole message, so the chunk ends where
+        // the message does (`Buf::chunk` never reaches past `remaining`).
         let read = (wire_type == WireType::LengthDelimited)
             .then(|| fast::event(buf.chunk(), &mut self.scratch, &mut self.texts))
             .flatten();
