@@ -341,6 +341,12 @@ async fn the_health_command_exits_zero_only_while_serving() {
         all.extend_from_slice(args);
         orderflow(&[("ORDERFLOW_LISTEN", &listen)], &all)
     };
+    // The port opens before the first readiness probe has run; under load
+    // that probe can take a while, so wait (bounded) for readiness first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&["--service", "readiness"]).0 != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for service in ["readiness", "liveness", ""] {
         let (code, stderr, _) = health(&["--service", service]);
         assert_eq!(code, Some(0), "{service:?}: {stderr}");
