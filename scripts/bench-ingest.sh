@@ -109,6 +109,20 @@ start=$(now)
 PGOPTIONS="-c search_path=${schema}_copy" psql -q "$pg" -c "\\copy events(event_id, body, received_at) FROM '$scratch/pg.bin' WITH (FORMAT binary)"
 pg_binary=$(awk -v r="$pg_rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }')
 
+echo "PostgreSQL: two \\copy streams of half the rows each, in parallel..." >&2
+# Not a target: how much a second writer into events could add on this
+# host at best, the same rows split in two and loaded side by side.
+split -n l/2 -d "$scratch/pg.csv" "$scratch/pg-half."
+PGOPTIONS="-c search_path=${schema}_copy -c client_min_messages=warning" psql -q "$pg" -c "TRUNCATE events"
+start=$(now)
+loaders=()
+for half in "$scratch"/pg-half.*; do
+    PGOPTIONS="-c search_path=${schema}_copy" psql -q "$pg" -c "\\copy events(event_id, body, received_at) FROM '$half' CSV" &
+    loaders+=("$!")
+done
+for loader in "${loaders[@]}"; do wait "$loader"; done
+pg_two=$(awk -v r="$pg_rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }')
+
 echo "blackhole (SQLite log, server on one core)..." >&2
 start_server "$scratch/blackhole.db" ORDERFLOW_EVENT_SINK=blackhole
 blackhole_run=$(DATABASE_URL="$scratch/blackhole.db" taskset -c 1 "$lg" --target "$ADDR" --json --duration "${secs}s" \
@@ -138,6 +152,8 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1)
 | durable StreamEventBatches, PostgreSQL (verified: $(json "$pg_run" verified_events)) | ${pg_rate%.*} | \`psql \\copy\`: $pg_copy rows/s | $(ratio "$pg_rate" "$pg_copy") |
 | the same, against a binary COPY loader of the same rows | ${pg_rate%.*} | \`psql \\copy ... FROM ... (FORMAT binary)\`: $pg_binary rows/s | $(ratio "$pg_rate" "$pg_binary") |
 $blackhole_row
+
+Headroom for a second writer into events (not a target): two \`psql \\copy\` streams of half the rows each, side by side: $pg_two rows/s, $(ratio "$pg_two" "$pg_copy") of one stream.
 
 Batch latency p50/p99 (us): SQLite $(json "$sqlite_run" p50_us)/$(json "$sqlite_run" p99_us), PostgreSQL $(json "$pg_run" p50_us)/$(json "$pg_run" p99_us), blackhole $(json "$blackhole_run" p50_us)/$(json "$blackhole_run" p99_us).
 TABLE

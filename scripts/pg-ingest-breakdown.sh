@@ -5,12 +5,17 @@
 #      twelve-step pipeline into PostgreSQL (server on CPU 0, load on CPU
 #      1, as scripts/bench-ingest.sh): the server, loadgen, PostgreSQL's
 #      backends, its WAL writer and the rest, and how much of the two
-#      cores nobody used;
+#      cores nobody used; and, sampled from pg_stat_activity over the same
+#      window, what the server's connections were doing (on CPU or
+#      waiting, and for what), by statement;
 #   2. PostgreSQL's own cost of storing the same rows, each way alone on an
 #      empty events table, rounds alternated: binary COPY (what a bulk
 #      loader would send), and the statement the server sends
 #      (`INSERT ... SELECT FROM unnest(...) WITH ORDINALITY ... ORDER BY n`,
-#      storage/src/feed.rs) over the same rows in pieces of 10,000.
+#      storage/src/feed.rs) over the same rows in pieces of 10,000;
+#   3. what a second writer into events could add at best: text `\copy`
+#      of all the rows as one stream, against the rows split in two and
+#      loaded by two streams side by side, rounds alternated.
 # Prints a Markdown table for docs/benchmarks.md.
 #
 # Usage: scripts/pg-ingest-breakdown.sh [SECONDS] [ROUNDS]   (defaults 10, 3)
@@ -46,9 +51,35 @@ done
 # CPU by process over the run's middle (scripts/cpu-by-process.py).
 (sleep 2; scripts/cpu-by-process.py $((secs - 4)) "$PID" >"$scratch/cpu.md") &
 SAMPLER=$!
+# What the server's connections do, sampled every ~10 ms over the same window.
+(sleep 2; python3 - "$pg" $((secs - 4)) >"$scratch/waits.md" <<'PY'
+import collections, subprocess, sys, time
+url, seconds = sys.argv[1], float(sys.argv[2])
+query = ("SELECT coalesce(wait_event_type || ': ' || wait_event, 'on CPU') || chr(9) "
+         "|| left(regexp_replace(query, '\\s+', ' ', 'g'), 40) FROM pg_stat_activity "
+         "WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid() "
+         "AND query NOT LIKE '%pg_stat_activity%'; SELECT '--';\n")
+psql = subprocess.Popen(["psql", "-qAt", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+seen, samples, end = collections.Counter(), 0, time.time() + seconds
+while time.time() < end:
+    psql.stdin.write(query)
+    psql.stdin.flush()
+    while (line := psql.stdout.readline().strip()) != "--":
+        seen[line] += 1
+    samples += 1
+    time.sleep(0.01)
+psql.stdin.close()
+for what, count in seen.most_common(12):
+    wait, _, statement = what.partition("\t")
+    print(f"| {wait} | `{statement}` | {count / samples:.2f} |")
+print(f"| ({samples} samples) | | |")
+PY
+) &
+WAITS=$!
 run=$(DATABASE_URL=$url taskset -c 1 "$lg" --target "http://127.0.0.1:$port" --json --duration "${secs}s" \
     --workload stream-batches --concurrency 4 --batch 1000 --window 8)
 wait "$SAMPLER"
+wait "$WAITS"
 kill -TERM "$PID"
 wait "$PID" || true
 PID=
@@ -71,16 +102,35 @@ timed() { # label, then psql arguments: prints rows/s
     load "$@"
     awk -v r="$rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }'
 }
+psql -q "$pg" -c "\\copy (SELECT event_id, body, received_at FROM $schema.events ORDER BY id) TO '$scratch/rows.csv' CSV"
+split -n l/2 -d "$scratch/rows.csv" "$scratch/half."
+two_streams() { # prints rows/s
+    load -c "TRUNCATE events" -c "CHECKPOINT"
+    local start loaders=()
+    start=$(now)
+    for half in "$scratch"/half.*; do
+        load -c "\\copy events(event_id, body, received_at) FROM '$half' CSV" &
+        loaders+=("$!")
+    done
+    for loader in "${loaders[@]}"; do wait "$loader"; done
+    awk -v r="$rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }'
+}
 copies=()
 inserts=()
+ones=()
+twos=()
 for _ in $(seq 1 "$rounds"); do
     copies+=("$(timed -c "\\copy events(event_id, body, received_at) FROM '$scratch/rows.bin' WITH (FORMAT binary)")")
+    ones+=("$(timed -c "\\copy events(event_id, body, received_at) FROM '$scratch/rows.csv' CSV")")
+    twos+=("$(two_streams)")
     # One statement a piece, as the server sends them.
     inserts+=("$(timed -c "DO \$\$ DECLARE p RECORD; BEGIN FOR p IN SELECT * FROM pieces ORDER BY piece LOOP INSERT INTO events (event_id, body, received_at) SELECT t.e, t.b, t.r FROM unnest(p.e, p.b, p.r) WITH ORDINALITY AS t(e, b, r, n) ORDER BY t.n; END LOOP; END \$\$")")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 copy=$(median "${copies[@]}")
 insert=$(median "${inserts[@]}")
+one=$(median "${ones[@]}")
+two=$(median "${twos[@]}")
 
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $(nproc) cores, ${secs} s of durable StreamEventBatches into PostgreSQL (server on CPU 0, load on CPU 1; 4 streams x 1,000-event batches, window 8, the twelve-step pipeline): $rate events/s.
@@ -91,6 +141,12 @@ CPU used over the run's middle $((secs - 4)) s, in cores:
 |---|---|
 $(cat "$scratch/cpu.md")
 
+What the server's connections were doing over the same window (share of samples of \`pg_stat_activity\`; each active connection counts once per sample, so the shares add up to the average number busy):
+
+| wait (or on CPU) | statement | share |
+|---|---|---|
+$(cat "$scratch/waits.md")
+
 PostgreSQL alone storing the same $rows rows into an empty events table (median of $rounds alternated rounds; each from a checkpoint):
 
 | how | rows/s | rounds |
@@ -98,4 +154,7 @@ PostgreSQL alone storing the same $rows rows into an empty events table (median 
 | binary COPY (\`psql \\copy ... (FORMAT binary)\`) | $copy | ${copies[*]} |
 | the server's statement, one a piece: arrays of 10,000, \`unnest ... WITH ORDINALITY ... ORDER BY n\` | $insert | ${inserts[*]} |
 | ratio, the server's statement / binary COPY | $(awk -v a="$insert" -v b="$copy" 'BEGIN { printf "%.2f", a / b }') | |
+| text \`\\copy\`, one stream | $one | ${ones[*]} |
+| text \`\\copy\`, two streams of half the rows each, side by side | $two | ${twos[*]} |
+| ratio, two streams / one (the most a second writer could add) | $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }') | |
 TABLE
