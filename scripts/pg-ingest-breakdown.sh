@@ -39,7 +39,8 @@ now() { date +%s.%N; }
 psql -q "$pg" -c "CREATE SCHEMA $schema; CREATE SCHEMA ${schema}_load" >/dev/null
 url="$pg?options=-c%20search_path%3D$schema"
 port=$(free_port)
-env DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$(free_port)" \
+metrics_port=$(free_port)
+env DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$metrics_port" \
     ORDERFLOW_PIPELINE="$root/crates/test-support/data/twelve-steps.toml" RUST_LOG=warn \
     taskset -c 0 "$bin" >"$scratch/server.log" 2>&1 &
 PID=$!
@@ -48,6 +49,17 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# The log consumer's time per commit (its two histograms' sums) over the
+# run's middle.
+consumer_seconds() {
+    curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '
+        /^orderflow_log_pipeline_seconds_sum / { p = $2 }
+        /^orderflow_log_commit_seconds_sum / { c = $2 }
+        /^orderflow_log_commit_seconds_count / { n = $2 }
+        END { print p + 0, c + 0, n + 0 }'
+}
+(sleep 2; consumer_seconds >"$scratch/consumer.before"; sleep $((secs - 4)); consumer_seconds >"$scratch/consumer.after") &
+CONSUMER=$!
 # CPU by process over the run's middle (scripts/cpu-by-process.py).
 (sleep 2; scripts/cpu-by-process.py $((secs - 4)) "$PID" >"$scratch/cpu.md") &
 SAMPLER=$!
@@ -80,6 +92,7 @@ run=$(DATABASE_URL=$url taskset -c 1 "$lg" --target "http://127.0.0.1:$port" --j
     --workload stream-batches --concurrency 4 --batch 1000 --window 8)
 wait "$SAMPLER"
 wait "$WAITS"
+wait "$CONSUMER"
 kill -TERM "$PID"
 wait "$PID" || true
 PID=
@@ -140,6 +153,8 @@ CPU used over the run's middle $((secs - 4)) s, in cores:
 | process | cores |
 |---|---|
 $(cat "$scratch/cpu.md")
+
+The log consumer over the same window: $(awk -v w=$((secs - 4)) 'NR == 1 { p = $1; c = $2; n = $3 } NR == 2 { p = $1 - p; c = $2 - c; printf "%d commits; the pipeline %.2f of the time, the commits %.2f, the rest (waiting for batches, moving them) %.2f", $3 - n, p / w, c / w, 1 - (p + c) / w }' "$scratch/consumer.before" "$scratch/consumer.after") (\`orderflow_log_pipeline_seconds\`, \`orderflow_log_commit_seconds\`).
 
 What the server's connections were doing over the same window (share of samples of \`pg_stat_activity\`; each active connection counts once per sample, so the shares add up to the average number busy):
 

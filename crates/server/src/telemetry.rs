@@ -447,6 +447,16 @@ pub const METRICS: &[Metric] = &[
         "events acknowledged (durable in the event log) and not yet processed",
     ),
     metric(
+        "orderflow_log_pipeline_seconds",
+        Kind::Histogram,
+        "time the event log's consumer spent running the pipeline over the batches of one commit",
+    ),
+    metric(
+        "orderflow_log_commit_seconds",
+        Kind::Histogram,
+        "time from an event log commit's first attempt until it landed (outputs, cursor and log rows in one transaction), repeats included",
+    ),
+    metric(
         "orderflow_log_damaged_records_total",
         Kind::Counter,
         "event log records that could not be decoded, kept aside (damaged_log_rows) so the log moves on",
@@ -537,12 +547,19 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         2.5,
     ];
+    // A commit carries up to a whole backlog (20,000 events by default):
+    // milliseconds to seconds.
+    const LOG_BUCKETS: [f64; 13] = [
+        0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
     PrometheusBuilder::new()
         .with_http_listener(listen)
         .set_buckets_for_metric(
             Matcher::Full("orderflow_grpc_request_duration_seconds".to_owned()),
             &LATENCY_BUCKETS,
         )
+        .context("invalid histogram buckets")?
+        .set_buckets_for_metric(Matcher::Prefix("orderflow_log_".to_owned()), &LOG_BUCKETS)
         .context("invalid histogram buckets")?
         .install()
         .with_context(|| format!("cannot serve metrics on {listen}"))?;

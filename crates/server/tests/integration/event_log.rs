@@ -205,6 +205,46 @@ pub async fn cancelling_clients_never_loosen_the_backlog_bound(db: &TestDb) {
     }
 }
 
+/// The log consumer's two timings are on `/metrics` as histograms, one
+/// observation per commit: the pipeline over the commit's batches, and the
+/// commit from its first attempt until it landed.
+pub async fn the_log_consumers_timings_are_exported(db: &TestDb) {
+    let server = Server::start(db, &[]);
+    let mut events = server.events().await;
+    for sequence in 1..=2 {
+        let ack = events
+            .publish_event_batch(batch(0, sequence))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.accepted, BATCH);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = events.get_pipeline_stats(()).await.unwrap().into_inner();
+        if stats.log_backlog == 0 && stats.processed == 2 * BATCH {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest stopped: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = crate::suite::scrape(&server).await;
+    for name in [
+        "orderflow_log_pipeline_seconds",
+        "orderflow_log_commit_seconds",
+    ] {
+        let commits = metric(&text, &format!("{name}_count"));
+        assert!(
+            commits.is_some_and(|n| (1.0..=2.0).contains(&n)),
+            "{name}: {commits:?} commits for two batches"
+        );
+        // Buckets, not a summary's quantiles: rates add up across replicas.
+        let all = metric(&text, &format!("{name}_bucket{{le=\"+Inf\"}}"));
+        assert_eq!(all, commits, "{name}");
+    }
+    assert!(server.terminate().success());
+}
+
 /// A damaged row in the event log (an acknowledged batch whose body no
 /// longer decodes, left by an earlier run) is kept aside in
 /// `damaged_log_rows`, counted as dead-lettered and in

@@ -50,6 +50,7 @@ test_support::backend_tests!(
     acknowledged_orders_survive_sigkill_under_concurrent_writers,
     cancelling_clients_never_loosen_the_backlog_bound,
     a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
+    the_log_consumers_timings_are_exported,
     subscribers_resume_across_a_kill_and_match_the_export,
     subscribers_on_two_replicas_see_one_sequence,
     retention_ages_events_out_while_ingest_goes_on,

@@ -13,7 +13,7 @@ use crate::support::{Server, run};
 pub use crate::dead_letters::dead_letters_are_listed_replayed_once_and_purged;
 pub use crate::event_log::{
     a_damaged_log_row_is_kept_aside_and_ingest_goes_on,
-    cancelling_clients_never_loosen_the_backlog_bound,
+    cancelling_clients_never_loosen_the_backlog_bound, the_log_consumers_timings_are_exported,
 };
 pub use crate::kill::{
     accepted_events_survive_sigkill_under_every_policy,

@@ -3,7 +3,7 @@
 //! then frees the batches' room in the bound.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::DeadLetter;
 use tokio::sync::watch;
@@ -113,6 +113,7 @@ impl<L: EventLog> Consumer<L> {
             return;
         };
         let taken: u64 = records.iter().map(LogRecord::event_count).sum();
+        let started = Instant::now();
         let mut damaged = Vec::new();
         let mut damaged_events = 0;
         for record in records {
@@ -131,6 +132,9 @@ impl<L: EventLog> Consumer<L> {
                 }
             }
         }
+        let committing = Instant::now();
+        metrics::histogram!("orderflow_log_pipeline_seconds")
+            .record(committing.duration_since(started));
         let mut delay = RETRY;
         // The same commit until it lands: it is idempotent, so a repeat
         // after an unknown outcome cannot store twice.
@@ -167,6 +171,7 @@ impl<L: EventLog> Consumer<L> {
                 }
             }
         }
+        metrics::histogram!("orderflow_log_commit_seconds").record(committing.elapsed());
         self.cursor = through;
         self.counters.settle(Settled {
             processed: out.kept.len() as u64,
