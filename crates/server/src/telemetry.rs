@@ -547,8 +547,8 @@ pub fn metrics(listen: SocketAddr) -> anyhow::Result<()> {
         0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         2.5,
     ];
-    // A commit carries up to a whole backlog (20,000 events by default):
-    // milliseconds to seconds.
+    // A log commit takes up to 64 batches, never more than the backlog
+    // (100,000 events by default): milliseconds to seconds.
     const LOG_BUCKETS: [f64; 13] = [
         0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
