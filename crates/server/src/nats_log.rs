@@ -494,7 +494,7 @@ impl EventLog for NatsLog {
                 }
                 Ok(())
             }
-            Ok(LogCommit::AlreadyCommitted | LogCommit::Moved { .. }) => {
+            Ok(LogCommit::AlreadyCommitted | LogCommit::Moved { .. } | LogCommit::Overtaken) => {
                 // Another replica committed some of these meanwhile:
                 // nothing was stored; let JetStream deliver them again, and
                 // `read` sorts the applied from the rest.

@@ -165,8 +165,21 @@ impl EventLog for DatabaseLog {
                 ),
                 kind: SinkErrorKind::Unavailable,
             }),
+            // Only beside a commit of another process (the lease lost
+            // mid-commit): a repeat reserves new ids.
+            Ok(LogCommit::Overtaken) => Err(SinkError {
+                message: "events above this commit's ids were committed first; nothing stored"
+                    .to_owned(),
+                kind: SinkErrorKind::Unavailable,
+            }),
             Err(error) => Err(sink_error(error)),
         }
+    }
+
+    fn overlapping_commits(&self) -> bool {
+        // PostgreSQL writes the next commit's events beside this one's;
+        // SQLite's one writer would only queue them.
+        self.db.backend() == storage::Backend::Postgres
     }
 
     async fn cursor(&self) -> Result<i64, SinkError> {

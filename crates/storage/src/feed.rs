@@ -15,6 +15,12 @@
 //!   committed or rolled back (the identity's sequence caches one value, so
 //!   ids follow the order they are taken). Writers of events serialise for
 //!   the rest of their transaction; each takes the lock as late as it can.
+//!   The one exception is the log consumer's commit
+//!   ([`InsertEventsEarly`]): it holds the lock shared, so that its commit
+//!   and the next one can write their rows side by side. Each reserves
+//!   its ids as one block (`reserve_event_ids`), and lands only after the
+//!   commit before it and only if no committed event lies above its block
+//!   (`Database::commit_log`), so ids still become visible in order.
 //!
 //! **Wake-ups.** Each replica's [`StoredSignal`] ticks after a commit that
 //! stored events. On PostgreSQL the same insert also `NOTIFY`s
@@ -75,6 +81,59 @@ impl StoredSignal {
 /// hold.
 const EVENTS_PER_ARRAY_INSERT: usize = 10_000;
 
+/// A log commit's outputs, written before the commit knows its place in
+/// commit order: on PostgreSQL a commit writes its rows while the one before
+/// it may still be on its way (module docs).
+pub(crate) trait InsertEventsEarly {
+    /// Inserts `rows`, answering the highest id they may have taken if the
+    /// commit must check, before it lands, that no committed event lies
+    /// above it (PostgreSQL); `None` on SQLite, whose one writer takes ids in
+    /// commit order, and for no rows.
+    fn insert_events_early(
+        &mut self,
+        rows: Vec<NewEventRow>,
+    ) -> impl Future<Output = QueryResult<Option<i64>>> + Send;
+}
+
+#[derive(QueryableByName)]
+struct Reserved {
+    #[diesel(sql_type = BigInt)]
+    first: i64,
+}
+
+impl InsertEventsEarly for AsyncPgConnection {
+    async fn insert_events_early(&mut self, rows: Vec<NewEventRow>) -> QueryResult<Option<i64>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        // Shared: excludes every other writer, not the next commit.
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1), pg_notify($2, '')")
+            .bind::<BigInt, _>(EVENTS_LOCK)
+            .bind::<Text, _>(EVENTS_STORED_CHANNEL)
+            .execute(self)
+            .await?;
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let first = diesel::sql_query("SELECT reserve_event_ids($1) AS first")
+            .bind::<BigInt, _>(count)
+            .get_result::<Reserved>(self)
+            .await?
+            .first;
+        let mut next = first;
+        for piece in chunked_by(rows, EVENTS_PER_ARRAY_INSERT) {
+            let len = i64::try_from(piece.len()).unwrap_or(i64::MAX);
+            insert_array(self, piece, Some(next)).await?;
+            next += len;
+        }
+        Ok(Some(next - 1))
+    }
+}
+
+impl InsertEventsEarly for SqliteConn {
+    async fn insert_events_early(&mut self, rows: Vec<NewEventRow>) -> QueryResult<Option<i64>> {
+        self.insert_rows(rows).await.map(|_| None)
+    }
+}
+
 /// Takes any number of rows, in the pieces its statement allows.
 impl InsertRows<NewEventRow> for AsyncPgConnection {
     async fn insert_rows(&mut self, rows: Vec<NewEventRow>) -> QueryResult<usize> {
@@ -90,7 +149,7 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
             .await?;
         let mut stored = 0;
         for piece in chunked_by(rows, EVENTS_PER_ARRAY_INSERT) {
-            stored += insert_array(self, piece).await?;
+            stored += insert_array(self, piece, None).await?;
         }
         Ok(stored)
     }
@@ -98,9 +157,14 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
 
 /// `rows` as one statement of three arrays: its text never changes, so it
 /// is parsed and planned once per connection, where a VALUES list is a new
-/// statement of three parameters a row. `WITH ORDINALITY ... ORDER BY`
-/// keeps the rows' order, so their ids follow it.
-async fn insert_array(conn: &mut AsyncPgConnection, rows: Vec<NewEventRow>) -> QueryResult<usize> {
+/// statement of three parameters a row. Ids come from the identity, or
+/// from `first` on (reserved by the caller), in the rows' order: `WITH
+/// ORDINALITY` numbers them.
+async fn insert_array(
+    conn: &mut AsyncPgConnection,
+    rows: Vec<NewEventRow>,
+    first: Option<i64>,
+) -> QueryResult<usize> {
     let mut event_ids = Vec::with_capacity(rows.len());
     let mut bodies = Vec::with_capacity(rows.len());
     let mut stamps = Vec::with_capacity(rows.len());
@@ -109,15 +173,32 @@ async fn insert_array(conn: &mut AsyncPgConnection, rows: Vec<NewEventRow>) -> Q
         bodies.push(row.body);
         stamps.push(row.received_at.at());
     }
-    diesel::sql_query(
-        "INSERT INTO events (event_id, body, received_at) \
-         SELECT e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n) ORDER BY n",
-    )
-    .bind::<Array<Nullable<Text>>, _>(event_ids)
-    .bind::<Array<Text>, _>(bodies)
-    .bind::<Array<Timestamp>, _>(stamps)
-    .execute(conn)
-    .await
+    match first {
+        None => {
+            diesel::sql_query(
+                "INSERT INTO events (event_id, body, received_at) \
+                 SELECT e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n) \
+                 ORDER BY n",
+            )
+            .bind::<Array<Nullable<Text>>, _>(event_ids)
+            .bind::<Array<Text>, _>(bodies)
+            .bind::<Array<Timestamp>, _>(stamps)
+            .execute(conn)
+            .await
+        }
+        Some(first) => {
+            diesel::sql_query(
+                "INSERT INTO events (id, event_id, body, received_at) OVERRIDING SYSTEM VALUE \
+                 SELECT $4 + n - 1, e, b, r FROM unnest($1, $2, $3) WITH ORDINALITY AS t(e, b, r, n)",
+            )
+            .bind::<Array<Nullable<Text>>, _>(event_ids)
+            .bind::<Array<Text>, _>(bodies)
+            .bind::<Array<Timestamp>, _>(stamps)
+            .bind::<BigInt, _>(first)
+            .execute(conn)
+            .await
+        }
+    }
 }
 
 /// Takes any number of rows: VALUES lists within SQLite's parameter limit,

@@ -20,11 +20,16 @@
 //!   cannot be decoded is read as a [`LogDamage`], and its commit moves it,
 //!   as it was, to `damaged_log_rows` with the error: the log moves on. A
 //!   commit whose range the cursor already covers stores nothing, so
-//!   repeating one whose outcome was unknown is safe; on PostgreSQL a commit
-//!   first locks its consumer's cursor row (an advisory lock before the
-//!   first commit, when there is no row yet), so a repeat never runs beside
-//!   the attempt it repeats (both would read the old cursor and store
-//!   twice).
+//!   repeating one whose outcome was unknown is safe. A commit writes its
+//!   events first, then locks its consumer's cursor row (an advisory lock
+//!   before the first commit, when there is no row yet) and checks it, so a
+//!   repeat never lands beside the attempt it repeats (both would read the
+//!   old cursor and store twice). On PostgreSQL the next range's commit may
+//!   write its events while the one before it is still on its way: it waits
+//!   for that one (an advisory lock on the range's end, held by its commit)
+//!   before it locks the cursor row, and lands only if no committed event
+//!   lies above the ids it reserved (`crate::feed` keeps ids in commit
+//!   order).
 //!
 //! Durable means committed: SQLite runs with `synchronous = FULL` (see
 //! `db.rs`), PostgreSQL with its defaults.
@@ -36,6 +41,7 @@ use domain::{DeadLetter, Event, SequenceVerdict};
 use crate::StorageError;
 use crate::db::{Database, InsertRows, chunked, with_conn, write_transaction};
 use crate::events::{dead_letter_rows, event_rows};
+use crate::feed::InsertEventsEarly;
 use crate::schema::{
     damaged_log_rows, event_log, log_applied, log_applied_batches, log_cursors, log_producers,
     log_producers_appended,
@@ -46,6 +52,30 @@ const APPEND_LOCK: i64 = 0x0065_766e_746c_6f67;
 /// Advisory-lock key that serialises a consumer's first commits on
 /// PostgreSQL, before its cursor row exists ("logcmit").
 const COMMIT_LOCK: i64 = 0x006c_6f67_636d_6974;
+/// First key of the two-key advisory locks (a key space apart from the
+/// one-key locks) that order a consumer's commits on PostgreSQL: a commit
+/// holds (this, its range's end) exclusively, and the next range's commit
+/// waits for it on (this, its range's start) ("lo").
+const RANGE_LOCKS: i32 = 0x6c6f;
+
+/// The second key of a range end's advisory lock: positions folded into
+/// 31 bits (two ranges that share a key only wait for each other).
+fn range_key(position: i64) -> i32 {
+    i32::try_from(position.rem_euclid(1 << 31)).unwrap_or(0)
+}
+
+/// Why a commit's transaction was rolled back instead of committed.
+enum CommitError {
+    /// Nothing stored: the cursor is elsewhere, or events above these.
+    Refused(LogCommit),
+    Storage(StorageError),
+}
+
+impl From<diesel::result::Error> for CommitError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Storage(error.into())
+    }
+}
 
 /// A batch to append (borrowed: the caller keeps its events).
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +153,11 @@ pub enum LogCommit {
         /// Where the cursor is.
         cursor: i64,
     },
+    /// Events above the ids this commit reserved were committed first (a
+    /// commit of a consumer that lost its lease, or reserved after this
+    /// one): landing would put these where a subscriber has already read
+    /// past. Nothing stored; a repeat reserves new ids.
+    Overtaken,
 }
 
 // `None` as NULL, as `NewEventRow`: one multi-row INSERT on SQLite.
@@ -152,6 +187,8 @@ struct LogRow {
 struct CursorRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     position: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    events_through: i64,
 }
 
 /// A whole log row, as it is moved to `damaged_log_rows`.
@@ -436,7 +473,28 @@ impl Database {
         // last attempt is over, never beside it.
         let committed = self
             .write_to_end(move |mut conn| async move {
-                write_transaction!(&mut conn, |c| {
+                let outcome = write_transaction!(&mut conn, |c| {
+                    if serialise {
+                        // This range's commit is on its way: the next
+                        // range's waits for it (below).
+                        diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+                            .bind::<diesel::sql_types::Integer, _>(RANGE_LOCKS)
+                            .bind::<diesel::sql_types::Integer, _>(range_key(through))
+                            .execute(c)
+                            .await?;
+                    }
+                    // The events first: on PostgreSQL beside the commit
+                    // before this one, if that is still writing its own.
+                    let highest = c.insert_events_early(event_rows).await?;
+                    if serialise {
+                        // Lands after the range before it, if that one's
+                        // commit is on its way.
+                        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+                            .bind::<diesel::sql_types::Integer, _>(RANGE_LOCKS)
+                            .bind::<diesel::sql_types::Integer, _>(range_key(after))
+                            .execute(c)
+                            .await?;
+                    }
                     // Attempts of one range (another process's too) run one
                     // after the other, so a later one sees the cursor an
                     // earlier one committed. On PostgreSQL a plain read would
@@ -445,15 +503,16 @@ impl Database {
                     // reads its newest version, in one round trip. Before a
                     // consumer's first commit there is no row to wait for:
                     // then first commits take an advisory lock and read again.
-                    let mut cursor: Option<i64> = if serialise {
+                    let mut cursor: Option<(i64, i64)> = if serialise {
                         diesel::sql_query(
-                            "SELECT position FROM log_cursors WHERE consumer = $1 FOR UPDATE",
+                            "SELECT position, events_through FROM log_cursors \
+                             WHERE consumer = $1 FOR UPDATE",
                         )
                         .bind::<diesel::sql_types::Text, _>(&consumer)
                         .get_result::<CursorRow>(c)
                         .await
                         .optional()?
-                        .map(|row| row.position)
+                        .map(|row| (row.position, row.events_through))
                     } else {
                         None
                     };
@@ -467,19 +526,26 @@ impl Database {
                         }
                         cursor = log_cursors::table
                             .find(&consumer)
-                            .select(log_cursors::position)
+                            .select((log_cursors::position, log_cursors::events_through))
                             .first(c)
                             .await
                             .optional()?;
                     }
-                    let cursor = cursor.unwrap_or(0);
+                    // Each refusal rolls the events written above back.
+                    let (cursor, events_through) = cursor.unwrap_or((0, 0));
                     if cursor >= through {
-                        return Ok(LogCommit::AlreadyCommitted);
+                        return Err(CommitError::Refused(LogCommit::AlreadyCommitted));
                     }
                     if cursor != after {
-                        return Ok(LogCommit::Moved { cursor });
+                        return Err(CommitError::Refused(LogCommit::Moved { cursor }));
                     }
-                    c.insert_rows(event_rows).await?;
+                    // Every other writer into `events` is kept out while
+                    // this commit holds the events lock shared, so only a
+                    // commit of this consumer can have stored above it.
+                    if highest.is_some_and(|highest| events_through > highest) {
+                        return Err(CommitError::Refused(LogCommit::Overtaken));
+                    }
+                    let events_through = highest.unwrap_or(events_through);
                     for chunk in chunked(letter_rows) {
                         c.insert_rows(chunk).await?;
                     }
@@ -509,10 +575,14 @@ impl Database {
                         .values((
                             log_cursors::consumer.eq(&consumer),
                             log_cursors::position.eq(through),
+                            log_cursors::events_through.eq(events_through),
                         ))
                         .on_conflict(log_cursors::consumer)
                         .do_update()
-                        .set(log_cursors::position.eq(through))
+                        .set((
+                            log_cursors::position.eq(through),
+                            log_cursors::events_through.eq(events_through),
+                        ))
                         .execute(c)
                         .await?;
                     diesel::delete(event_log::table.filter(event_log::position.le(through)))
@@ -520,8 +590,12 @@ impl Database {
                         .await?;
                     // Tests kill the process here: outputs written, not committed.
                     fail::fail_point!("storage-log-commit");
-                    Ok::<_, StorageError>(LogCommit::Committed)
-                })
+                    Ok::<_, CommitError>(LogCommit::Committed)
+                });
+                match outcome {
+                    Ok(done) | Err(CommitError::Refused(done)) => Ok(done),
+                    Err(CommitError::Storage(error)) => Err(error),
+                }
             })
             .await;
         if stores_events && matches!(committed, Ok(LogCommit::Committed)) {

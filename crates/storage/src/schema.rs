@@ -111,6 +111,7 @@ diesel::table! {
     log_cursors (consumer) {
         consumer -> Text,
         position -> BigInt,
+        events_through -> BigInt,
     }
 }
 

@@ -144,6 +144,226 @@ async fn positions_follow_commit_order_when_transactions_overlap() {
     );
 }
 
+/// A consumer cursor row for `consumer` at a committed position, and `n`
+/// more log batches after it: (the cursor, each batch's position).
+async fn log_after_a_cursor(db: &TestDb, consumer: &str, n: usize) -> (i64, Vec<i64>) {
+    let one = events("log", 1);
+    let batch = NewLogBatch {
+        producer: None,
+        events: &one,
+    };
+    db.append_log(&[batch]).await.unwrap();
+    let start = db.read_log(0, 1).await.unwrap()[0].position;
+    db.commit_log(consumer, 0, start, &[], &[], &[])
+        .await
+        .unwrap();
+    db.append_log(&vec![batch; n]).await.unwrap();
+    let after: Vec<i64> = db
+        .read_log(start, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    (start, after)
+}
+
+/// A session outside the pool, on `schema`, holding `consumer`'s cursor row.
+async fn hold_cursor_row(schema: &str, consumer: &str) -> AsyncPgConnection {
+    let mut admin = AsyncPgConnection::establish(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SET search_path = {schema}; BEGIN; \
+             SELECT 1 FROM log_cursors WHERE consumer = '{consumer}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    admin
+}
+
+/// Waits until `n` sessions of `schema`'s pool wait for a lock, watching
+/// from a session of its own (within the holder's transaction
+/// `pg_stat_activity` would show the same snapshot at every look).
+async fn until_waiting(schema: &str, n: i64, what: &str) {
+    let mut watcher = AsyncPgConnection::establish(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting_on_locks(&mut watcher, schema).await < n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sessions holding the events lock shared (the key as PostgreSQL splits
+/// it: high and low 32 bits).
+async fn sharing_the_events_lock(admin: &mut AsyncPgConnection) -> i64 {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND mode = 'ShareLock' AND classid = 25974 AND objid = 1953525619 AND objsubid = 1",
+    )
+    .get_result::<Count>(admin)
+    .await
+    .unwrap()
+    .n
+}
+
+/// Two consecutive ranges' commits on their way at once (what the consumer
+/// does on PostgreSQL): both write their events while the earlier one is
+/// still open, and they land in range order, the later one's positions all
+/// above the earlier one's. Without the wait on the earlier range, the
+/// later commit would find the cursor short of its range and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_log_commits_write_side_by_side_and_land_in_order() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let schema = db.postgres_schema().unwrap().to_owned();
+    let (start, after) = log_after_a_cursor(&db, "two", 2).await;
+    let (first, second) = (after[0], after[1]);
+    let mut admin = hold_cursor_row(&schema, "two").await;
+    let commit = |after: i64, through: i64, tag: &'static str| {
+        let db = storage::Database::clone(&db);
+        tokio::spawn(async move {
+            db.commit_log("two", after, through, &events(tag, 300), &[], &[])
+                .await
+        })
+    };
+    let earlier = commit(start, first, "earlier");
+    until_waiting(&schema, 1, "the earlier commit never waited").await;
+    let later = commit(first, second, "later");
+    until_waiting(&schema, 2, "the later commit never waited").await;
+    assert_eq!(
+        sharing_the_events_lock(&mut admin).await,
+        2,
+        "both commits hold the events lock shared, their events written"
+    );
+    assert!(
+        positions(&db).await.is_empty(),
+        "nothing visible before either lands"
+    );
+    admin.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        earlier.await.unwrap().unwrap(),
+        storage::LogCommit::Committed
+    );
+    assert_eq!(later.await.unwrap().unwrap(), storage::LogCommit::Committed);
+    assert_eq!(db.log_cursor("two").await.unwrap(), second);
+    let stored = db.read_events(None, 10_000).await.unwrap();
+    let tags: Vec<&str> = stored
+        .iter()
+        .map(|e| {
+            let event = Event::from_json(&e.json).unwrap();
+            let id = event.event_id.unwrap();
+            if id.as_str().starts_with("earlier-") {
+                "earlier"
+            } else {
+                "later"
+            }
+        })
+        .collect();
+    let expected: Vec<&str> = ["earlier"; 300].into_iter().chain(["later"; 300]).collect();
+    assert_eq!(
+        tags, expected,
+        "the earlier range's events first, by position"
+    );
+}
+
+/// The later of two ranges' commits lands only after the earlier one, even
+/// when it reaches the cursor first: here the earlier one is held before it
+/// writes (another writer holds the events lock), and the later one has no
+/// events to write. Without its wait on the earlier range it would find the
+/// cursor short of its range and store nothing (`Moved`), and the consumer
+/// would have to repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_commit_waits_for_the_earlier_range_to_land() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let schema = db.postgres_schema().unwrap().to_owned();
+    let (start, after) = log_after_a_cursor(&db, "wait", 2).await;
+    let (first, second) = (after[0], after[1]);
+    let mut admin = AsyncPgConnection::establish(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    // The events lock, as another writer into `events` takes it.
+    admin
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(111559434071923)")
+        .await
+        .unwrap();
+    let commit = |after: i64, through: i64, n: usize| {
+        let db = storage::Database::clone(&db);
+        tokio::spawn(async move {
+            db.commit_log("wait", after, through, &events("wait", n), &[], &[])
+                .await
+        })
+    };
+    let earlier = commit(start, first, 10);
+    until_waiting(&schema, 1, "the earlier commit never waited for the events lock").await;
+    let later = commit(first, second, 0);
+    until_waiting(&schema, 2, "the later commit never waited for the earlier one").await;
+    admin.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        earlier.await.unwrap().unwrap(),
+        storage::LogCommit::Committed
+    );
+    assert_eq!(
+        later.await.unwrap().unwrap(),
+        storage::LogCommit::Committed,
+        "the later commit waited for the earlier range, then landed"
+    );
+    assert_eq!(db.log_cursor("wait").await.unwrap(), second);
+    assert_eq!(positions(&db).await.len(), 10);
+}
+
+/// A commit whose reserved positions a later commit of the same consumer
+/// overtook (one of a process that lost its lease mid-commit, or one that
+/// reserved after it) stores nothing, though the cursor is where it
+/// expects: landing would put its events below positions a subscriber may
+/// have read past. Its repeat reserves new positions and lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_overtaken_by_later_positions_stores_nothing() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let schema = db.postgres_schema().unwrap().to_owned();
+    let (start, after) = log_after_a_cursor(&db, "over", 1).await;
+    let through = after[0];
+    let mut admin = hold_cursor_row(&schema, "over").await;
+    let commit = || {
+        let db = storage::Database::clone(&db);
+        tokio::spawn(async move {
+            db.commit_log("over", start, through, &events("slow", 20), &[], &[])
+                .await
+        })
+    };
+    let slow = commit();
+    until_waiting(&schema, 1, "the commit never waited on the row").await;
+    // What an overtaking commit leaves behind: positions reserved after the
+    // slow commit's, recorded as the consumer's highest.
+    admin
+        .batch_execute(
+            "UPDATE log_cursors SET events_through = reserve_event_ids(5) + 4 \
+             WHERE consumer = 'over'; COMMIT",
+        )
+        .await
+        .unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), storage::LogCommit::Overtaken);
+    assert!(positions(&db).await.is_empty(), "nothing stored");
+    assert_eq!(db.log_cursor("over").await.unwrap(), start);
+    assert_eq!(
+        commit().await.unwrap().unwrap(),
+        storage::LogCommit::Committed
+    );
+    assert_eq!(
+        positions(&db).await.len(),
+        20,
+        "the repeat stored them once"
+    );
+}
+
 /// The signal ticks once events are committed, so a caught-up subscriber
 /// wakes without polling.
 pub async fn storing_events_wakes_subscribers(db: &TestDb) {

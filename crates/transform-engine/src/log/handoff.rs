@@ -150,8 +150,8 @@ impl Handoff {
     }
 
     /// What a consumer whose cursor is at `cursor` does next, taking up to
-    /// `limit` records.
-    pub(super) fn next(&mut self, cursor: i64, limit: usize) -> Next {
+    /// `limit` records and, past the first, up to `max_events` events.
+    pub(super) fn next(&mut self, cursor: i64, limit: usize, max_events: u64) -> Next {
         while self
             .records
             .front()
@@ -161,14 +161,16 @@ impl Handoff {
         }
         let mut at = cursor;
         let mut taken = Vec::new();
+        let mut events = 0;
         while taken.len() < limit
-            && self
-                .records
-                .front()
-                .is_some_and(|h| h.after.is_some_and(|after| after <= at))
+            && self.records.front().is_some_and(|h| {
+                h.after.is_some_and(|after| after <= at)
+                    && (taken.is_empty() || events + h.record.event_count() <= max_events)
+            })
         {
             let Some(record) = self.pop() else { break };
             at = record.position;
+            events += record.event_count();
             taken.push(record);
         }
         if !taken.is_empty() {

@@ -188,6 +188,17 @@ pub trait EventLog: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+
+    /// Whether the consumer may start a commit while the one before it is
+    /// still on its way. A log that says so lets the later commit write its
+    /// outputs beside the earlier one's, and lands it only after the earlier
+    /// one landed: a commit whose `after` is not the cursor when it would
+    /// land stores nothing and fails (not [`crate::SinkErrorKind::Rejected`]), and
+    /// the consumer repeats it once the earlier one is in. `false`: one
+    /// commit at a time.
+    fn overlapping_commits(&self) -> bool {
+        false
+    }
 }
 
 /// How the acknowledged path is sized.

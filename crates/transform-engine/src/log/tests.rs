@@ -76,15 +76,19 @@ fn the_handoff_vouches_only_for_contiguous_positions() {
     let mut handoff = Handoff::with_bound(100);
     // At start the writer cannot know what an earlier run appended.
     handoff.offer(5, Vec::new());
-    assert_eq!(handoff.next(0, 10), Next::Read);
-    assert_eq!(handoff.next(5, 10), Next::Wait, "the cursor passed it");
+    assert_eq!(handoff.next(0, 10, u64::MAX), Next::Read);
+    assert_eq!(
+        handoff.next(5, 10, u64::MAX),
+        Next::Wait,
+        "the cursor passed it"
+    );
     handoff.offer(6, Vec::new());
-    let Next::Process(records) = handoff.next(5, 10) else {
+    let Next::Process(records) = handoff.next(5, 10, u64::MAX) else {
         panic!("position 6 follows 5");
     };
     assert_eq!(records.len(), 1);
     // A failed append may have stored rows: the next one is read.
     handoff.lose_track();
     handoff.offer(9, Vec::new());
-    assert_eq!(handoff.next(6, 10), Next::Read);
+    assert_eq!(handoff.next(6, 10, u64::MAX), Next::Read);
 }

@@ -4,9 +4,11 @@
 //! Random sequences of what clients and the machine do: submits (by two
 //! producers and anonymously, with next, repeated and skipping sequences,
 //! with and without deadlines), calls cancelled at whatever await point they
-//! are at, appends held or failed (before or after storing), the consumer
-//! held or let through, time passing, and crashes with a restart over the
-//! same durable log. Each step runs on a paused current-thread runtime, so a
+//! are at, appends held or failed (before or after storing), commits held,
+//! let through or failed (before or after landing), time passing, and
+//! crashes with a restart over the same durable log. Half the cases run
+//! with two commits on their way at once (`EventLog::overlapping_commits`),
+//! the other half one at a time. Each step runs on a paused current-thread runtime, so a
 //! failing case replays the same interleaving and shrinks to a short one.
 //!
 //! After every step: the backlog within its bound, and every permit
@@ -15,7 +17,8 @@
 //! sequence) stored at most once and each producer's stored sequences
 //! contiguous; every acknowledged batch already durable. At the end, with
 //! everything let through: each stored event processed exactly once, and
-//! the whole bound free again.
+//! the whole bound free again, and the outputs committed in the order the
+//! events were stored.
 //!
 //! Why proptest's state machines, not loom or shuttle: the bugs this hunts
 //! live in the order of client behaviour (a deadline while a batch waits, a
@@ -57,11 +60,15 @@ const APPEND_OK: u8 = 0;
 const APPEND_FAIL_BEFORE: u8 = 1;
 /// Stores the batches, then reports a failure (an unknown outcome).
 const APPEND_FAIL_AFTER: u8 = 2;
+/// How the next commit fails, if it does: as the appends (before landing,
+/// or after, an unknown outcome).
+const COMMIT_OK: u8 = 0;
+const COMMIT_FAIL_BEFORE: u8 = 1;
+const COMMIT_FAIL_AFTER: u8 = 2;
 
 /// The durable log of the model: survives a crash of the "process" (the
 /// runtime), checks producers' sequences as the database log does, and can
 /// be held (appends, commits) or made to fail by the test.
-#[derive(Default)]
 struct ModelLog {
     durable: Mutex<Durable>,
     /// Each append takes one permit first: closed, appends wait (batches
@@ -70,6 +77,9 @@ struct ModelLog {
     /// Each commit takes one permit first: closed, the backlog stays.
     commits: Gate,
     fail_next: AtomicU8,
+    fail_commit: AtomicU8,
+    /// What `overlapping_commits` says.
+    overlap: bool,
 }
 
 #[derive(Default)]
@@ -107,6 +117,17 @@ impl Gate {
 }
 
 impl ModelLog {
+    fn new(overlap: bool) -> Self {
+        Self {
+            durable: Mutex::default(),
+            appends: Gate::default(),
+            commits: Gate::default(),
+            fail_next: AtomicU8::new(APPEND_OK),
+            fail_commit: AtomicU8::new(COMMIT_OK),
+            overlap,
+        }
+    }
+
     fn durable(&self) -> std::sync::MutexGuard<'_, Durable> {
         self.durable.lock().unwrap()
     }
@@ -178,15 +199,32 @@ impl EventLog for ModelLog {
             letters.is_empty() && damaged.is_empty(),
             "nothing in the model dead-letters"
         );
+        let fail = self.fail_commit.swap(COMMIT_OK, Ordering::SeqCst);
+        if fail == COMMIT_FAIL_BEFORE {
+            return Err(unavailable());
+        }
         let mut d = self.durable();
         if d.cursor >= through {
             return Ok(());
         }
-        assert_eq!(d.cursor, after, "a commit starts from the cursor");
+        if d.cursor != after {
+            // As the database log: only with two commits on their way may
+            // the later one arrive before the earlier landed; it stores
+            // nothing.
+            assert!(self.overlap, "a commit starts from the cursor");
+            assert!(d.cursor < after, "a commit of a range the cursor passed");
+            return Err(unavailable());
+        }
         d.outputs.extend(events.iter().map(id_of));
         d.cursor = through;
         while d.records.front().is_some_and(|r| r.position <= through) {
             d.records.pop_front();
+        }
+        if fail == COMMIT_FAIL_AFTER {
+            return Err(SinkError {
+                message: "model: commit not confirmed".to_owned(),
+                kind: SinkErrorKind::OutcomeUnknown,
+            });
         }
         Ok(())
     }
@@ -198,6 +236,10 @@ impl EventLog for ModelLog {
     async fn backlog(&self) -> Result<u64, SinkError> {
         let d = self.durable();
         Ok(d.records.iter().map(|r| r.events.len() as u64).sum())
+    }
+
+    fn overlapping_commits(&self) -> bool {
+        self.overlap
     }
 }
 
@@ -217,6 +259,8 @@ fn id_of(event: &Event) -> String {
 struct Model {
     issued: [u64; PRODUCERS as usize],
     anonymous: u64,
+    /// Whether the log lets two commits be on their way (fixed per case).
+    overlap: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +284,8 @@ enum Step {
     LetCommits(u8),
     /// The next append fails, having stored its batches or not.
     FailAppend { stored: bool },
+    /// The next commit fails, having landed or not.
+    FailCommit { landed: bool },
     /// Time passes.
     Advance(Duration),
     /// The process dies (every task with it) and starts again over the log.
@@ -255,7 +301,12 @@ impl ReferenceStateMachine for Model {
     type Transition = Step;
 
     fn init_state() -> BoxedStrategy<Self> {
-        Just(Self::default()).boxed()
+        any::<bool>()
+            .prop_map(|overlap| Self {
+                overlap,
+                ..Self::default()
+            })
+            .boxed()
     }
 
     fn transitions(state: &Self) -> BoxedStrategy<Step> {
@@ -290,6 +341,7 @@ impl ReferenceStateMachine for Model {
             3 => (1u8..=3).prop_map(Step::LetAppends),
             3 => (1u8..=3).prop_map(Step::LetCommits),
             1 => any::<bool>().prop_map(|stored| Step::FailAppend { stored }),
+            1 => any::<bool>().prop_map(|landed| Step::FailCommit { landed }),
             2 => millis(1..=400).prop_map(Step::Advance),
             1 => Just(Step::Restart),
         ]
@@ -488,8 +540,8 @@ impl StateMachineTest for LogTest {
     type SystemUnderTest = System;
     type Reference = Model;
 
-    fn init_test(_: &Model) -> System {
-        let log = Arc::new(ModelLog::default());
+    fn init_test(model: &Model) -> System {
+        let log = Arc::new(ModelLog::new(model.overlap));
         let process = start(&log);
         System {
             log,
@@ -548,6 +600,14 @@ impl StateMachineTest for LogTest {
                 },
                 Ordering::SeqCst,
             ),
+            Step::FailCommit { landed } => system.log.fail_commit.store(
+                if landed {
+                    COMMIT_FAIL_AFTER
+                } else {
+                    COMMIT_FAIL_BEFORE
+                },
+                Ordering::SeqCst,
+            ),
             Step::Advance(by) => {
                 let process = system.process();
                 process.runtime.block_on(tokio::time::advance(by));
@@ -573,6 +633,7 @@ impl StateMachineTest for LogTest {
         system.log.appends.open(1 << 20);
         system.log.commits.open(1 << 20);
         system.log.fail_next.store(APPEND_OK, Ordering::SeqCst);
+        system.log.fail_commit.store(COMMIT_OK, Ordering::SeqCst);
         for _ in 0..100 {
             let process = system.process();
             process
@@ -598,11 +659,12 @@ impl StateMachineTest for LogTest {
             "the whole bound free again: {bound:?}"
         );
         let d = system.log.durable();
-        let mut outputs: Vec<&String> = d.outputs.iter().collect();
-        let mut stored: Vec<&String> = d.stored_ids.iter().collect();
-        outputs.sort_unstable();
-        stored.sort_unstable();
-        assert_eq!(outputs, stored, "each stored event processed exactly once");
+        // Every event passes the (empty) pipeline, so the outputs are the
+        // stored events, each once, in the order stored.
+        assert_eq!(
+            d.outputs, d.stored_ids,
+            "each stored event processed exactly once, in log order"
+        );
         drop(d);
         if let Some(mut process) = system.process.take()
             && let Some(engine) = process.engine.take()

@@ -1,0 +1,1 @@
+ALTER TABLE log_cursors DROP COLUMN events_through;
