@@ -22,10 +22,14 @@ pub const BATCHES: u64 = 100;
 pub const EVENTS_PER_BATCH: u64 = 20;
 
 pub fn batch(producer: usize, sequence: u64) -> EventBatch {
+    sized_batch(producer, sequence, EVENTS_PER_BATCH)
+}
+
+fn sized_batch(producer: usize, sequence: u64, events: u64) -> EventBatch {
     EventBatch {
         producer_id: format!("producer-{producer}"),
         sequence,
-        events: (0..EVENTS_PER_BATCH)
+        events: (0..events)
             .map(|n| Event {
                 event_id: format!("p{producer}-s{sequence}-{n}"),
                 user_id: format!("u-{n}"),
@@ -41,12 +45,24 @@ pub fn batch(producer: usize, sequence: u64) -> EventBatch {
 /// stream breaks, counting each ack in `progress`; returns the last
 /// acknowledged sequence.
 pub async fn produce(
+    client: orderflow_proto::EventClient,
+    producer: usize,
+    acked: u64,
+    progress: Arc<AtomicU64>,
+) -> u64 {
+    produce_sized(client, producer, acked, progress, EVENTS_PER_BATCH).await
+}
+
+async fn produce_sized(
     mut client: orderflow_proto::EventClient,
     producer: usize,
     mut acked: u64,
     progress: Arc<AtomicU64>,
+    events: u64,
 ) -> u64 {
-    let requests: Vec<EventBatch> = (acked + 1..=BATCHES).map(|s| batch(producer, s)).collect();
+    let requests: Vec<EventBatch> = (acked + 1..=BATCHES)
+        .map(|s| sized_batch(producer, s, events))
+        .collect();
     if requests.is_empty() {
         return acked;
     }
@@ -71,12 +87,15 @@ async fn start_producers(
     server: &Server,
     acked: &[u64],
     progress: &Arc<AtomicU64>,
+    events: u64,
 ) -> Vec<tokio::task::JoinHandle<u64>> {
     let mut producers = Vec::new();
     for (producer, from) in acked.iter().enumerate() {
         let client = server.events().await;
         let progress = Arc::clone(progress);
-        producers.push(tokio::spawn(produce(client, producer, *from, progress)));
+        producers.push(tokio::spawn(produce_sized(
+            client, producer, *from, progress, events,
+        )));
     }
     producers
 }
@@ -89,13 +108,25 @@ async fn join(producers: Vec<tokio::task::JoinHandle<u64>>) -> Vec<u64> {
     acked
 }
 
-async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
-    let env: Vec<(&str, &str)> = failpoint.map(|f| ("FAILPOINTS", f)).into_iter().collect();
+/// The load of one kill test: events per batch, and the server's settings.
+struct Load<'a> {
+    events: u64,
+    env: &'a [(&'a str, &'a str)],
+}
+
+const SMALL: Load<'static> = Load {
+    events: EVENTS_PER_BATCH,
+    env: &[],
+};
+
+async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>, load: &Load<'_>) {
+    let mut env: Vec<(&str, &str)> = failpoint.map(|f| ("FAILPOINTS", f)).into_iter().collect();
+    env.extend_from_slice(load.env);
     let server = Server::start(db, &env);
     // Kill mid-stream: once a random number of batches (at least one, not
     // all) has been acknowledged.
     let progress = Arc::new(AtomicU64::new(0));
-    let producers = start_producers(&server, &[0; PRODUCERS], &progress).await;
+    let producers = start_producers(&server, &[0; PRODUCERS], &progress, load.events).await;
     let total = PRODUCERS as u64 * BATCHES;
     let kill_at = rand::rng().random_range(1..total / 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -112,8 +143,8 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
     assert!(acked.iter().sum::<u64>() < total, "killed mid-stream");
 
     // Restart; every unacknowledged batch is sent again.
-    let server = Server::start(db, &[]);
-    let acked = join(start_producers(&server, &acked, &progress).await).await;
+    let server = Server::start(db, load.env);
+    let acked = join(start_producers(&server, &acked, &progress, load.events).await).await;
     assert!(acked.iter().all(|a| *a == BATCHES), "{acked:?}");
 
     // Wait for the pipeline to catch up, then stop cleanly.
@@ -124,7 +155,7 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
     let seen = crate::support::stored_event_ids(db);
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
-    let expected = PRODUCERS as u64 * BATCHES * EVENTS_PER_BATCH;
+    let expected = PRODUCERS as u64 * BATCHES * load.events;
     assert_eq!(
         seen.len() as u64,
         expected,
@@ -132,7 +163,7 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
     );
     for producer in 0..PRODUCERS {
         for sequence in 1..=BATCHES {
-            for n in 0..EVENTS_PER_BATCH {
+            for n in 0..load.events {
                 let id = format!("p{producer}-s{sequence}-{n}");
                 assert!(seen.contains_key(&id), "{id} missing");
             }
@@ -141,15 +172,27 @@ async fn kill_and_recover(db: &TestDb, failpoint: Option<&str>) {
 }
 
 pub async fn acknowledged_batches_survive_sigkill_exactly_once(db: &TestDb) {
-    kill_and_recover(db, None).await;
+    kill_and_recover(db, None, &SMALL).await;
 }
 
 pub async fn acknowledged_batches_survive_sigkill_in_a_group_commit(db: &TestDb) {
-    kill_and_recover(db, Some("storage-log-append=sleep(300)")).await;
+    kill_and_recover(db, Some("storage-log-append=sleep(300)"), &SMALL).await;
 }
 
 pub async fn acknowledged_batches_survive_sigkill_while_outputs_commit(db: &TestDb) {
-    kill_and_recover(db, Some("storage-log-commit=sleep(300)")).await;
+    kill_and_recover(db, Some("storage-log-commit=sleep(300)"), &SMALL).await;
+}
+
+/// The same with the backlog at its bound most of the time (60,000 events
+/// against a bound of 10,000), so that on PostgreSQL the consumer keeps two
+/// commits on their way (each range at most half the bound), each held
+/// 100 ms before it lands: the kill finds one of them, or both, mid-commit.
+pub async fn acknowledged_batches_survive_sigkill_with_two_commits_on_their_way(db: &TestDb) {
+    let load = Load {
+        events: 200,
+        env: &[("ORDERFLOW_LOG_MAX_BACKLOG", "10000")],
+    };
+    kill_and_recover(db, Some("storage-log-commit=sleep(100)"), &load).await;
 }
 
 /// Order writes against SIGKILL: 16 writers create orders and mark half of

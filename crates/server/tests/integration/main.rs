@@ -45,6 +45,7 @@ test_support::backend_tests!(
     acknowledged_batches_survive_sigkill_exactly_once,
     acknowledged_batches_survive_sigkill_in_a_group_commit,
     acknowledged_batches_survive_sigkill_while_outputs_commit,
+    acknowledged_batches_survive_sigkill_with_two_commits_on_their_way,
     accepted_events_survive_sigkill_under_every_policy,
     the_blackhole_sink_counts_and_discards,
     acknowledged_orders_survive_sigkill_under_concurrent_writers,

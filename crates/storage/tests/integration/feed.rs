@@ -301,9 +301,19 @@ async fn a_later_commit_waits_for_the_earlier_range_to_land() {
         })
     };
     let earlier = commit(start, first, 10);
-    until_waiting(&schema, 1, "the earlier commit never waited for the events lock").await;
+    until_waiting(
+        &schema,
+        1,
+        "the earlier commit never waited for the events lock",
+    )
+    .await;
     let later = commit(first, second, 0);
-    until_waiting(&schema, 2, "the later commit never waited for the earlier one").await;
+    until_waiting(
+        &schema,
+        2,
+        "the later commit never waited for the earlier one",
+    )
+    .await;
     admin.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
         earlier.await.unwrap().unwrap(),
