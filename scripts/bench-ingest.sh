@@ -110,8 +110,9 @@ PGOPTIONS="-c search_path=${schema}_copy" psql -q "$pg" -c "\\copy events(event_
 pg_binary=$(awk -v r="$pg_rows" -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", r / (b - a) }')
 
 echo "PostgreSQL: two \\copy streams of half the rows each, in parallel..." >&2
-# Not a target: how much a second writer into events could add on this
-# host at best, the same rows split in two and loaded side by side.
+# Not a target: how much two writers into events (the log consumer's two
+# commits on their way, PostgreSQL) can add on this host at best, the same
+# rows split in two and loaded side by side.
 split -n l/2 -d "$scratch/pg.csv" "$scratch/pg-half."
 PGOPTIONS="-c search_path=${schema}_copy -c client_min_messages=warning" psql -q "$pg" -c "TRUNCATE events"
 start=$(now)
@@ -153,7 +154,7 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores (server on CPU 0, load on CPU 1)
 | the same, against a binary COPY loader of the same rows | ${pg_rate%.*} | \`psql \\copy ... FROM ... (FORMAT binary)\`: $pg_binary rows/s | $(ratio "$pg_rate" "$pg_binary") |
 $blackhole_row
 
-Headroom for a second writer into events (not a target): two \`psql \\copy\` streams of half the rows each, side by side: $pg_two rows/s, $(ratio "$pg_two" "$pg_copy") of one stream.
+Headroom for two writers into events, as the consumer's two commits on their way (not a target): two \`psql \\copy\` streams of half the rows each, side by side: $pg_two rows/s, $(ratio "$pg_two" "$pg_copy") of one stream.
 
 Batch latency p50/p99 (us): SQLite $(json "$sqlite_run" p50_us)/$(json "$sqlite_run" p99_us), PostgreSQL $(json "$pg_run" p50_us)/$(json "$pg_run" p99_us), blackhole $(json "$blackhole_run" p50_us)/$(json "$blackhole_run" p99_us).
 TABLE

@@ -11,9 +11,12 @@
 #   2. PostgreSQL's own cost of storing the same rows, each way alone on an
 #      empty events table, rounds alternated: binary COPY (what a bulk
 #      loader would send), and the statement the server sends
-#      (`INSERT ... SELECT FROM unnest(...) WITH ORDINALITY ... ORDER BY n`,
-#      storage/src/feed.rs) over the same rows in pieces of 10,000;
-#   3. what a second writer into events could add at best: text `\copy`
+#      for the log consumer's commit (ids reserved by `reserve_event_ids`,
+#      then `INSERT ... OVERRIDING SYSTEM VALUE SELECT ... FROM unnest(...)
+#      WITH ORDINALITY`, storage/src/feed.rs) over the same rows in pieces
+#      of 10,000;
+#   3. what the consumer's second commit on its way (two writers into
+#      events) can add at best: text `\copy`
 #      of all the rows as one stream, against the rows split in two and
 #      loaded by two streams side by side, rounds alternated.
 # Prints a Markdown table for docs/benchmarks.md.
@@ -137,7 +140,7 @@ for _ in $(seq 1 "$rounds"); do
     ones+=("$(timed -c "\\copy events(event_id, body, received_at) FROM '$scratch/rows.csv' CSV")")
     twos+=("$(two_streams)")
     # One statement a piece, as the server sends them.
-    inserts+=("$(timed -c "DO \$\$ DECLARE p RECORD; BEGIN FOR p IN SELECT * FROM pieces ORDER BY piece LOOP INSERT INTO events (event_id, body, received_at) SELECT t.e, t.b, t.r FROM unnest(p.e, p.b, p.r) WITH ORDINALITY AS t(e, b, r, n) ORDER BY t.n; END LOOP; END \$\$")")
+    inserts+=("$(timed -c "DO \$\$ DECLARE p RECORD; f BIGINT; BEGIN FOR p IN SELECT * FROM pieces ORDER BY piece LOOP f := reserve_event_ids(cardinality(p.e)); INSERT INTO events (id, event_id, body, received_at) OVERRIDING SYSTEM VALUE SELECT f + t.n - 1, t.e, t.b, t.r FROM unnest(p.e, p.b, p.r) WITH ORDINALITY AS t(e, b, r, n); END LOOP; END \$\$")")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 copy=$(median "${copies[@]}")
@@ -154,7 +157,7 @@ CPU used over the run's middle $((secs - 4)) s, in cores:
 |---|---|
 $(cat "$scratch/cpu.md")
 
-The log consumer over the same window: $(awk -v w=$((secs - 4)) 'NR == 1 { p = $1; c = $2; n = $3 } NR == 2 { p = $1 - p; c = $2 - c; printf "%d commits; the pipeline %.2f of the time, the commits %.2f, the rest (waiting for batches, moving them) %.2f", $3 - n, p / w, c / w, 1 - (p + c) / w }' "$scratch/consumer.before" "$scratch/consumer.after") (\`orderflow_log_pipeline_seconds\`, \`orderflow_log_commit_seconds\`).
+The log consumer over the same window: $(awk -v w=$((secs - 4)) 'NR == 1 { p = $1; c = $2; n = $3 } NR == 2 { p = $1 - p; c = $2 - c; printf "%d commits; the pipeline %.2f of the time; commits on their way %.2f on average (up to two at once: above 1, they overlapped)", $3 - n, p / w, c / w }' "$scratch/consumer.before" "$scratch/consumer.after") (\`orderflow_log_pipeline_seconds\`, \`orderflow_log_commit_seconds\`).
 
 What the server's connections were doing over the same window (share of samples of \`pg_stat_activity\`; each active connection counts once per sample, so the shares add up to the average number busy):
 
@@ -167,9 +170,9 @@ PostgreSQL alone storing the same $rows rows into an empty events table (median 
 | how | rows/s | rounds |
 |---|---|---|
 | binary COPY (\`psql \\copy ... (FORMAT binary)\`) | $copy | ${copies[*]} |
-| the server's statement, one a piece: arrays of 10,000, \`unnest ... WITH ORDINALITY ... ORDER BY n\` | $insert | ${inserts[*]} |
+| the server's statement, one a piece: ids reserved, arrays of 10,000, \`unnest ... WITH ORDINALITY\` | $insert | ${inserts[*]} |
 | ratio, the server's statement / binary COPY | $(awk -v a="$insert" -v b="$copy" 'BEGIN { printf "%.2f", a / b }') | |
 | text \`\\copy\`, one stream | $one | ${ones[*]} |
 | text \`\\copy\`, two streams of half the rows each, side by side | $two | ${twos[*]} |
-| ratio, two streams / one (the most a second writer could add) | $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }') | |
+| ratio, two streams / one (the most two commits on their way can add) | $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }') | |
 TABLE
