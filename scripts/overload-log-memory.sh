@@ -11,13 +11,15 @@
 #                             1,000 events each (128,000 offered);
 #   publish-one               512 callers of unary PublishEvent;
 # against a backlog bound of 20,000 (`ORDERFLOW_LOG_MAX_BACKLOG`) on the
-# SQLite default; server on CPU 0, load on CPU 1. Every 5 s it samples the
+# SQLite default, or with STORE=postgres on PostgreSQL (a fresh schema in
+# database `test` on 127.0.0.1:5432, where the consumer keeps two commits
+# on their way); server on CPU 0, load on CPU 1. Every 5 s it samples the
 # server's RSS (/proc) and `orderflow_log_backlog` (/metrics), then says
 # whether memory stayed flat (max - min after the first 10 s, within
 # FLAT_MB, default 8) and the backlog within its bound. Exits non-zero if
 # either fails. Prints a Markdown table for docs/benchmarks.md.
 #
-# Usage: [WORKLOAD=...] scripts/overload-log-memory.sh [SECONDS]   (default 60)
+# Usage: [WORKLOAD=...] [STORE=postgres] scripts/overload-log-memory.sh [SECONDS]   (default 60)
 #   BIN_DIR=dir: run that directory's `orderflow` and `loadgen` instead of
 #   building this tree's (to compare two builds).
 set -euo pipefail
@@ -31,11 +33,22 @@ if [ -z "$bin_dir" ]; then
     bin_dir=target/release
 fi
 scratch=$(mktemp -d)
-trap 'kill "${PID:-}" "${LOAD:-}" 2>/dev/null || true; rm -rf "$scratch"' EXIT
+url=$scratch/db
+pg=postgres://postgres@127.0.0.1:5432/test
+schema=overload_log_$$
+trap 'kill "${PID:-}" "${LOAD:-}" 2>/dev/null || true; rm -rf "$scratch"; [ "${STORE:-}" != postgres ] || psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true' EXIT
+case ${STORE:-sqlite} in
+sqlite) ;;
+postgres)
+    psql -q "$pg" -c "CREATE SCHEMA $schema" >/dev/null
+    url="$pg?options=-c%20search_path%3D$schema"
+    ;;
+*) echo "unknown STORE $STORE (sqlite or postgres)" >&2; exit 2 ;;
+esac
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 metrics=$(free_port)
-DATABASE_URL="$scratch/db" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$metrics" \
+DATABASE_URL="$url" ORDERFLOW_LISTEN="127.0.0.1:$port" ORDERFLOW_METRICS_LISTEN="127.0.0.1:$metrics" \
     ORDERFLOW_LOG_MAX_BACKLOG=$bound ORDERFLOW_PIPELINE=crates/test-support/data/twelve-steps.toml RUST_LOG=warn \
     taskset -c 0 "$bin_dir/orderflow" >"$scratch/server.log" 2>&1 &
 PID=$!
@@ -54,7 +67,7 @@ publish-batch) shape=(--concurrency 128 --batch 1000) ;;
 publish-one) shape=(--concurrency 512) ;;
 *) echo "unknown WORKLOAD $workload" >&2; exit 2 ;;
 esac
-DATABASE_URL="$scratch/db" taskset -c 1 "$bin_dir/loadgen" --target "http://127.0.0.1:$port" --json \
+DATABASE_URL="$url" taskset -c 1 "$bin_dir/loadgen" --target "http://127.0.0.1:$port" --json \
     --duration "${seconds}s" --workload "$workload" "${shape[@]}" >"$scratch/load.json" &
 LOAD=$!
 echo "| t (s) | RSS (MB) | orderflow_log_backlog |"

@@ -300,6 +300,17 @@ impl<L: EventLog> Consumer<L> {
             }),
         };
         let InFlight { range, .. } = in_flight;
+        let first = match first {
+            // Most often the overlap itself: this commit reached the cursor
+            // before the one ahead of it had landed, which it has now (small
+            // ranges race like that all the time). Once more at once; a
+            // real failure fails again and backs off as any other.
+            Err(error) if error.kind != SinkErrorKind::Rejected => {
+                tracing::debug!(%error, through = range.through, "an overlapped commit failed; repeating it at once");
+                commit(&*self.log, &range).await
+            }
+            landed_or_refused => landed_or_refused,
+        };
         self.commit_until_landed(range, Some(first)).await;
     }
 
