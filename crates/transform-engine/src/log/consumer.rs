@@ -7,7 +7,7 @@
 //! commit; then it waits for the earlier one. So at most two commits are on
 //! their way, and they settle (counters, bound, cursor) in log order: a
 //! later one that failed because the earlier had not landed yet is repeated
-//! after it, in the foreground, as any failed commit is.
+//! after it, at once the first time, then as any failed commit is.
 //!
 //! The backlog bound counts a range's events until its commit lands, so two
 //! ranges in flight share it: each is at most half the bound, and with one
