@@ -165,7 +165,8 @@ impl EventLog for DatabaseLog {
                 ),
                 kind: SinkErrorKind::Unavailable,
             }),
-            // Only beside a commit of another process (the lease lost
+            // A commit that reserved its ids after this one's landed first
+            // (the range before it, or a process that lost its lease
             // mid-commit): a repeat reserves new ids.
             Ok(LogCommit::Overtaken) => Err(SinkError {
                 message: "events above this commit's ids were committed first; nothing stored"
