@@ -783,21 +783,39 @@ const ROWS_PER_INSERT: usize = 1_000;
 /// chunk with the capacity of all the rows after it, memory quadratic in
 /// the rows (a 20 MB import took 1.7 GB).
 pub(crate) fn chunked<R>(rows: Vec<R>) -> Vec<Vec<R>> {
-    chunked_by(rows, ROWS_PER_INSERT)
+    chunked_within(rows, ROWS_PER_INSERT, usize::MAX, |_| 0)
 }
 
-/// `rows` in owned chunks of at most `size` (at least 1), as [`chunked`].
-pub(crate) fn chunked_by<R>(rows: Vec<R>, size: usize) -> Vec<Vec<R>> {
-    let size = size.max(1);
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(size));
-    let mut rows = rows.into_iter();
-    loop {
-        let chunk: Vec<R> = rows.by_ref().take(size).collect();
-        if chunk.is_empty() {
-            return chunks;
+/// `rows` in owned chunks, as [`chunked`], of at most `max_rows` rows (at
+/// least 1) whose `bytes` add up to at most `max_bytes`; a row larger than
+/// that goes in a chunk of its own.
+pub(crate) fn chunked_within<R>(
+    rows: Vec<R>,
+    max_rows: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&R) -> usize,
+) -> Vec<Vec<R>> {
+    let max_rows = max_rows.max(1);
+    let mut lengths = Vec::new();
+    let (mut len, mut used) = (0_usize, 0_usize);
+    for row in &rows {
+        let size = bytes(row);
+        if len == max_rows || (len > 0 && used.saturating_add(size) > max_bytes) {
+            lengths.push(len);
+            (len, used) = (0, 0);
         }
-        chunks.push(chunk);
+        len += 1;
+        used = used.saturating_add(size);
     }
+    if len > 0 {
+        lengths.push(len);
+    }
+    // `take` knows its length, so each chunk is allocated at its size.
+    let mut rows = rows.into_iter();
+    lengths
+        .into_iter()
+        .map(|len| rows.by_ref().take(len).collect())
+        .collect()
 }
 
 fn pool_builder<M>(

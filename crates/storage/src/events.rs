@@ -92,6 +92,13 @@ pub(crate) struct NewEventRow {
     pub(crate) received_at: Stamp,
 }
 
+impl NewEventRow {
+    /// Roughly what the row adds to a statement: its texts and its stamp.
+    pub(crate) fn bytes(&self) -> usize {
+        self.event_id.as_ref().map_or(0, String::len) + self.body.len() + 8
+    }
+}
+
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = events)]
 struct EventRow {

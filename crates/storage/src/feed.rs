@@ -39,7 +39,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
 use crate::db::{
-    Database, InsertRows, SqliteConn, chunked, chunked_by, with_conn, write_transaction,
+    Database, InsertRows, SqliteConn, chunked, chunked_within, with_conn, write_transaction,
 };
 use crate::events::NewEventRow;
 use crate::schema::{events, events_expired};
@@ -76,10 +76,16 @@ impl StoredSignal {
     }
 }
 
-/// Most events in one array insert on PostgreSQL: bounds a statement's
-/// bind buffer (10,000 bodies) whatever the log's bound lets one commit
-/// hold.
+/// Most events in one array insert on PostgreSQL.
 const EVENTS_PER_ARRAY_INSERT: usize = 10_000;
+
+/// Most bytes of events in one array insert on PostgreSQL (an event
+/// larger than that goes alone). A log commit's events in one statement
+/// (up to 10,000, ~2.5 MB) made the server's memory rise by ~30 MB over the
+/// first minutes of an overload, likely because tokio-postgres keeps a
+/// connection's send buffers as large as the largest statement it sent;
+/// in pieces of this size it stays flat (docs/benchmarks.md, session 22).
+const EVENT_BYTES_PER_ARRAY_INSERT: usize = 256 * 1024;
 
 /// A log commit's outputs, written before the commit knows its place in
 /// commit order: on PostgreSQL a commit writes its rows while the one before
@@ -118,13 +124,25 @@ impl InsertEventsEarly for AsyncPgConnection {
             .get_result::<Reserved>(self)
             .await?
             .first;
+        // The pieces are sent at once: diesel-async pipelines statements
+        // polled together on one connection, so a piece costs PostgreSQL's
+        // work, not a round trip.
+        let conn: &AsyncPgConnection = self;
         let mut next = first;
-        for piece in chunked_by(rows, EVENTS_PER_ARRAY_INSERT) {
-            let len = i64::try_from(piece.len()).unwrap_or(i64::MAX);
-            insert_array(self, piece, Some(next)).await?;
-            next += len;
-        }
-        Ok(Some(next - 1))
+        let pieces = chunked_within(
+            rows,
+            EVENTS_PER_ARRAY_INSERT,
+            EVENT_BYTES_PER_ARRAY_INSERT,
+            NewEventRow::bytes,
+        )
+        .into_iter()
+        .map(|piece| {
+            let at = next;
+            next += i64::try_from(piece.len()).unwrap_or(i64::MAX);
+            insert_array(conn, piece, Some(at))
+        });
+        futures_util::future::try_join_all(pieces).await?;
+        Ok(Some(first + count - 1))
     }
 }
 
@@ -148,7 +166,12 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
             .execute(self)
             .await?;
         let mut stored = 0;
-        for piece in chunked_by(rows, EVENTS_PER_ARRAY_INSERT) {
+        for piece in chunked_within(
+            rows,
+            EVENTS_PER_ARRAY_INSERT,
+            EVENT_BYTES_PER_ARRAY_INSERT,
+            NewEventRow::bytes,
+        ) {
             stored += insert_array(self, piece, None).await?;
         }
         Ok(stored)
@@ -161,7 +184,7 @@ impl InsertRows<NewEventRow> for AsyncPgConnection {
 /// from `first` on (reserved by the caller), in the rows' order: `WITH
 /// ORDINALITY` numbers them.
 async fn insert_array(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     rows: Vec<NewEventRow>,
     first: Option<i64>,
 ) -> QueryResult<usize> {
@@ -183,7 +206,7 @@ async fn insert_array(
             .bind::<Array<Nullable<Text>>, _>(event_ids)
             .bind::<Array<Text>, _>(bodies)
             .bind::<Array<Timestamp>, _>(stamps)
-            .execute(conn)
+            .execute(&mut conn)
             .await
         }
         Some(first) => {
@@ -195,7 +218,7 @@ async fn insert_array(
             .bind::<Array<Text>, _>(bodies)
             .bind::<Array<Timestamp>, _>(stamps)
             .bind::<BigInt, _>(first)
-            .execute(conn)
+            .execute(&mut conn)
             .await
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel_async::SimpleAsyncConnection as _;
 
-use super::{Conn, Database, ROWS_PER_INSERT, chunked};
+use super::{Conn, Database, ROWS_PER_INSERT, chunked, chunked_within};
 use crate::config::StoreConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,5 +90,36 @@ fn chunks_hold_their_rows_in_order_and_nothing_more() {
         assert_eq!(capacity, rows, "{rows} rows held in {capacity} slots");
         let flat: Vec<usize> = chunks.into_iter().flatten().collect();
         assert_eq!(flat, (0..rows).collect::<Vec<_>>());
+    }
+}
+
+/// Chunks bounded in bytes as well as rows: in order, each within both
+/// limits (or a single row larger than the byte limit), each as full as the
+/// limits allow (the next row would break one), and allocated at its size.
+#[test]
+fn chunks_within_bytes_are_as_full_as_the_limits_allow() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(30);
+    for case in 0..500 {
+        let max_rows = rng.random_range(1..20);
+        let max_bytes = rng.random_range(1..400);
+        let rows: Vec<usize> = (0..rng.random_range(0..200))
+            .map(|_| rng.random_range(0..150))
+            .collect();
+        let chunks = chunked_within(rows.clone(), max_rows, max_bytes, |r| *r);
+        let why = format!("case {case}: {max_rows} rows, {max_bytes} bytes, {rows:?}");
+        for (i, chunk) in chunks.iter().enumerate() {
+            let bytes: usize = chunk.iter().sum();
+            assert!(!chunk.is_empty() && chunk.len() <= max_rows, "{why}");
+            assert!(bytes <= max_bytes || chunk.len() == 1, "{why}");
+            assert_eq!(chunk.capacity(), chunk.len(), "{why}");
+            if let Some(next) = chunks.get(i + 1) {
+                assert!(
+                    chunk.len() == max_rows || bytes + next[0] > max_bytes,
+                    "chunk {i} could have taken the next row: {why}"
+                );
+            }
+        }
+        assert_eq!(chunks.concat(), rows, "{why}");
     }
 }

@@ -271,6 +271,53 @@ async fn overlapping_log_commits_write_side_by_side_and_land_in_order() {
     );
 }
 
+/// A log commit whose events take more bytes than one statement carries:
+/// on PostgreSQL they go as several array inserts, pipelined on one
+/// connection into the block of ids the commit reserved. Every event is
+/// stored once, at consecutive positions, in the range's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_larger_than_one_statement_stores_its_events_in_order() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (start, after) = log_after_a_cursor(&db, "big", 1).await;
+    // ~1 KB each, ~1 MB in all: four statements of at most 256 KiB.
+    let pad = "x".repeat(1_000);
+    let big: Vec<Event> = (0..1_000)
+        .map(|i| {
+            Event::from_json(&format!(
+                r#"{{"event_id":"big-{i}","user_id":"u","action":"a","attributes":{{"pad":"{pad}"}}}}"#
+            ))
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        db.commit_log("big", start, after[0], &big, &[], &[])
+            .await
+            .unwrap(),
+        storage::LogCommit::Committed
+    );
+    let stored = db.read_events(None, 10_000).await.unwrap();
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|e| {
+            Event::from_json(&e.json)
+                .unwrap()
+                .event_id
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..1_000).map(|i| format!("big-{i}")).collect();
+    assert_eq!(ids, expected, "every event once, in the range's order");
+    assert!(
+        stored
+            .windows(2)
+            .all(|w| w[1].position == w[0].position + 1),
+        "consecutive positions"
+    );
+}
+
 /// The later of two ranges' commits lands only after the earlier one, even
 /// when it reaches the cursor first: here the earlier one is held before it
 /// writes (another writer holds the events lock), and the later one has no
