@@ -271,6 +271,40 @@ async fn overlapping_log_commits_write_side_by_side_and_land_in_order() {
     );
 }
 
+#[derive(QueryableByName)]
+struct Compression {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    method: Option<String>,
+}
+
+/// A log row's events are compressed with lz4 on their way into TOAST,
+/// not with PostgreSQL's default, pglz (a migration sets the column's
+/// compression; this server has lz4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rows_are_compressed_with_lz4() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let schema = db.postgres_schema().unwrap().to_owned();
+    let batch = events("lz4", 1_000);
+    db.append_log(&[NewLogBatch {
+        producer: None,
+        events: &batch,
+    }])
+    .await
+    .unwrap();
+    let mut admin = AsyncPgConnection::establish(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    let stored: Compression = diesel::sql_query(format!(
+        "SELECT pg_column_compression(data) AS method FROM {schema}.event_log"
+    ))
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(stored.method.as_deref(), Some("lz4"));
+}
+
 /// A log commit whose events take more bytes than one statement carries:
 /// on PostgreSQL they go as several array inserts, pipelined on one
 /// connection into the block of ids the commit reserved. Every event is

@@ -1,0 +1,1 @@
+ALTER TABLE event_log ALTER COLUMN data SET COMPRESSION default;
