@@ -14,7 +14,7 @@
 #      for the log consumer's commit (ids reserved by `reserve_event_ids`,
 #      then `INSERT ... OVERRIDING SYSTEM VALUE SELECT ... FROM unnest(...)
 #      WITH ORDINALITY`, storage/src/feed.rs) over the same rows in pieces
-#      of 10,000;
+#      of at most 256 KiB of events, as the server cuts them;
 #   3. what the consumer's second commit on its way (two writers into
 #      events) can add at best: text `\copy`
 #      of all the rows as one stream, against the rows split in two and
@@ -106,11 +106,12 @@ rows=$(psql -qtA "$pg" -c "SELECT count(*) FROM $schema.events")
 psql -q "$pg" -c "\\copy (SELECT event_id, body, received_at FROM $schema.events ORDER BY id) TO '$scratch/rows.bin' WITH (FORMAT binary)"
 DATABASE_URL="$pg?options=-c%20search_path%3D${schema}_load" "$bin" migrate >/dev/null
 load() { PGOPTIONS="-c search_path=${schema}_load -c client_min_messages=warning" psql -q "$pg" "$@"; }
-# The pieces the server would send: 10,000 rows each, as three arrays,
-# kept uncompressed (reading them back costs a copy, not a decompression).
+# The pieces the server would send: at most 256 KiB of events each (a
+# row's event id, body and an 8-byte stamp, `EVENT_BYTES_PER_ARRAY_INSERT`
+# in storage/src/feed.rs), as three arrays, kept uncompressed (reading them back costs a copy, not a decompression).
 load -c "CREATE TABLE pieces (piece BIGINT, e TEXT[], b TEXT[], r TIMESTAMP[])" \
     -c "ALTER TABLE pieces ALTER e SET STORAGE EXTERNAL, ALTER b SET STORAGE EXTERNAL, ALTER r SET STORAGE EXTERNAL" \
-    -c "INSERT INTO pieces SELECT (id - 1) / 10000, array_agg(event_id ORDER BY id), array_agg(body ORDER BY id), array_agg(received_at ORDER BY id) FROM (SELECT row_number() OVER (ORDER BY id) AS id, event_id, body, received_at FROM $schema.events) numbered GROUP BY 1"
+    -c "INSERT INTO pieces SELECT (upto - 1) / 262144, array_agg(event_id ORDER BY id), array_agg(body ORDER BY id), array_agg(received_at ORDER BY id) FROM (SELECT id, sum(coalesce(octet_length(event_id), 0) + octet_length(body) + 8) OVER (ORDER BY id) AS upto, event_id, body, received_at FROM $schema.events) numbered GROUP BY 1"
 timed() { # label, then psql arguments: prints rows/s
     load -c "TRUNCATE events" -c "CHECKPOINT"
     local start
@@ -170,7 +171,7 @@ PostgreSQL alone storing the same $rows rows into an empty events table (median 
 | how | rows/s | rounds |
 |---|---|---|
 | binary COPY (\`psql \\copy ... (FORMAT binary)\`) | $copy | ${copies[*]} |
-| the server's statement, one a piece: ids reserved, arrays of 10,000, \`unnest ... WITH ORDINALITY\` | $insert | ${inserts[*]} |
+| the server's statement, one a piece: ids reserved, arrays of at most 256 KiB, \`unnest ... WITH ORDINALITY\` | $insert | ${inserts[*]} |
 | ratio, the server's statement / binary COPY | $(awk -v a="$insert" -v b="$copy" 'BEGIN { printf "%.2f", a / b }') | |
 | text \`\\copy\`, one stream | $one | ${ones[*]} |
 | text \`\\copy\`, two streams of half the rows each, side by side | $two | ${twos[*]} |

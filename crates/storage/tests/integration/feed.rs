@@ -315,7 +315,7 @@ async fn a_commit_larger_than_one_statement_stores_its_events_in_order() {
         return;
     };
     let (start, after) = log_after_a_cursor(&db, "big", 1).await;
-    // ~1 KB each, ~1 MB in all: four statements of at most 256 KiB.
+    // ~1 KB each, ~1 MB in all: five statements of at most 256 KiB.
     let pad = "x".repeat(1_000);
     let big: Vec<Event> = (0..1_000)
         .map(|i| {
